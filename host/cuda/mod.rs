@@ -1,0 +1,467 @@
+//! The CUDA backend: the embedded megakernel PTX, loaded once, run round by round.
+//!
+//! Per round: one async copy of `[status | done | problems | tiles]` from pinned staging, one
+//! launch of `tilemux_round` over a persistent grid (occupancy × SMs), one copy of
+//! `[status | done]` back, one stream synchronisation. Buffers persist across rounds and only grow.
+//! Protocol and memory ordering: `kernels/src/QUEUE.md`.
+
+pub mod cublas;
+pub mod driver;
+
+use std::ffi::c_void;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cudarc::driver::sys;
+
+use crate::abi::{ProblemDesc, TileDesc, TileKind, status};
+use crate::device::{BackendKind, Device, RoundReport, check_access};
+use crate::error::{Error, Result};
+use crate::round::{Round, check};
+use driver::ck;
+pub use driver::{DeviceBuffer, Event, Gpu, Module, PinnedBuffer, Stream, driver_present};
+
+/// The megakernel PTX that `build.rs` embedded.
+pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/tilemux.ptx"));
+/// Where the embedded PTX came from (built by which toolchain, or the committed copy).
+pub const PTX_SOURCE: &str = env!("TILEMUX_PTX_SOURCE");
+/// The PTX target (`sm_80` unless `TILEMUX_SM` said otherwise).
+pub const PTX_TARGET: &str = env!("TILEMUX_PTX_TARGET");
+
+/// How to load and size the megakernel.
+#[derive(Clone, Debug)]
+pub struct CudaConfig {
+    /// Device memory pool in bytes (sub-allocated by the runtime).
+    pub pool_bytes: usize,
+    /// Register cap per thread for the JIT (0: none). 128 allows two 256-thread CTAs per SM.
+    pub max_registers: u32,
+    /// CTAs per SM of the persistent grid; `None`: what the occupancy API allows.
+    pub ctas_per_sm: Option<u32>,
+}
+
+impl Default for CudaConfig {
+    fn default() -> Self {
+        CudaConfig {
+            pool_bytes: 1 << 30,
+            max_registers: 128,
+            ctas_per_sm: None,
+        }
+    }
+}
+
+/// The loaded megakernel and what the JIT made of it.
+pub struct Megakernel {
+    module: Module,
+    func: sys::CUfunction,
+    /// Registers per thread.
+    pub registers: i32,
+    /// Local memory per thread (spills) in bytes.
+    pub local_bytes: i32,
+    /// Dynamic shared memory per CTA in bytes.
+    pub smem_bytes: u32,
+    /// CTAs resident per SM (occupancy API, or the configured value if lower).
+    pub ctas_per_sm: u32,
+    /// Grid size: `ctas_per_sm × SMs`.
+    pub grid: u32,
+}
+
+// SAFETY: the function handle belongs to `module`, usable from any thread with the context bound.
+unsafe impl Send for Megakernel {}
+// SAFETY: as above.
+unsafe impl Sync for Megakernel {}
+
+impl Megakernel {
+    /// JIT-loads the embedded PTX on `gpu` and sizes the persistent grid.
+    pub fn load(gpu: &Gpu, cfg: &CudaConfig) -> Result<Megakernel> {
+        gpu.bind()?;
+        let module = Module::load(PTX, cfg.max_registers)?;
+        let func = module.function("tilemux_round")?;
+        use sys::CUfunction_attribute::*;
+        let smem_bytes = TileKind::megakernel_smem_bytes();
+        // SAFETY: valid function; the limit is within the device's opt-in maximum for any
+        // tile configuration the ABI defines.
+        ck("cuFuncSetAttribute", unsafe {
+            sys::cuFuncSetAttribute(
+                func,
+                CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem_bytes as i32,
+            )
+        })?;
+        let registers = driver::func_attr(func, CU_FUNC_ATTRIBUTE_NUM_REGS)?;
+        let local_bytes = driver::func_attr(func, CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?;
+        let mut occ = 0;
+        // SAFETY: valid function, block size and shared memory size.
+        ck("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
+            sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                &mut occ,
+                func,
+                crate::abi::BLOCK_THREADS as i32,
+                smem_bytes as usize,
+            )
+        })?;
+        let ctas_per_sm = cfg
+            .ctas_per_sm
+            .map_or(occ as u32, |c| c.min(occ as u32))
+            .max(1);
+        Ok(Megakernel {
+            module,
+            func,
+            registers,
+            local_bytes,
+            smem_bytes,
+            ctas_per_sm,
+            grid: ctas_per_sm * gpu.sm_count,
+        })
+    }
+
+    /// ptxas's info log from loading the module.
+    pub fn jit_log(&self) -> &str {
+        &self.module.log
+    }
+}
+
+/// Offsets of one round's device-side layout: `[queue u64 | status | done | problems | tiles]`.
+struct Layout {
+    done: usize,
+    problems: usize,
+    tiles: usize,
+    end: usize,
+}
+
+const QUEUE_OFF: usize = 0;
+const STATUS_OFF: usize = 16;
+
+impl Layout {
+    fn new(p: usize, t: usize) -> Layout {
+        let done = STATUS_OFF + 16;
+        let problems = done + (p * 4).div_ceil(16) * 16;
+        let tiles = problems + p * size_of::<ProblemDesc>();
+        Layout {
+            done,
+            problems,
+            tiles,
+            end: tiles + t * size_of::<TileDesc>(),
+        }
+    }
+}
+
+struct State {
+    stream: Stream,
+    start: Event,
+    end: Event,
+    /// Device copy of the round (and the queue head at offset 0).
+    round: DeviceBuffer,
+    staging: PinnedBuffer,
+    readback: PinnedBuffer,
+    /// Queue head value at the start of the next round.
+    queue_base: u64,
+}
+
+/// The CUDA megakernel backend.
+pub struct CudaDevice {
+    kernel: Megakernel,
+    pool: DeviceBuffer,
+    state: Mutex<State>,
+    /// Last: the context outlives every handle above (fields drop in order).
+    gpu: Arc<Gpu>,
+}
+
+impl Drop for CudaDevice {
+    fn drop(&mut self) {
+        // Freeing memory, streams and the module needs the context current on this thread.
+        let _ = self.gpu.bind();
+        if let Ok(st) = self.state.get_mut() {
+            let _ = st.stream.sync();
+        }
+    }
+}
+
+fn status_meaning(code: u32) -> &'static str {
+    match code {
+        status::BAD_TILE_KIND => "unknown tile kind",
+        status::BAD_PROBLEM => "tile names a missing problem",
+        status::BAD_TILE_COORD => "tile outside its problem's grid",
+        status::BAD_EPILOGUE => "unknown activation or bias mode",
+        _ => "unknown status",
+    }
+}
+
+impl CudaDevice {
+    /// Opens GPU 0, loads the megakernel and allocates the pool.
+    pub fn new(cfg: &CudaConfig) -> Result<CudaDevice> {
+        let gpu = Gpu::open(0)?;
+        Self::with_gpu(gpu, cfg)
+    }
+
+    /// As [`CudaDevice::new`] on an already opened GPU.
+    pub fn with_gpu(gpu: Arc<Gpu>, cfg: &CudaConfig) -> Result<CudaDevice> {
+        let kernel = Megakernel::load(&gpu, cfg)?;
+        let pool = DeviceBuffer::new(cfg.pool_bytes).map_err(|e| Error::PoolAlloc {
+            requested: cfg.pool_bytes,
+            reason: e.to_string(),
+        })?;
+        let stream = Stream::new()?;
+        let cap = Layout::new(256, 4096).end;
+        let round = DeviceBuffer::new(cap)?;
+        // SAFETY: fresh allocation of `cap` bytes; zero the queue head before first use.
+        ck("cuMemsetD8Async", unsafe {
+            sys::cuMemsetD8Async(round.ptr, 0, 16, stream.0)
+        })?;
+        stream.sync()?;
+        let state = State {
+            start: Event::new()?,
+            end: Event::new()?,
+            staging: PinnedBuffer::new(cap, 0)?,
+            readback: PinnedBuffer::new(cap, 0)?,
+            round,
+            stream,
+            queue_base: 0,
+        };
+        Ok(CudaDevice {
+            gpu,
+            kernel,
+            pool,
+            state: Mutex::new(state),
+        })
+    }
+
+    /// The GPU this device runs on.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// The loaded megakernel (registers, occupancy, JIT log).
+    pub fn kernel(&self) -> &Megakernel {
+        &self.kernel
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
+        let g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.gpu.bind()?;
+        Ok(g)
+    }
+
+    /// Grows the round buffers to hold `bytes` (synchronising first: queued work may use them).
+    fn reserve(st: &mut State, bytes: usize) -> Result<()> {
+        if st.round.bytes >= bytes {
+            return Ok(());
+        }
+        st.stream.sync()?;
+        let cap = bytes.next_power_of_two();
+        st.round = DeviceBuffer::new(cap)?;
+        st.staging = PinnedBuffer::new(cap, 0)?;
+        st.readback = PinnedBuffer::new(cap, 0)?;
+        // SAFETY: fresh allocation; zero the queue head.
+        ck("cuMemsetD8Async", unsafe {
+            sys::cuMemsetD8Async(st.round.ptr, 0, 16, st.stream.0)
+        })?;
+        st.queue_base = 0;
+        Ok(())
+    }
+
+    fn run_locked(&self, st: &mut State, round: &Round) -> Result<RoundReport> {
+        let t0 = Instant::now();
+        let (p, t) = (round.problems.len(), round.tiles.len());
+        let lay = Layout::new(p, t);
+        Self::reserve(st, lay.end)?;
+
+        // Stage [status = 0 | done = 0 | problems | tiles] and send it in one copy.
+        let stage = st.staging.ptr();
+        let problems: &[u8] = bytemuck::cast_slice(&round.problems);
+        let tiles: &[u8] = bytemuck::cast_slice(&round.tiles);
+        // SAFETY: staging holds `lay.end` bytes (reserve); the previous round's copy from it
+        // completed (each round ends with a stream synchronisation).
+        unsafe {
+            std::ptr::write_bytes(stage.add(STATUS_OFF), 0, lay.problems - STATUS_OFF);
+            std::ptr::copy_nonoverlapping(
+                problems.as_ptr(),
+                stage.add(lay.problems),
+                problems.len(),
+            );
+            std::ptr::copy_nonoverlapping(tiles.as_ptr(), stage.add(lay.tiles), tiles.len());
+        }
+        let base = st.round.ptr;
+        // SAFETY: both ranges lie inside their buffers; the stream orders the copy before the
+        // launch that reads it.
+        ck("cuMemcpyHtoDAsync", unsafe {
+            sys::cuMemcpyHtoDAsync_v2(
+                base + STATUS_OFF as u64,
+                stage.add(STATUS_OFF) as *const c_void,
+                lay.end - STATUS_OFF,
+                st.stream.0,
+            )
+        })?;
+
+        let mut a_problems = base + lay.problems as u64;
+        let mut a_np = p as u32;
+        let mut a_tiles = base + lay.tiles as u64;
+        let mut a_nt = t as u32;
+        let mut a_queue = base + QUEUE_OFF as u64;
+        let mut a_base = st.queue_base;
+        let mut a_done = base + lay.done as u64;
+        let mut a_status = base + STATUS_OFF as u64;
+        let mut params: [*mut c_void; 8] = [
+            &mut a_problems as *mut u64 as *mut c_void,
+            &mut a_np as *mut u32 as *mut c_void,
+            &mut a_tiles as *mut u64 as *mut c_void,
+            &mut a_nt as *mut u32 as *mut c_void,
+            &mut a_queue as *mut u64 as *mut c_void,
+            &mut a_base as *mut u64 as *mut c_void,
+            &mut a_done as *mut u64 as *mut c_void,
+            &mut a_status as *mut u64 as *mut c_void,
+        ];
+        st.start.record(&st.stream)?;
+        // SAFETY: the parameters match `tilemux_round`'s signature; the round passed check()
+        // against the pool, so every address the kernel derives is inside the pool or the round
+        // buffer.
+        let launched = ck("cuLaunchKernel", unsafe {
+            sys::cuLaunchKernel(
+                self.kernel.func,
+                self.kernel.grid,
+                1,
+                1,
+                crate::abi::BLOCK_THREADS,
+                1,
+                1,
+                self.kernel.smem_bytes,
+                st.stream.0,
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        });
+        if let Err(e) = launched {
+            st.queue_base = 0;
+            // SAFETY: reset the head so the next round starts from base 0.
+            unsafe { sys::cuMemsetD8Async(base, 0, 16, st.stream.0) };
+            return Err(e);
+        }
+        st.end.record(&st.stream)?;
+        let back = st.readback.ptr();
+        // SAFETY: readback holds `lay.end` bytes; synchronised below before reading.
+        ck("cuMemcpyDtoHAsync", unsafe {
+            sys::cuMemcpyDtoHAsync_v2(
+                back.add(STATUS_OFF) as *mut c_void,
+                base + STATUS_OFF as u64,
+                lay.problems - STATUS_OFF,
+                st.stream.0,
+            )
+        })?;
+        let synced = st.stream.sync();
+        if let Err(e) = synced {
+            st.queue_base = 0;
+            return Err(e);
+        }
+        st.queue_base += t as u64 + self.kernel.grid as u64;
+
+        // SAFETY: the copy completed; offsets inside readback; u32-aligned.
+        let (code, done) = unsafe {
+            (
+                *(back.add(STATUS_OFF) as *const u32),
+                std::slice::from_raw_parts(back.add(lay.done) as *const u32, p),
+            )
+        };
+        if code != status::OK {
+            return Err(Error::DeviceStatus {
+                code,
+                meaning: status_meaning(code),
+            });
+        }
+        for (i, (pd, &ran)) in round.problems.iter().zip(done).enumerate() {
+            if ran != pd.tile_count() {
+                return Err(Error::TileCount {
+                    problem: i,
+                    ran,
+                    expected: pd.tile_count(),
+                });
+            }
+        }
+        let kernel = Duration::from_secs_f64(st.start.elapsed_ms(&st.end)? as f64 / 1e3);
+        Ok(RoundReport {
+            kernel,
+            total: t0.elapsed(),
+            tiles: t,
+        })
+    }
+}
+
+impl CudaDevice {
+    /// Runs a round without [`check`]: exercises the megakernel's own descriptor checks (status
+    /// codes). Only for tests of that path.
+    ///
+    /// # Safety
+    /// Every address the round's problems describe must be valid device memory for the tiles
+    /// that would run; only tile kinds, tile coordinates and problem indices may be wrong.
+    #[doc(hidden)]
+    pub unsafe fn run_unchecked(&self, round: &Round) -> Result<RoundReport> {
+        let mut st = self.lock()?;
+        self.run_locked(&mut st, round)
+    }
+}
+
+impl Device for CudaDevice {
+    fn name(&self) -> String {
+        self.gpu.name.clone()
+    }
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cuda
+    }
+
+    fn pool(&self) -> Range<u64> {
+        self.pool.ptr..self.pool.ptr + self.pool.bytes as u64
+    }
+
+    fn slots(&self) -> usize {
+        self.kernel.grid as usize
+    }
+
+    fn write(&self, addr: u64, data: &[f32]) -> Result<()> {
+        check_access(&self.pool(), addr, size_of_val(data) as u64)?;
+        let st = self.lock()?;
+        // SAFETY: destination inside the pool (checked); the stream orders it after queued rounds.
+        ck("cuMemcpyHtoDAsync", unsafe {
+            sys::cuMemcpyHtoDAsync_v2(
+                addr,
+                data.as_ptr() as *const c_void,
+                size_of_val(data),
+                st.stream.0,
+            )
+        })?;
+        st.stream.sync()
+    }
+
+    fn read(&self, addr: u64, out: &mut [f32]) -> Result<()> {
+        check_access(&self.pool(), addr, size_of_val(out) as u64)?;
+        let st = self.lock()?;
+        // SAFETY: source inside the pool (checked); synchronised before returning.
+        ck("cuMemcpyDtoHAsync", unsafe {
+            sys::cuMemcpyDtoHAsync_v2(
+                out.as_mut_ptr() as *mut c_void,
+                addr,
+                size_of_val(out),
+                st.stream.0,
+            )
+        })?;
+        st.stream.sync()
+    }
+
+    fn zero(&self, addr: u64, bytes: u64) -> Result<()> {
+        check_access(&self.pool(), addr, bytes)?;
+        let st = self.lock()?;
+        // SAFETY: inside the pool (checked).
+        ck("cuMemsetD8Async", unsafe {
+            sys::cuMemsetD8Async(addr, 0, bytes as usize, st.stream.0)
+        })?;
+        st.stream.sync()
+    }
+
+    fn run(&self, round: &Round) -> Result<RoundReport> {
+        check(round, self.pool())?;
+        if round.is_empty() {
+            return Ok(RoundReport::default());
+        }
+        let mut st = self.lock()?;
+        self.run_locked(&mut st, round)
+    }
+}

@@ -1,0 +1,614 @@
+//! Rounds: the descriptors of one megakernel launch, the checks every backend runs on them, the
+//! tile chooser and the cost model that sizes and orders them.
+//!
+//! A [`Round`] is plain data. [`check`] is the memory-safety gate of the backend layer: a round
+//! that passes only reads and writes inside the device pool, its outputs overlap nothing else it
+//! touches, and each tile appears exactly once. Policy (tenants, quotas) is not checked here; that
+//! is `validate`'s job.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use crate::abi::{
+    self, Activation, BiasMode, MAX_DIM, ProblemDesc, TileDesc, TileKind, flags, matrix_extent,
+};
+use crate::error::DescriptorError;
+
+/// The descriptors of one launch. Problem `i` uses completion slot `i`.
+#[derive(Clone, Debug, Default)]
+pub struct Round {
+    /// One descriptor per problem.
+    pub problems: Vec<ProblemDesc>,
+    /// Every tile of every problem, in the order CTAs will claim them.
+    pub tiles: Vec<TileDesc>,
+}
+
+impl Round {
+    /// Adds `p` to run with `kind`: fills its tile grid and completion slot and appends all its
+    /// tiles. Returns the problem's index.
+    pub fn push(&mut self, mut p: ProblemDesc, kind: TileKind) -> usize {
+        let idx = self.problems.len();
+        let s = kind.shape();
+        p.tile_kind = kind as u32;
+        p.tiles_m = p.m.div_ceil(s.bm);
+        p.tiles_n = p.n.div_ceil(s.bn);
+        p.completion = idx as u32;
+        for tile_m in 0..p.tiles_m {
+            for tile_n in 0..p.tiles_n {
+                self.tiles.push(TileDesc {
+                    problem: idx as u32,
+                    tile_m,
+                    tile_n,
+                    _reserved: 0,
+                });
+            }
+        }
+        self.problems.push(p);
+        idx
+    }
+
+    /// Orders tiles longest first by `cost` (LPT list scheduling): long tiles start early, short
+    /// ones fill the tail. Stable, so equal tiles keep problem order.
+    pub fn order_longest_first(&mut self, cost: &CostModel) {
+        let problems = &self.problems;
+        self.tiles.sort_by_cached_key(|t| {
+            std::cmp::Reverse(cost.tile_ns(&problems[t.problem as usize]) as u64)
+        });
+    }
+
+    /// Floating-point operations of the whole round (2·m·n·k per problem).
+    pub fn flops(&self) -> f64 {
+        self.problems
+            .iter()
+            .map(|p| 2.0 * p.m as f64 * p.n as f64 * p.k as f64)
+            .sum()
+    }
+
+    /// Whether the round holds no work.
+    pub fn is_empty(&self) -> bool {
+        self.tiles.is_empty()
+    }
+
+    /// Removes all problems and tiles, keeping the allocations.
+    pub fn clear(&mut self) {
+        self.problems.clear();
+        self.tiles.clear();
+    }
+}
+
+/// A descriptor for `C = act(alpha·op(A)·op(B) + beta·C + bias)` before the round builder picks
+/// its tile kind. Addresses are device addresses.
+#[allow(clippy::too_many_arguments)]
+pub fn problem(
+    (a, b, c, bias): (u64, u64, u64, u64),
+    (m, n, k): (u32, u32, u32),
+    (lda, ldb, ldc): (u32, u32, u32),
+    (alpha, beta): (f32, f32),
+    flags: u32,
+    activation: Activation,
+    bias_mode: BiasMode,
+) -> ProblemDesc {
+    ProblemDesc {
+        a,
+        b,
+        c,
+        bias,
+        m,
+        n,
+        k,
+        lda,
+        ldb,
+        ldc,
+        alpha,
+        beta,
+        flags,
+        activation: activation as u32,
+        bias_mode: bias_mode as u32,
+        tile_kind: 0,
+        tiles_m: 0,
+        tiles_n: 0,
+        tenant: 0,
+        completion: 0,
+    }
+}
+
+/// Byte ranges a problem reads (`A`, `B`, bias, and `C` when `beta != 0`) and writes (`C`).
+fn spans(p: &ProblemDesc) -> [(char, Range<u64>); 4] {
+    let span = |addr: u64, elems: u64| addr..addr + elems * 4;
+    let (ar, ac) = p.a_stored();
+    let (br, bc) = p.b_stored();
+    [
+        ('A', span(p.a, matrix_extent(ar, ac, p.lda))),
+        ('B', span(p.b, matrix_extent(br, bc, p.ldb))),
+        ('C', span(p.c, matrix_extent(p.m, p.n, p.ldc))),
+        ('b', span(p.bias, p.bias_len() as u64)),
+    ]
+}
+
+fn check_problem(
+    i: usize,
+    p: &ProblemDesc,
+    pool: &Range<u64>,
+) -> Result<TileKind, DescriptorError> {
+    for (dim, value) in [('m', p.m), ('n', p.n), ('k', p.k)] {
+        if value == 0 {
+            return Err(DescriptorError::ZeroDim { problem: i, dim });
+        }
+        if value > MAX_DIM {
+            return Err(DescriptorError::DimTooLarge {
+                problem: i,
+                dim,
+                value,
+                limit: MAX_DIM,
+            });
+        }
+    }
+    if p.flags & !flags::ALL != 0 {
+        return Err(DescriptorError::BadFlags {
+            problem: i,
+            flags: p.flags,
+        });
+    }
+    if Activation::from_u32(p.activation).is_none() || BiasMode::from_u32(p.bias_mode).is_none() {
+        return Err(DescriptorError::BadEpilogue {
+            problem: i,
+            activation: p.activation,
+            bias_mode: p.bias_mode,
+        });
+    }
+    if !p.alpha.is_finite() || !p.beta.is_finite() {
+        return Err(DescriptorError::NonFiniteScalar { problem: i });
+    }
+    let kind = TileKind::from_u32(p.tile_kind).ok_or(DescriptorError::BadTileKind {
+        problem: i,
+        code: p.tile_kind,
+    })?;
+    if !kind.supports(p.n, p.flags) {
+        return Err(DescriptorError::UnsupportedTileKind {
+            problem: i,
+            kind: kind.name(),
+            m: p.m,
+            n: p.n,
+            k: p.k,
+        });
+    }
+    let s = kind.shape();
+    let (expect_m, expect_n) = (p.m.div_ceil(s.bm), p.n.div_ceil(s.bn));
+    if (p.tiles_m, p.tiles_n) != (expect_m, expect_n) {
+        return Err(DescriptorError::TileGrid {
+            problem: i,
+            tiles_m: p.tiles_m,
+            tiles_n: p.tiles_n,
+            expect_m,
+            expect_n,
+        });
+    }
+    for (matrix, ld, row_len) in [
+        ('A', p.lda, p.a_stored().1),
+        ('B', p.ldb, p.b_stored().1),
+        ('C', p.ldc, p.n),
+    ] {
+        if ld < row_len {
+            return Err(DescriptorError::LeadingDim {
+                problem: i,
+                matrix,
+                ld,
+                row_len,
+            });
+        }
+    }
+    for (matrix, r) in spans(p) {
+        if r.is_empty() {
+            continue; // no bias
+        }
+        if r.start % 4 != 0 {
+            return Err(DescriptorError::Misaligned {
+                problem: i,
+                matrix,
+                addr: r.start,
+            });
+        }
+        if r.start < pool.start || r.end > pool.end {
+            return Err(DescriptorError::OutOfBounds {
+                problem: i,
+                matrix,
+                start: r.start,
+                end: r.end,
+                pool_start: pool.start,
+                pool_end: pool.end,
+            });
+        }
+    }
+    Ok(kind)
+}
+
+/// Checks a round against a device pool. On success, running it reads and writes only inside
+/// `pool`, no output overlaps anything else the round touches, every tile of every problem is
+/// present exactly once, and each tile kind suits its problem.
+pub fn check(round: &Round, pool: Range<u64>) -> Result<(), DescriptorError> {
+    let slots = round.problems.len();
+    let mut first_tile = Vec::with_capacity(slots + 1);
+    let mut total: u64 = 0;
+    for (i, p) in round.problems.iter().enumerate() {
+        check_problem(i, p, &pool)?;
+        if p.completion as usize >= slots {
+            return Err(DescriptorError::CompletionSlot {
+                problem: i,
+                slot: p.completion,
+                slots,
+            });
+        }
+        first_tile.push(total);
+        total += p.tile_count() as u64;
+    }
+    first_tile.push(total);
+
+    // Every tile in range; then per-problem counts; then, with the total known to equal the
+    // round's length, a bitset (bounded by the round itself) finds duplicates.
+    let mut count = vec![0u32; slots];
+    for (ti, t) in round.tiles.iter().enumerate() {
+        let p = round
+            .problems
+            .get(t.problem as usize)
+            .ok_or(DescriptorError::TileProblem {
+                tile: ti,
+                problem: t.problem,
+                problems: slots,
+            })?;
+        if t.tile_m >= p.tiles_m || t.tile_n >= p.tiles_n {
+            return Err(DescriptorError::TileCoord {
+                tile: ti,
+                problem: t.problem,
+                tile_m: t.tile_m,
+                tile_n: t.tile_n,
+                tiles_m: p.tiles_m,
+                tiles_n: p.tiles_n,
+            });
+        }
+        count[t.problem as usize] += 1;
+    }
+    if total == round.tiles.len() as u64 {
+        let mut seen = vec![0u64; (total as usize).div_ceil(64)];
+        for (ti, t) in round.tiles.iter().enumerate() {
+            let p = &round.problems[t.problem as usize];
+            let bit = first_tile[t.problem as usize]
+                + t.tile_m as u64 * p.tiles_n as u64
+                + t.tile_n as u64;
+            let (w, b) = ((bit / 64) as usize, bit % 64);
+            if seen[w] & (1 << b) != 0 {
+                return Err(DescriptorError::DuplicateTile {
+                    tile: ti,
+                    problem: t.problem,
+                    tile_m: t.tile_m,
+                    tile_n: t.tile_n,
+                });
+            }
+            seen[w] |= 1 << b;
+        }
+    }
+    for (i, p) in round.problems.iter().enumerate() {
+        if count[i] != p.tile_count() {
+            return Err(DescriptorError::MissingTiles {
+                problem: i,
+                present: count[i],
+                expected: p.tile_count(),
+            });
+        }
+    }
+
+    // Outputs against everything else: sort all spans by start; an interval overlaps an earlier
+    // one exactly when it starts before the largest end seen so far.
+    let mut spans_all: Vec<(u64, u64, usize, char)> = Vec::with_capacity(slots * 4);
+    for (i, p) in round.problems.iter().enumerate() {
+        for (matrix, r) in spans(p) {
+            if !r.is_empty() {
+                spans_all.push((r.start, r.end, i, matrix));
+            }
+        }
+    }
+    spans_all.sort_unstable_by_key(|s| (s.0, s.1));
+    let mut max_any: Option<(u64, usize, char)> = None;
+    let mut max_out: Option<(u64, usize, char)> = None;
+    for &(start, end, i, matrix) in &spans_all {
+        let is_out = matrix == 'C';
+        if is_out
+            && let Some((e, j, m)) = max_any
+            && e > start
+        {
+            return Err(DescriptorError::Overlap {
+                problem: i,
+                other: j,
+                other_matrix: m,
+            });
+        }
+        if let Some((e, j, _)) = max_out
+            && e > start
+        {
+            return Err(DescriptorError::Overlap {
+                problem: j,
+                other: i,
+                other_matrix: matrix,
+            });
+        }
+        if max_any.is_none_or(|(e, _, _)| end > e) {
+            max_any = Some((end, i, matrix));
+        }
+        if is_out && max_out.is_none_or(|(e, _, _)| end > e) {
+            max_out = Some((end, i, matrix));
+        }
+    }
+    Ok(())
+}
+
+/// Predicted execution time of tiles, per tile kind: `fixed + per_unit · units`, where a unit is
+/// one k-step of the tile for the SGEMM kinds and one byte of `A` for the GEMV kinds. Defaults
+/// come from the H100 figures in `docs/results/`; [`CostModel::calibrate`] refits them for the
+/// device at hand and [`CostModel::observe`] tracks drift online.
+#[derive(Clone, Debug)]
+pub struct CostModel {
+    fixed_ns: [f64; TileKind::ALL.len()],
+    per_unit_ns: [f64; TileKind::ALL.len()],
+    /// Ratio measured / predicted, smoothed over recent rounds.
+    scale: f64,
+    /// Fixed cost of a round (launch, copies, synchronisation).
+    pub round_overhead_ns: f64,
+}
+
+impl Default for CostModel {
+    fn default() -> Self {
+        // Per-CTA-slot rates on an H100 with 2 CTAs per SM: ~254 GFLOP/s of FMA peak and
+        // ~11 GB/s of DRAM bandwidth per slot, at the efficiencies the tiles reach.
+        let flops_ns = |bm: f64, bn: f64, eff: f64| 2.0 * bm * bn / (eff * 254.0);
+        CostModel {
+            fixed_ns: [2000.0, 1500.0, 1000.0, 1500.0, 2000.0],
+            per_unit_ns: [
+                flops_ns(128.0, 128.0, 0.70),
+                flops_ns(128.0, 64.0, 0.62),
+                flops_ns(64.0, 64.0, 0.50),
+                1.0 / 9.5,
+                1.0 / 9.5,
+            ],
+            scale: 1.0,
+            round_overhead_ns: 8000.0,
+        }
+    }
+}
+
+impl CostModel {
+    /// Work units of one tile of `p` with `kind` (see the type's docs).
+    pub fn units(kind: TileKind, p: &ProblemDesc) -> f64 {
+        if kind.is_gemv() {
+            kind.shape().bm.min(p.m) as f64 * p.k as f64 * 4.0
+        } else {
+            p.k as f64
+        }
+    }
+
+    /// Predicted nanoseconds of one tile of `p` (whose `tile_kind` is set).
+    pub fn tile_ns(&self, p: &ProblemDesc) -> f64 {
+        let kind = TileKind::from_u32(p.tile_kind).unwrap_or(TileKind::Sgemm64x64);
+        self.kind_tile_ns(kind, p)
+    }
+
+    /// Predicted nanoseconds of one tile of `p` if it ran with `kind`.
+    pub fn kind_tile_ns(&self, kind: TileKind, p: &ProblemDesc) -> f64 {
+        let i = kind as usize;
+        self.scale * (self.fixed_ns[i] + self.per_unit_ns[i] * Self::units(kind, p))
+    }
+
+    /// Sets one kind's coefficients (from calibration or a tuning table).
+    pub fn set_kind(&mut self, kind: TileKind, fixed_ns: f64, per_unit_ns: f64) {
+        self.fixed_ns[kind as usize] = fixed_ns.max(0.0);
+        self.per_unit_ns[kind as usize] = per_unit_ns.max(1e-6);
+    }
+
+    /// A kind's coefficients `(fixed_ns, per_unit_ns)`.
+    pub fn kind(&self, kind: TileKind) -> (f64, f64) {
+        (
+            self.fixed_ns[kind as usize],
+            self.per_unit_ns[kind as usize],
+        )
+    }
+
+    /// Makespan of tiles of these costs on `slots` parallel CTA slots, claimed in the given order
+    /// (each free slot takes the next tile): the greedy list schedule the device queue performs.
+    pub fn makespan_ns(costs: impl IntoIterator<Item = f64>, slots: usize) -> f64 {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let slots = slots.max(1);
+        let mut heap: BinaryHeap<Reverse<u64>> = BinaryHeap::with_capacity(slots);
+        let mut end = 0u64;
+        for c in costs {
+            let start = if heap.len() < slots {
+                0
+            } else {
+                heap.pop().map_or(0, |r| r.0)
+            };
+            let finish = start + c.max(0.0) as u64;
+            end = end.max(finish);
+            heap.push(Reverse(finish));
+        }
+        end as f64
+    }
+
+    /// Predicted duration of `round` on `slots` CTA slots, launch overhead included.
+    pub fn predict(&self, round: &Round, slots: usize) -> Duration {
+        let costs = round
+            .tiles
+            .iter()
+            .map(|t| self.tile_ns(&round.problems[t.problem as usize]));
+        Duration::from_nanos((Self::makespan_ns(costs, slots) + self.round_overhead_ns) as u64)
+    }
+
+    /// Folds one measured round into the model (exponential smoothing of measured / predicted).
+    pub fn observe(&mut self, predicted: Duration, measured: Duration) {
+        let p = predicted.as_nanos() as f64;
+        if p <= self.round_overhead_ns || measured.is_zero() {
+            return;
+        }
+        let work_pred = p - self.round_overhead_ns;
+        let work_meas = (measured.as_nanos() as f64 - self.round_overhead_ns).max(0.05 * work_pred);
+        let ratio = (work_meas / work_pred).clamp(0.25, 4.0);
+        self.scale = (0.8 * self.scale + 0.2 * self.scale * ratio).clamp(0.05, 20.0);
+    }
+
+    /// The current drift factor (1.0 = calibrated constants hold).
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// Refits every kind from timed rounds: `time(kind, k)` must run one round of `n` identical
+    /// tiles of `kind` with depth `k` (for GEMV, `k` columns of 64-row tiles) and return its
+    /// duration; two depths per kind give the fixed and per-unit terms.
+    pub fn calibrate(
+        &mut self,
+        slots: usize,
+        mut time: impl FnMut(TileKind, u32, usize) -> crate::Result<Duration>,
+    ) -> crate::Result<()> {
+        let overhead = time(TileKind::Gemv32, 4, 1)?.as_nanos() as f64;
+        self.round_overhead_ns = overhead;
+        for kind in TileKind::ALL {
+            let (k1, k2) = if kind.is_gemv() {
+                (256u32, 4096u32)
+            } else {
+                (64u32, 1024u32)
+            };
+            // One full wave of tiles per slot: the round time is one tile's time.
+            let t1 = (time(kind, k1, slots)?.as_nanos() as f64 - overhead).max(1.0);
+            let t2 = (time(kind, k2, slots)?.as_nanos() as f64 - overhead).max(t1 + 1.0);
+            let probe = |k: u32| {
+                let mut p = problem(
+                    (0, 0, 0, 0),
+                    (kind.shape().bm, 1, k),
+                    (k, 1, 1),
+                    (1.0, 0.0),
+                    0,
+                    Activation::None,
+                    BiasMode::None,
+                );
+                p.tile_kind = kind as u32;
+                Self::units(kind, &p)
+            };
+            let (u1, u2) = (probe(k1), probe(k2));
+            let per_unit = (t2 - t1) / (u2 - u1);
+            self.set_kind(kind, t1 - per_unit * u1, per_unit);
+        }
+        self.scale = 1.0;
+        Ok(())
+    }
+}
+
+/// Picks tile kinds for the problems of a round.
+///
+/// GEMV-shaped problems (`n == 1`, no `TRANS_A`) take a GEMV kind; the GEMM problems of a round
+/// all take the SGEMM kind whose predicted makespan on `slots` CTA slots is shortest (big tiles
+/// when there are many problems, small ones when few problems must spread over all SMs). A
+/// per-problem override (from the op, or a tuning table) wins whenever it supports the problem.
+#[derive(Clone, Debug, Default)]
+pub struct TileChooser {
+    /// Tuning-table entries `(m, n, k) → kind` that win over the heuristic for exact shapes.
+    pub table: Vec<((u32, u32, u32), TileKind)>,
+}
+
+/// SGEMM kinds the chooser considers for GEMM problems, largest first.
+const GEMM_KINDS: [TileKind; 3] = [
+    TileKind::Sgemm128x128,
+    TileKind::Sgemm128x64,
+    TileKind::Sgemm64x64,
+];
+
+impl TileChooser {
+    /// Kinds for `problems`, honouring `overrides[i]` where given and supported.
+    pub fn choose(
+        &self,
+        problems: &[ProblemDesc],
+        overrides: &[Option<TileKind>],
+        cost: &CostModel,
+        slots: usize,
+    ) -> Vec<TileKind> {
+        let fixed = |i: usize, p: &ProblemDesc| -> Option<TileKind> {
+            let o = overrides
+                .get(i)
+                .copied()
+                .flatten()
+                .filter(|k| k.supports(p.n, p.flags));
+            o.or_else(|| {
+                self.table
+                    .iter()
+                    .find(|(s, k)| *s == (p.m, p.n, p.k) && k.supports(p.n, p.flags))
+                    .map(|e| e.1)
+            })
+        };
+        let gemv_kind = |p: &ProblemDesc| {
+            // Prefer the longer GEMV tile when it still leaves two tiles per slot.
+            let tall = problems
+                .iter()
+                .filter(|q| q.n == 1)
+                .map(|q| q.m.div_ceil(64) as usize)
+                .sum::<usize>();
+            if p.m >= 1024 && tall >= 2 * slots {
+                TileKind::Gemv64
+            } else {
+                TileKind::Gemv32
+            }
+        };
+        let mut kinds: Vec<Option<TileKind>> = problems
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                fixed(i, p).or_else(|| {
+                    TileKind::Gemv32
+                        .supports(p.n, p.flags)
+                        .then(|| gemv_kind(p))
+                })
+            })
+            .collect();
+
+        // One SGEMM kind for the remaining problems: the shortest predicted makespan, counting
+        // the already fixed tiles too.
+        if kinds.iter().any(|k| k.is_none()) {
+            let best = GEMM_KINDS
+                .iter()
+                .map(|&g| {
+                    let mut costs = Vec::new();
+                    for (p, k) in problems.iter().zip(&kinds) {
+                        let kind = k.unwrap_or(g);
+                        let s = kind.shape();
+                        let n = (p.m.div_ceil(s.bm) * p.n.div_ceil(s.bn)) as usize;
+                        costs.extend(std::iter::repeat_n(cost.kind_tile_ns(kind, p), n));
+                    }
+                    costs.sort_unstable_by(|a, b| b.total_cmp(a));
+                    (CostModel::makespan_ns(costs, slots), g)
+                })
+                .min_by(|a, b| a.0.total_cmp(&b.0))
+                .map_or(TileKind::Sgemm64x64, |b| b.1);
+            for k in kinds.iter_mut().filter(|k| k.is_none()) {
+                *k = Some(best);
+            }
+        }
+        kinds
+            .into_iter()
+            .map(|k| k.unwrap_or(TileKind::Sgemm64x64))
+            .collect()
+    }
+
+    /// Builds a round from `problems` with chosen kinds, tiles ordered longest first.
+    pub fn build(
+        &self,
+        problems: &[ProblemDesc],
+        overrides: &[Option<TileKind>],
+        cost: &CostModel,
+        slots: usize,
+    ) -> Round {
+        let kinds = self.choose(problems, overrides, cost, slots);
+        let mut round = Round::default();
+        for (p, k) in problems.iter().zip(kinds) {
+            round.push(*p, k);
+        }
+        round.order_longest_first(cost);
+        round
+    }
+}
+
+/// Re-exported for tests: the descriptor ABI's tile shapes.
+pub use abi::TileShape;

@@ -1,0 +1,361 @@
+//! The descriptor ABI: what the host writes and the megakernel reads.
+//!
+//! One definition for both sides. The host compiles this module with `bytemuck::Pod` derives and
+//! fills [`ProblemDesc`]s and [`TileDesc`]s; the device build reads the very same layout. Enums
+//! travel as raw `u32` fields (a `Pod` type may hold any bit pattern); [`TileKind::from_u32`] and
+//! friends decode them, and the megakernel reports undecodable values through [`status`] codes.
+//!
+//! Matrices are row-major. A problem computes
+//! `C = act(alpha · op(A) · op(B) + beta · C + bias)` with `op(A)` of shape `m × k`, `op(B)` of
+//! shape `k × n` and `C` of shape `m × n`. With [`flags::TRANS_A`] the stored `A` is `k × m`
+//! (`op(A) = Aᵀ`); likewise [`flags::TRANS_B`]. When `beta == 0`, `C` is not read (BLAS rules),
+//! so it may hold anything, NaN included.
+
+#[cfg(not(target_arch = "nvptx64"))]
+use bytemuck::{Pod, Zeroable};
+
+/// Threads per CTA for every tile routine: the megakernel has one block size.
+pub const BLOCK_THREADS: u32 = 256;
+
+/// Largest `m`, `n` or `k` a problem may have.
+pub const MAX_DIM: u32 = 1 << 24;
+
+/// Bytes reserved at the start of dynamic shared memory for the megakernel's own use (the tile
+/// claim broadcast); tile routines get what follows.
+pub const SMEM_HEADER_BYTES: u32 = 16;
+
+/// Depth of the k-slices the SGEMM tiles stage through shared memory.
+pub const SGEMM_BK: u32 = 8;
+
+/// Floats of padding after each shared-memory row of an SGEMM stage (keeps 16-byte alignment and
+/// makes the transposing stores conflict-free).
+pub const SGEMM_SMEM_PAD: u32 = 4;
+
+/// Bit flags of [`ProblemDesc::flags`].
+pub mod flags {
+    /// The stored `A` is `k × m` row-major; the problem uses its transpose.
+    pub const TRANS_A: u32 = 1 << 0;
+    /// The stored `B` is `n × k` row-major; the problem uses its transpose.
+    pub const TRANS_B: u32 = 1 << 1;
+    /// Every flag this ABI version defines.
+    pub const ALL: u32 = TRANS_A | TRANS_B;
+}
+
+/// Status codes the megakernel writes (first one wins) when it meets a descriptor it cannot run.
+/// The host turns a non-zero code into an error; the offending tile is skipped, never executed.
+pub mod status {
+    /// Every tile ran.
+    pub const OK: u32 = 0;
+    /// A problem's `tile_kind` is not a [`super::TileKind`].
+    pub const BAD_TILE_KIND: u32 = 1;
+    /// A tile names a problem index past the round's problem count.
+    pub const BAD_PROBLEM: u32 = 2;
+    /// A tile's coordinates lie outside its problem's tile grid.
+    pub const BAD_TILE_COORD: u32 = 3;
+    /// A problem's activation or bias mode is not defined.
+    pub const BAD_EPILOGUE: u32 = 4;
+}
+
+/// The activation applied last in the epilogue.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    /// `act(x) = x`.
+    None = 0,
+    /// `act(x) = max(x, 0)`.
+    Relu = 1,
+}
+
+/// Which bias vector, if any, the epilogue adds before the activation.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BiasMode {
+    /// No bias.
+    None = 0,
+    /// One value per row of `C` (length `m`), broadcast along `n`: conv-as-GEMM, RNN cells.
+    Row = 1,
+    /// One value per column of `C` (length `n`), broadcast along `m`: a linear layer `x·W + b`.
+    Col = 2,
+}
+
+impl Activation {
+    /// Every activation, in code order.
+    pub const ALL: [Activation; 2] = [Activation::None, Activation::Relu];
+
+    /// Decodes a raw descriptor field.
+    #[inline(always)]
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Activation::None),
+            1 => Some(Activation::Relu),
+            _ => None,
+        }
+    }
+}
+
+impl BiasMode {
+    /// Every bias mode, in code order.
+    pub const ALL: [BiasMode; 3] = [BiasMode::None, BiasMode::Row, BiasMode::Col];
+
+    /// Decodes a raw descriptor field.
+    #[inline(always)]
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(BiasMode::None),
+            1 => Some(BiasMode::Row),
+            2 => Some(BiasMode::Col),
+            _ => None,
+        }
+    }
+}
+
+/// The tile routine a problem's tiles run. Every routine uses [`BLOCK_THREADS`] threads.
+///
+/// Adding a size: instantiate the generic routine in `megakernel.rs` and add one entry here (its
+/// code, its [`TileKind::shape`] and its line in [`TileKind::ALL`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TileKind {
+    /// 128×128 output tile, BK = 8, 8×8 outputs per thread. Highest arithmetic intensity: large
+    /// GEMMs and big batches, where there are enough tiles to fill every SM.
+    Sgemm128x128 = 0,
+    /// 128×64 output tile, BK = 8, 8×4 per thread. Twice the tiles of 128×128 for the same
+    /// problem: mid-size batches, and `n` near 64.
+    Sgemm128x64 = 1,
+    /// 64×64 output tile, BK = 8, 4×4 per thread. Small problems and latency-bound rounds with
+    /// few problems; the fallback for transposed GEMVs.
+    Sgemm64x64 = 2,
+    /// Matrix-vector (`n == 1`, `A` not transposed), 32 rows per tile, 4 rows per warp, 16-byte
+    /// loads with 8 in flight per lane: bandwidth-bound RNN cells.
+    Gemv32 = 3,
+    /// Matrix-vector with 64 rows per tile, 8 rows per warp: fewer, longer tiles (less claim
+    /// overhead) for tall matrices.
+    Gemv64 = 4,
+}
+
+/// Output tile extent of a [`TileKind`]: `bm` rows by `bn` columns of `C`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TileShape {
+    /// Rows of `C` per tile.
+    pub bm: u32,
+    /// Columns of `C` per tile.
+    pub bn: u32,
+}
+
+impl TileKind {
+    /// Every tile kind, in code order.
+    pub const ALL: [TileKind; 5] = [
+        TileKind::Sgemm128x128,
+        TileKind::Sgemm128x64,
+        TileKind::Sgemm64x64,
+        TileKind::Gemv32,
+        TileKind::Gemv64,
+    ];
+
+    /// Decodes a raw descriptor field.
+    #[inline(always)]
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(TileKind::Sgemm128x128),
+            1 => Some(TileKind::Sgemm128x64),
+            2 => Some(TileKind::Sgemm64x64),
+            3 => Some(TileKind::Gemv32),
+            4 => Some(TileKind::Gemv64),
+            _ => None,
+        }
+    }
+
+    /// The output tile this kind computes.
+    #[inline(always)]
+    pub const fn shape(self) -> TileShape {
+        match self {
+            TileKind::Sgemm128x128 => TileShape { bm: 128, bn: 128 },
+            TileKind::Sgemm128x64 => TileShape { bm: 128, bn: 64 },
+            TileKind::Sgemm64x64 => TileShape { bm: 64, bn: 64 },
+            TileKind::Gemv32 => TileShape { bm: 32, bn: 1 },
+            TileKind::Gemv64 => TileShape { bm: 64, bn: 1 },
+        }
+    }
+
+    /// Whether this kind is a matrix-vector routine (only for `n == 1` without `TRANS_A`).
+    #[inline(always)]
+    pub const fn is_gemv(self) -> bool {
+        matches!(self, TileKind::Gemv32 | TileKind::Gemv64)
+    }
+
+    /// Whether this kind can run a problem of these dimensions and flags.
+    #[inline(always)]
+    pub const fn supports(self, n: u32, flags: u32) -> bool {
+        !self.is_gemv() || (n == 1 && flags & flags::TRANS_A == 0)
+    }
+
+    /// Dynamic shared memory the tile routine needs: two stages of `BK × (bm + pad)` for A and
+    /// `BK × (bn + pad)` for B for the SGEMM kinds; nothing for GEMV.
+    #[inline(always)]
+    pub const fn smem_bytes(self) -> u32 {
+        if self.is_gemv() {
+            0
+        } else {
+            let s = self.shape();
+            2 * SGEMM_BK * (s.bm + s.bn + 2 * SGEMM_SMEM_PAD) * 4
+        }
+    }
+
+    /// Dynamic shared memory of the megakernel: its header plus the largest tile routine's need.
+    #[inline]
+    pub const fn megakernel_smem_bytes() -> u32 {
+        let mut max = 0;
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            let b = Self::ALL[i].smem_bytes();
+            if b > max {
+                max = b;
+            }
+            i += 1;
+        }
+        SMEM_HEADER_BYTES + max
+    }
+
+    /// Short lowercase name, as used on command lines and in result tables.
+    #[inline]
+    pub const fn name(self) -> &'static str {
+        match self {
+            TileKind::Sgemm128x128 => "sgemm_128x128x8",
+            TileKind::Sgemm128x64 => "sgemm_128x64x8",
+            TileKind::Sgemm64x64 => "sgemm_64x64x8",
+            TileKind::Gemv32 => "gemv_rows32",
+            TileKind::Gemv64 => "gemv_rows64",
+        }
+    }
+}
+
+/// One GEMM/GEMV problem of a round. 96 bytes, 16-byte aligned, no implicit padding.
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(not(target_arch = "nvptx64"), derive(Pod, Zeroable))]
+pub struct ProblemDesc {
+    /// Address of the stored `A` (`m × k`, or `k × m` with `TRANS_A`).
+    pub a: u64,
+    /// Address of the stored `B` (`k × n`, or `n × k` with `TRANS_B`).
+    pub b: u64,
+    /// Address of `C` (`m × n`), read when `beta != 0`, always written.
+    pub c: u64,
+    /// Address of the bias vector (length `m` or `n`, see [`BiasMode`]); 0 when there is none.
+    pub bias: u64,
+    /// Rows of `op(A)` and `C`.
+    pub m: u32,
+    /// Columns of `op(B)` and `C`.
+    pub n: u32,
+    /// Columns of `op(A)`, rows of `op(B)`.
+    pub k: u32,
+    /// Elements between consecutive rows of the stored `A`.
+    pub lda: u32,
+    /// Elements between consecutive rows of the stored `B`.
+    pub ldb: u32,
+    /// Elements between consecutive rows of `C`.
+    pub ldc: u32,
+    /// Scale of `op(A)·op(B)`.
+    pub alpha: f32,
+    /// Scale of the old `C`; 0 means `C` is not read.
+    pub beta: f32,
+    /// [`flags`] bits.
+    pub flags: u32,
+    /// [`Activation`] code.
+    pub activation: u32,
+    /// [`BiasMode`] code.
+    pub bias_mode: u32,
+    /// [`TileKind`] code.
+    pub tile_kind: u32,
+    /// Tiles along `m`: `ceil(m / bm)`.
+    pub tiles_m: u32,
+    /// Tiles along `n`: `ceil(n / bn)`.
+    pub tiles_n: u32,
+    /// Owning tenant (bookkeeping; the device does not act on it).
+    pub tenant: u32,
+    /// Index of the completion counter this problem's tiles increment.
+    pub completion: u32,
+}
+
+/// One unit of megakernel work: a `bm × bn` tile of one problem's `C`. 16 bytes.
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(not(target_arch = "nvptx64"), derive(Pod, Zeroable))]
+pub struct TileDesc {
+    /// Index of the problem in the round's problem array.
+    pub problem: u32,
+    /// Tile row: `C` rows `tile_m·bm ..`.
+    pub tile_m: u32,
+    /// Tile column: `C` columns `tile_n·bn ..`.
+    pub tile_n: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<ProblemDesc>() == 96);
+    assert!(core::mem::align_of::<ProblemDesc>() == 16);
+    assert!(core::mem::offset_of!(ProblemDesc, a) == 0);
+    assert!(core::mem::offset_of!(ProblemDesc, bias) == 24);
+    assert!(core::mem::offset_of!(ProblemDesc, m) == 32);
+    assert!(core::mem::offset_of!(ProblemDesc, alpha) == 56);
+    assert!(core::mem::offset_of!(ProblemDesc, flags) == 64);
+    assert!(core::mem::offset_of!(ProblemDesc, tile_kind) == 76);
+    assert!(core::mem::offset_of!(ProblemDesc, completion) == 92);
+    assert!(core::mem::size_of::<TileDesc>() == 16);
+    assert!(core::mem::align_of::<TileDesc>() == 16);
+};
+
+/// `ceil(a / b)` for `b > 0`.
+#[inline(always)]
+pub const fn ceil_div(a: u32, b: u32) -> u32 {
+    a.div_ceil(b)
+}
+
+/// Elements spanned by a row-major `rows × cols` matrix with leading dimension `ld`:
+/// the last element's index plus one. Zero when either dimension is zero.
+#[inline(always)]
+pub const fn matrix_extent(rows: u32, cols: u32, ld: u32) -> u64 {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows as u64 - 1) * ld as u64 + cols as u64
+    }
+}
+
+impl ProblemDesc {
+    /// Stored shape (rows, cols) of `A`.
+    #[inline(always)]
+    pub const fn a_stored(&self) -> (u32, u32) {
+        if self.flags & flags::TRANS_A != 0 {
+            (self.k, self.m)
+        } else {
+            (self.m, self.k)
+        }
+    }
+
+    /// Stored shape (rows, cols) of `B`.
+    #[inline(always)]
+    pub const fn b_stored(&self) -> (u32, u32) {
+        if self.flags & flags::TRANS_B != 0 {
+            (self.n, self.k)
+        } else {
+            (self.k, self.n)
+        }
+    }
+
+    /// Number of tiles in this problem's grid.
+    #[inline(always)]
+    pub const fn tile_count(&self) -> u32 {
+        self.tiles_m * self.tiles_n
+    }
+
+    /// Length of the bias vector this problem reads (0 without bias).
+    #[inline(always)]
+    pub const fn bias_len(&self) -> u32 {
+        match BiasMode::from_u32(self.bias_mode) {
+            Some(BiasMode::Row) => self.m,
+            Some(BiasMode::Col) => self.n,
+            _ => 0,
+        }
+    }
+}

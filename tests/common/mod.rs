@@ -1,0 +1,160 @@
+//! Helpers shared by the integration tests: run one test body on every device, check cases.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::sync::{Arc, OnceLock};
+
+use rand::Rng;
+use rand::seq::IndexedRandom;
+use tilemux::abi::TileKind;
+use tilemux::cuda::{CudaConfig, CudaDevice};
+use tilemux::reference::{Case, Staged};
+use tilemux::round::{CostModel, Round, TileChooser};
+use tilemux::{Device, Error};
+
+/// Prints past libtest's output capture, so skips are visible in a plain `cargo test`.
+pub fn say(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+/// The GPU, once per test process; `None` (with a printed skip) without driver or device.
+pub fn gpu() -> Option<Arc<CudaDevice>> {
+    static GPU: OnceLock<Option<Arc<CudaDevice>>> = OnceLock::new();
+    GPU.get_or_init(|| {
+        match CudaDevice::new(&CudaConfig {
+            pool_bytes: 3 << 30,
+            ..Default::default()
+        }) {
+            Ok(d) => {
+                say(&format!(
+                    "GPU: {} ({} registers/thread, {} B local, grid {} = {} CTAs/SM)",
+                    d.name(),
+                    d.kernel().registers,
+                    d.kernel().local_bytes,
+                    d.kernel().grid,
+                    d.kernel().ctas_per_sm
+                ));
+                Some(Arc::new(d))
+            }
+            Err(e @ (Error::NoCudaDriver(_) | Error::NoCudaDevice)) => {
+                say(&format!("no CUDA device ({e})"));
+                None
+            }
+            Err(e) => panic!("a CUDA driver is present but the device is unusable: {e}"),
+        }
+    })
+    .clone()
+}
+
+/// A CPU device with a pool of `bytes`.
+pub fn cpu(bytes: usize) -> Arc<dyn Device> {
+    Arc::new(tilemux::cpu::CpuDevice::new(bytes).unwrap())
+}
+
+/// Defines a module `<name>` with tests `cpu` and `gpu`, each running `body(device, max_dim)`;
+/// the GPU variant says `skipped: no CUDA device` when it cannot run.
+#[macro_export]
+macro_rules! device_test {
+    ($name:ident, $cpu_max:expr, $gpu_max:expr, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn cpu() {
+                let d = common::cpu(1 << 30);
+                ($body)(&*d, $cpu_max);
+            }
+            #[test]
+            fn gpu() {
+                match common::gpu() {
+                    Some(d) => ($body)(&*d as &dyn tilemux::Device, $gpu_max),
+                    None => {
+                        common::say(concat!(stringify!($name), "::gpu: skipped: no CUDA device"))
+                    }
+                }
+            }
+        }
+    };
+}
+
+/// How each problem's tile kind is picked.
+#[derive(Clone, Copy, Debug)]
+pub enum Kinds {
+    /// The runtime's chooser.
+    Auto,
+    /// A random kind among those that support the problem.
+    Random,
+    /// This kind wherever it is supported, else the chooser.
+    Only(TileKind),
+}
+
+/// Builds the round for `cases` staged at `staged`.
+pub fn round_for(
+    device: &dyn Device,
+    staged: &Staged,
+    cases: &[Case],
+    kinds: Kinds,
+    rng: &mut impl Rng,
+) -> Round {
+    let descs = staged.descs(cases);
+    let overrides: Vec<Option<TileKind>> = descs
+        .iter()
+        .map(|p| {
+            let ok: Vec<TileKind> = TileKind::ALL
+                .into_iter()
+                .filter(|k| k.supports(p.n, p.flags))
+                .collect();
+            match kinds {
+                Kinds::Auto => None,
+                Kinds::Random => ok.choose(rng).copied(),
+                Kinds::Only(k) => ok.contains(&k).then_some(k),
+            }
+        })
+        .collect();
+    TileChooser::default().build(&descs, &overrides, &CostModel::default(), device.slots())
+}
+
+/// Runs `cases` as one round `runs` times, with fresh inputs and poisoned outputs each time, and
+/// asserts every result within `bound` of the f64 reference. Returns the worst error.
+pub fn check_cases(
+    device: &dyn Device,
+    cases: &mut [Case],
+    kinds: Kinds,
+    runs: usize,
+    rng: &mut impl Rng,
+) -> f64 {
+    let bound = 1e-4;
+    let staged = Staged::new(device, cases).expect("staging");
+    let mut worst = 0.0f64;
+    for run in 0..runs {
+        if run > 0 {
+            cases.iter_mut().for_each(|c| c.refresh(rng));
+            staged.upload_inputs(device, cases).unwrap();
+        }
+        staged.poison(device, cases).unwrap();
+        let round = round_for(device, &staged, cases, kinds, rng);
+        device
+            .run(&round)
+            .unwrap_or_else(|e| panic!("run {run} failed: {e}"));
+        let got = staged.read_c(device, cases).unwrap();
+        for (i, (c, g)) in cases.iter().zip(&got).enumerate() {
+            let err = c.error(g, &c.reference());
+            let kind = TileKind::from_u32(round.problems[i].tile_kind).unwrap();
+            assert!(
+                err < bound,
+                "case {i} ({}×{}×{}, flags {}, ld {:?}, alpha {}, beta {}, {:?}, {:?}, {}): relative error {err:e} (bound {bound:e})",
+                c.m,
+                c.n,
+                c.k,
+                c.flags,
+                c.ld,
+                c.alpha,
+                c.beta,
+                c.activation,
+                c.bias_mode,
+                kind.name()
+            );
+            worst = worst.max(err);
+        }
+    }
+    worst
+}
