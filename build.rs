@@ -32,13 +32,7 @@ fn main() {
     for p in ["kernels/src", "kernels/Cargo.toml", COMMITTED, "Cargo.lock"] {
         println!("cargo:rerun-if-changed={p}");
     }
-    for v in [
-        "TILEMUX_KERNEL_CARGO",
-        "TILEMUX_KERNEL_RUSTC",
-        "TILEMUX_SM",
-        "TILEMUX_PTX_ISA",
-        "TILEMUX_PTX",
-    ] {
+    for v in ["TILEMUX_KERNEL_CARGO", "TILEMUX_KERNEL_RUSTC", "TILEMUX_SM", "TILEMUX_PTX_ISA", "TILEMUX_PTX"] {
         println!("cargo:rerun-if-env-changed={v}");
     }
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -52,15 +46,12 @@ fn main() {
 
     let source = match find_toolchain() {
         Some(tc) => {
-            let ptx = compile(&tc, &root, &out_dir, &sm, isa.as_deref())
-                .unwrap_or_else(|e| panic!("{e}"));
+            let ptx = compile(&tc, &root, &out_dir, &sm, isa.as_deref()).unwrap_or_else(|e| panic!("{e}"));
             check_ptx(&ptx).unwrap_or_else(|e| panic!("kernels/: {e}"));
             let is_default_target = sm == DEFAULT_SM && isa.is_none();
             if is_default_target && committed.as_deref() != Some(ptx.as_str()) {
                 match mode.as_str() {
-                    "update" => {
-                        fs::write(&committed_path, &ptx).expect("writing kernels/tilemux.ptx")
-                    }
+                    "update" => fs::write(&committed_path, &ptx).expect("writing kernels/tilemux.ptx"),
                     "check" => panic!(
                         "{COMMITTED} is stale: it differs from the PTX that {} builds from kernels/. \
                          Rebuild it with `TILEMUX_PTX=update cargo build` and commit it.",
@@ -79,9 +70,7 @@ fn main() {
             if mode == "check" {
                 panic!("TILEMUX_PTX=check needs a kernel toolchain: {INSTALL_HINT}");
             }
-            let ptx = committed.unwrap_or_else(|| {
-                panic!("no kernel toolchain and no {COMMITTED}: {INSTALL_HINT}")
-            });
+            let ptx = committed.unwrap_or_else(|| panic!("no kernel toolchain and no {COMMITTED}: {INSTALL_HINT}"));
             println!(
                 "cargo:warning=no nvptx kernel toolchain found; embedding the committed {COMMITTED}. \
                  To rebuild kernels: {INSTALL_HINT}"
@@ -97,9 +86,7 @@ fn main() {
 /// Runs `cmd` and returns its trimmed stdout if it succeeded.
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// A toolchain can build the kernels if its rustc knows the target and its sysroot has `core`'s
@@ -111,56 +98,37 @@ fn usable(cargo: PathBuf, rustc: PathBuf, origin: String) -> Option<Toolchain> {
     let sysroot = output(Command::new(&rustc).args(["--print", "sysroot"]))?;
     let core_src = Path::new(&sysroot).join("lib/rustlib/src/rust/library/core/Cargo.toml");
     let targets = output(Command::new(&rustc).args(["--print", "target-list"]))?;
-    (core_src.is_file() && targets.lines().any(|t| t == "nvptx64-nvidia-cuda")).then_some(
-        Toolchain {
-            cargo,
-            rustc,
-            origin,
-        },
-    )
+    (core_src.is_file() && targets.lines().any(|t| t == "nvptx64-nvidia-cuda")).then_some(Toolchain {
+        cargo,
+        rustc,
+        origin,
+    })
 }
 
 fn find_toolchain() -> Option<Toolchain> {
     if let Ok(cargo) = env::var("TILEMUX_KERNEL_CARGO") {
         let cargo = PathBuf::from(cargo);
-        let rustc = env::var("TILEMUX_KERNEL_RUSTC")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| cargo.with_file_name("rustc"));
-        let found = usable(
-            cargo.clone(),
-            rustc,
-            format!("TILEMUX_KERNEL_CARGO={}", cargo.display()),
-        );
+        let rustc =
+            env::var("TILEMUX_KERNEL_RUSTC").map(PathBuf::from).unwrap_or_else(|_| cargo.with_file_name("rustc"));
+        let found = usable(cargo.clone(), rustc, format!("TILEMUX_KERNEL_CARGO={}", cargo.display()));
         if found.is_none() {
-            println!(
-                "cargo:warning=TILEMUX_KERNEL_CARGO={} cannot build nvptx kernels",
-                cargo.display()
-            );
+            println!("cargo:warning=TILEMUX_KERNEL_CARGO={} cannot build nvptx kernels", cargo.display());
         }
         return found;
     }
     if let Some(list) = output(Command::new("rustup").args(["toolchain", "list"])) {
         for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-            let Some(sysroot) =
-                output(Command::new("rustup").args(["run", name, "rustc", "--print", "sysroot"]))
+            let Some(sysroot) = output(Command::new("rustup").args(["run", name, "rustc", "--print", "sysroot"]))
             else {
                 continue;
             };
             let bin = Path::new(&sysroot).join("bin");
-            if let Some(tc) = usable(
-                bin.join("cargo"),
-                bin.join("rustc"),
-                format!("rustup toolchain {name}"),
-            ) {
+            if let Some(tc) = usable(bin.join("cargo"), bin.join("rustc"), format!("rustup toolchain {name}")) {
                 return Some(tc);
             }
         }
     }
-    usable(
-        PathBuf::from("/usr/bin/cargo"),
-        PathBuf::from("/usr/bin/rustc"),
-        "Debian rustc-web".to_string(),
-    )
+    usable(PathBuf::from("/usr/bin/cargo"), PathBuf::from("/usr/bin/rustc"), "Debian rustc-web".to_string())
 }
 
 /// The outer cargo's target directory (the ancestor of `OUT_DIR` holding `CACHEDIR.TAG`), so that
@@ -173,13 +141,7 @@ fn kernel_target_dir(out_dir: &Path) -> PathBuf {
         .unwrap_or_else(|| out_dir.join("tilemux-kernels"))
 }
 
-fn compile(
-    tc: &Toolchain,
-    root: &Path,
-    out_dir: &Path,
-    sm: &str,
-    isa: Option<&str>,
-) -> Result<String, String> {
+fn compile(tc: &Toolchain, root: &Path, out_dir: &Path, sm: &str, isa: Option<&str>) -> Result<String, String> {
     let ptx = out_dir.join("tilemux.fresh.ptx");
     let mut rustflags = format!("-C target-cpu={sm}");
     if let Some(isa) = isa {
@@ -190,10 +152,7 @@ fn compile(
     // RUSTUP_TOOLCHAIN, ...) would point the inner build at the host toolchain and target.
     for (k, _) in env::vars_os() {
         let k = k.to_string_lossy().to_string();
-        if (k.starts_with("CARGO") || k.starts_with("RUST"))
-            && k != "CARGO_HOME"
-            && k != "RUSTUP_HOME"
-        {
+        if (k.starts_with("CARGO") || k.starts_with("RUST")) && k != "CARGO_HOME" && k != "RUSTUP_HOME" {
             cmd.env_remove(&k);
         }
     }
@@ -202,29 +161,15 @@ fn compile(
         .env("RUSTFLAGS", rustflags)
         .current_dir(root)
         .args(["rustc", "--release", "--quiet", "-p", "tilemux-kernels"])
-        .args([
-            "--target",
-            "nvptx64-nvidia-cuda",
-            "-Zbuild-std=core",
-            "--target-dir",
-        ])
+        .args(["--target", "nvptx64-nvidia-cuda", "-Zbuild-std=core", "--target-dir"])
         .arg(kernel_target_dir(out_dir))
         .arg("--")
         .arg(format!("--emit=asm={}", ptx.display()))
         // One codegen unit: one PTX file. No debug info: stable, small PTX. The unroll threshold
         // makes LLVM fully unroll the register-blocked loops, keeping accumulator arrays in
         // registers (check_ptx rejects local memory).
-        .args([
-            "-C",
-            "codegen-units=1",
-            "-C",
-            "debuginfo=0",
-            "-C",
-            "llvm-args=-unroll-threshold=8000",
-        ]);
-    let out = cmd
-        .output()
-        .map_err(|e| format!("running {}: {e}", tc.cargo.display()))?;
+        .args(["-C", "codegen-units=1", "-C", "debuginfo=0", "-C", "llvm-args=-unroll-threshold=8000"]);
+    let out = cmd.output().map_err(|e| format!("running {}: {e}", tc.cargo.display()))?;
     if !out.status.success() {
         return Err(format!(
             "building kernels/ for nvptx64 with {} failed:\n{}",
@@ -244,11 +189,9 @@ fn check_ptx(ptx: &str) -> Result<(), String> {
         ));
     }
     if ptx.contains("__local_depot") {
-        return Err(
-            "the PTX uses local memory (`__local_depot`): a register array is indexed at run time \
+        return Err("the PTX uses local memory (`__local_depot`): a register array is indexed at run time \
              or a loop was not unrolled"
-                .into(),
-        );
+            .into());
     }
     if !ptx.contains(".entry tilemux_round") || !ptx.contains("fma.rn.f32") {
         return Err("the PTX lacks the `tilemux_round` entry point or `fma.rn.f32`".into());

@@ -45,22 +45,12 @@ pub struct CpuDevice {
 impl CpuDevice {
     /// A CPU device with a zeroed pool of `bytes` bytes.
     pub fn new(bytes: usize) -> Result<Self> {
-        let layout =
-            Layout::from_size_align(bytes.max(256), 256).map_err(|e| Error::PoolAlloc {
-                requested: bytes,
-                reason: e.to_string(),
-            })?;
+        let layout = Layout::from_size_align(bytes.max(256), 256)
+            .map_err(|e| Error::PoolAlloc { requested: bytes, reason: e.to_string() })?;
         // SAFETY: the layout has non-zero size.
-        let ptr =
-            NonNull::new(unsafe { alloc_zeroed(layout) }).ok_or_else(|| Error::PoolAlloc {
-                requested: bytes,
-                reason: "host allocation failed".into(),
-            })?;
-        Ok(CpuDevice {
-            pool: HostPool { ptr, layout },
-            lock: Mutex::new(()),
-            threads: rayon::current_num_threads(),
-        })
+        let ptr = NonNull::new(unsafe { alloc_zeroed(layout) })
+            .ok_or_else(|| Error::PoolAlloc { requested: bytes, reason: "host allocation failed".into() })?;
+        Ok(CpuDevice { pool: HostPool { ptr, layout }, lock: Mutex::new(()), threads: rayon::current_num_threads() })
     }
 
     fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -68,50 +58,32 @@ impl CpuDevice {
     }
 }
 
-/// Runs one tile.
+/// Runs one tile. A split-K problem's tiles of slice 0 compute the whole `k` (the sum every
+/// slice would contribute) and the other slices' tiles do nothing: the same result as the GPU's
+/// partial-sum reduction, without a workspace.
 ///
 /// # Safety
 /// `p` and `t` passed [`check`] against the pool these addresses point into, and no other thread
 /// accesses this tile's part of `C` (check makes tiles' outputs disjoint from everything else).
 unsafe fn run_tile(p: &ProblemDesc, t: &TileDesc) {
+    if t.split != 0 {
+        return;
+    }
     let kind = TileKind::from_u32(p.tile_kind).expect("checked");
     let s = kind.shape();
     let (m0, n0) = (t.tile_m * s.bm, t.tile_n * s.bn);
     let (mt, nt) = ((p.m - m0).min(s.bm) as usize, (p.n - n0).min(s.bn) as usize);
     let (lda, ldb, ldc) = (p.lda as isize, p.ldb as isize, p.ldc as isize);
     // op(A) element (i, k) and op(B) element (k, j) as (row stride, column stride).
-    let (rsa, csa) = if p.flags & flags::TRANS_A != 0 {
-        (1, lda)
-    } else {
-        (lda, 1)
-    };
-    let (rsb, csb) = if p.flags & flags::TRANS_B != 0 {
-        (1, ldb)
-    } else {
-        (ldb, 1)
-    };
+    let (rsa, csa) = if p.flags & flags::TRANS_A != 0 { (1, lda) } else { (lda, 1) };
+    let (rsb, csb) = if p.flags & flags::TRANS_B != 0 { (1, ldb) } else { (ldb, 1) };
     let a = (p.a as *const f32).wrapping_offset(m0 as isize * rsa);
     let b = (p.b as *const f32).wrapping_offset(n0 as isize * csb);
     let c = (p.c as *mut f32).wrapping_offset(m0 as isize * ldc + n0 as isize);
     // SAFETY: check() proved every element of op(A), op(B) and this tile of C inside the pool;
     // beta == 0 makes matrixmultiply ignore the old C (NaN included), as on the GPU.
     unsafe {
-        matrixmultiply::sgemm(
-            mt,
-            p.k as usize,
-            nt,
-            p.alpha,
-            a,
-            rsa,
-            csa,
-            b,
-            rsb,
-            csb,
-            p.beta,
-            c,
-            ldc,
-            1,
-        );
+        matrixmultiply::sgemm(mt, p.k as usize, nt, p.alpha, a, rsa, csa, b, rsb, csb, p.beta, c, ldc, 1);
     }
     let bias = BiasMode::from_u32(p.bias_mode).expect("checked");
     let relu = Activation::from_u32(p.activation) == Some(Activation::Relu);
@@ -187,10 +159,6 @@ impl Device for CpuDevice {
             unsafe { run_tile(&round.problems[t.problem as usize], t) }
         });
         let elapsed = start.elapsed();
-        Ok(RoundReport {
-            kernel: elapsed,
-            total: elapsed,
-            tiles: round.tiles.len(),
-        })
+        Ok(RoundReport { kernel: elapsed, total: elapsed, tiles: round.tiles.len() })
     }
 }

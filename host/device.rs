@@ -55,9 +55,6 @@ pub(crate) fn check_access(pool: &Range<u64>, addr: u64, bytes: u64) -> Result<(
     let end = addr.checked_add(bytes);
     match end {
         Some(end) if addr >= pool.start && end <= pool.end && addr % 4 == 0 => Ok(()),
-        _ => Err(Error::PoolAccess {
-            addr,
-            bytes: bytes as usize,
-        }),
+        _ => Err(Error::PoolAccess { addr, bytes: bytes as usize }),
     }
 }

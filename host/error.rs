@@ -9,114 +9,45 @@ pub enum DescriptorError {
     #[error("problem {problem}: dimension {dim} is zero")]
     ZeroDim { problem: usize, dim: char },
     #[error("problem {problem}: dimension {dim} = {value} exceeds the limit {limit}")]
-    DimTooLarge {
-        problem: usize,
-        dim: char,
-        value: u32,
-        limit: u32,
-    },
-    #[error(
-        "problem {problem}: leading dimension of {matrix} is {ld}, below its row length {row_len}"
-    )]
-    LeadingDim {
-        problem: usize,
-        matrix: char,
-        ld: u32,
-        row_len: u32,
-    },
+    DimTooLarge { problem: usize, dim: char, value: u32, limit: u32 },
+    #[error("problem {problem}: leading dimension of {matrix} is {ld}, below its row length {row_len}")]
+    LeadingDim { problem: usize, matrix: char, ld: u32, row_len: u32 },
     #[error(
         "problem {problem}: {matrix} spans {start:#x}..{end:#x}, outside device memory {pool_start:#x}..{pool_end:#x}"
     )]
-    OutOfBounds {
-        problem: usize,
-        matrix: char,
-        start: u64,
-        end: u64,
-        pool_start: u64,
-        pool_end: u64,
-    },
+    OutOfBounds { problem: usize, matrix: char, start: u64, end: u64, pool_start: u64, pool_end: u64 },
     #[error("problem {problem}: address of {matrix} ({addr:#x}) is not 4-byte aligned")]
-    Misaligned {
-        problem: usize,
-        matrix: char,
-        addr: u64,
-    },
+    Misaligned { problem: usize, matrix: char, addr: u64 },
     #[error("problem {problem}: unknown flag bits {flags:#x}")]
     BadFlags { problem: usize, flags: u32 },
     #[error("problem {problem}: unknown tile kind {code}")]
     BadTileKind { problem: usize, code: u32 },
-    #[error(
-        "problem {problem}: tile kind {kind} cannot run an m×n×k = {m}×{n}×{k} problem with these transposes"
-    )]
-    UnsupportedTileKind {
-        problem: usize,
-        kind: &'static str,
-        m: u32,
-        n: u32,
-        k: u32,
-    },
+    #[error("problem {problem}: tile kind {kind} cannot run an m×n×k = {m}×{n}×{k} problem with these transposes")]
+    UnsupportedTileKind { problem: usize, kind: &'static str, m: u32, n: u32, k: u32 },
+    #[error("problem {problem}: k_splits = {k_splits} is outside 1..={max}")]
+    KSplits { problem: usize, k_splits: u32, max: u32 },
     #[error("problem {problem}: unknown activation {activation} or bias mode {bias_mode}")]
-    BadEpilogue {
-        problem: usize,
-        activation: u32,
-        bias_mode: u32,
-    },
+    BadEpilogue { problem: usize, activation: u32, bias_mode: u32 },
     #[error("problem {problem}: alpha or beta is not finite")]
     NonFiniteScalar { problem: usize },
     #[error(
         "problem {problem}: tile grid {tiles_m}×{tiles_n} does not match its shape and tile kind (expected {expect_m}×{expect_n})"
     )]
-    TileGrid {
-        problem: usize,
-        tiles_m: u32,
-        tiles_n: u32,
-        expect_m: u32,
-        expect_n: u32,
-    },
+    TileGrid { problem: usize, tiles_m: u32, tiles_n: u32, expect_m: u32, expect_n: u32 },
     #[error("problem {problem}: completion slot {slot} is past the round's {slots} slots")]
-    CompletionSlot {
-        problem: usize,
-        slot: u32,
-        slots: usize,
-    },
+    CompletionSlot { problem: usize, slot: u32, slots: usize },
     #[error("problem {problem}: C overlaps {other_matrix} of problem {other}")]
-    Overlap {
-        problem: usize,
-        other: usize,
-        other_matrix: char,
-    },
+    Overlap { problem: usize, other: usize, other_matrix: char },
     #[error("tile {tile}: problem index {problem} is past the round's {problems} problems")]
-    TileProblem {
-        tile: usize,
-        problem: u32,
-        problems: usize,
-    },
+    TileProblem { tile: usize, problem: u32, problems: usize },
     #[error(
         "tile {tile}: coordinates ({tile_m}, {tile_n}) are outside the {tiles_m}×{tiles_n} grid of problem {problem}"
     )]
-    TileCoord {
-        tile: usize,
-        problem: u32,
-        tile_m: u32,
-        tile_n: u32,
-        tiles_m: u32,
-        tiles_n: u32,
-    },
+    TileCoord { tile: usize, problem: u32, tile_m: u32, tile_n: u32, tiles_m: u32, tiles_n: u32 },
     #[error("tile {tile}: ({tile_m}, {tile_n}) of problem {problem} appears twice")]
-    DuplicateTile {
-        tile: usize,
-        problem: u32,
-        tile_m: u32,
-        tile_n: u32,
-    },
-    #[error(
-        "problem {problem}: the round holds {present} of its tiles, expected each of its {expected} tiles once"
-    )]
-    MissingTiles {
-        problem: usize,
-        present: u32,
-        expected: u32,
-    },
+    DuplicateTile { tile: usize, problem: u32, tile_m: u32, tile_n: u32 },
+    #[error("problem {problem}: the round holds {present} of its tiles, expected each of its {expected} tiles once")]
+    MissingTiles { problem: usize, present: u32, expected: u32 },
 }
 
 /// Every error tilemux returns.
@@ -128,30 +59,15 @@ pub enum Error {
     #[error("no CUDA device is present")]
     NoCudaDevice,
     #[error("CUDA driver call {call} failed: {source}")]
-    Cuda {
-        call: &'static str,
-        source: cudarc::driver::DriverError,
-    },
+    Cuda { call: &'static str, source: cudarc::driver::DriverError },
     #[error("cuBLAS call {call} failed: {source}")]
-    Cublas {
-        call: &'static str,
-        source: cudarc::cublas::result::CublasError,
-    },
+    Cublas { call: &'static str, source: cudarc::cublas::result::CublasError },
     #[error("loading the embedded PTX failed: {source}\nJIT log:\n{log}")]
-    ModuleLoad {
-        source: cudarc::driver::DriverError,
-        log: String,
-    },
+    ModuleLoad { source: cudarc::driver::DriverError, log: String },
     #[error("the megakernel reported status {code} ({meaning})")]
     DeviceStatus { code: u32, meaning: &'static str },
-    #[error(
-        "problem {problem} finished {ran} tiles, expected {expected} (each tile must run exactly once)"
-    )]
-    TileCount {
-        problem: usize,
-        ran: u32,
-        expected: u32,
-    },
+    #[error("problem {problem} finished {ran} tiles, expected {expected} (each tile must run exactly once)")]
+    TileCount { problem: usize, ran: u32, expected: u32 },
     #[error("invalid round descriptor: {0}")]
     Descriptor(#[from] DescriptorError),
     #[error("device memory access {addr:#x}+{bytes} is outside the device pool")]
@@ -160,61 +76,24 @@ pub enum Error {
     PoolAlloc { requested: usize, reason: String },
 
     // --- memory
-    #[error(
-        "tenant {tenant}: allocating {requested} bytes exceeds its quota ({available} of {quota} bytes free)"
-    )]
-    QuotaExceeded {
-        tenant: String,
-        requested: u64,
-        available: u64,
-        quota: u64,
-    },
-    #[error(
-        "runtime memory budget exhausted: {requested} bytes requested, {available} bytes free in one piece"
-    )]
+    #[error("tenant {tenant}: allocating {requested} bytes exceeds its quota ({available} of {quota} bytes free)")]
+    QuotaExceeded { tenant: String, requested: u64, available: u64, quota: u64 },
+    #[error("runtime memory budget exhausted: {requested} bytes requested, {available} bytes free in one piece")]
     OutOfDeviceMemory { requested: u64, available: u64 },
     #[error("buffer of {len} elements cannot hold {needed} elements")]
     BufferTooSmall { len: usize, needed: usize },
 
     // --- validation of user work
     #[error("op {op}: {matrix} belongs to tenant {owner}, not to the submitting tenant {tenant}")]
-    ForeignBuffer {
-        op: usize,
-        matrix: char,
-        owner: String,
-        tenant: String,
-    },
-    #[error(
-        "op {op}: {matrix} needs {needed} elements from offset {offset} but its buffer holds {len}"
-    )]
-    MatrixOutOfBuffer {
-        op: usize,
-        matrix: char,
-        offset: usize,
-        needed: u64,
-        len: usize,
-    },
+    ForeignBuffer { op: usize, matrix: char, owner: String, tenant: String },
+    #[error("op {op}: {matrix} needs {needed} elements from offset {offset} but its buffer holds {len}")]
+    MatrixOutOfBuffer { op: usize, matrix: char, offset: usize, needed: u64, len: usize },
     #[error("op {op}: leading dimension of {matrix} is {ld}, below its row length {row_len}")]
-    BadLeadingDim {
-        op: usize,
-        matrix: char,
-        ld: usize,
-        row_len: usize,
-    },
+    BadLeadingDim { op: usize, matrix: char, ld: usize, row_len: usize },
     #[error("op {op}: dimensions must be in 1..={limit}, got m={m} n={n} k={k}")]
-    BadDims {
-        op: usize,
-        m: usize,
-        n: usize,
-        k: usize,
-        limit: u32,
-    },
+    BadDims { op: usize, m: usize, n: usize, k: usize, limit: u32 },
     #[error("op {op}: bias has {len} elements, expected {expected}")]
-    BadBias {
-        op: usize,
-        len: usize,
-        expected: usize,
-    },
+    BadBias { op: usize, len: usize, expected: usize },
     #[error("op {op}: the output C overlaps input {matrix}")]
     OutputOverlapsInput { op: usize, matrix: char },
     #[error("op {op}: alpha and beta must be finite, got alpha={alpha} beta={beta}")]
@@ -223,9 +102,7 @@ pub enum Error {
     TileKindUnsupported { op: usize, kind: &'static str },
     #[error("a request must hold at least one op")]
     EmptyRequest,
-    #[error(
-        "ops {first} and {second} of one request write the same buffer or read what the other writes"
-    )]
+    #[error("ops {first} and {second} of one request write the same buffer or read what the other writes")]
     ConflictingOps { first: usize, second: usize },
 
     // --- runtime state
@@ -234,11 +111,7 @@ pub enum Error {
     #[error("a tenant named {0} already exists")]
     DuplicateTenant(String),
     #[error("tenant {tenant}: {pending} requests pending, the limit is {limit}")]
-    QueueFull {
-        tenant: String,
-        pending: usize,
-        limit: usize,
-    },
+    QueueFull { tenant: String, pending: usize, limit: usize },
     #[error("the runtime is shut down")]
     Closed,
     #[error("tenant {0} was removed before its work ran")]

@@ -52,10 +52,7 @@ pub enum Backend {
 /// Opens a device with a memory pool of `pool_bytes`. With [`Backend::Auto`], a missing driver or
 /// device falls back to the CPU (the reason is logged); other CUDA errors are returned.
 pub fn open_device(backend: Backend, pool_bytes: usize) -> Result<Arc<dyn Device>> {
-    let cfg = cuda::CudaConfig {
-        pool_bytes,
-        ..Default::default()
-    };
+    let cfg = cuda::CudaConfig { pool_bytes, ..Default::default() };
     match backend {
         Backend::Cpu => Ok(Arc::new(cpu::CpuDevice::new(pool_bytes)?)),
         Backend::Cuda => Ok(Arc::new(cuda::CudaDevice::new(&cfg)?)),
@@ -65,13 +62,8 @@ pub fn open_device(backend: Backend, pool_bytes: usize) -> Result<Arc<dyn Device
                 tracing::info!("no usable GPU ({e}); using the CPU backend");
                 Ok(Arc::new(cpu::CpuDevice::new(pool_bytes)?))
             }
-            Err(Error::Cuda {
-                call: "cuInit",
-                source,
-            }) => {
-                tracing::info!(
-                    "CUDA driver present but cuInit failed ({source}); using the CPU backend"
-                );
+            Err(Error::Cuda { call: "cuInit", source }) => {
+                tracing::info!("CUDA driver present but cuInit failed ({source}); using the CPU backend");
                 Ok(Arc::new(cpu::CpuDevice::new(pool_bytes)?))
             }
             Err(e) => Err(e),

@@ -32,13 +32,7 @@ impl Arena {
         if size > 0 {
             free.insert(start, size);
         }
-        Arena {
-            base: start,
-            size,
-            free,
-            used: 0,
-            peak: 0,
-        }
+        Arena { base: start, size, free, used: 0, peak: 0 }
     }
 
     /// First address of the arena.
@@ -112,10 +106,7 @@ impl Arena {
             }
         }
         if let Some((&n, &nl)) = self.free.range(start + 1..).next() {
-            assert!(
-                addr + round_up(bytes) <= n,
-                "Arena::free({addr:#x}): double free"
-            );
+            assert!(addr + round_up(bytes) <= n, "Arena::free({addr:#x}): double free");
             if start + len == n {
                 self.free.remove(&n);
                 len += nl;

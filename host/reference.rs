@@ -70,31 +70,15 @@ fn random_vec(rng: &mut impl Rng, n: usize) -> Vec<f32> {
 impl Case {
     /// A plain problem: tight leading dimensions, `alpha = 1`, `beta = 0`, no epilogue.
     pub fn plain(rng: &mut impl Rng, (m, n, k): (u32, u32, u32)) -> Case {
-        Case::build(
-            rng,
-            (m, n, k),
-            0,
-            (0, 0, 0),
-            (1.0, 0.0),
-            Activation::None,
-            BiasMode::None,
-        )
+        Case::build(rng, (m, n, k), 0, (0, 0, 0), (1.0, 0.0), Activation::None, BiasMode::None)
     }
 
     /// A problem with everything random: transposes, row padding, scalars, epilogue.
     pub fn random(rng: &mut impl Rng, (m, n, k): (u32, u32, u32)) -> Case {
         let fl = rng.random_range(0..4u32);
-        let pad = (
-            rng.random_range(0..3u32) * 4,
-            rng.random_range(0..3u32) * 3,
-            rng.random_range(0..3u32) * 5,
-        );
-        let alpha = *[1.0f32, -0.5, 1.75, rng.random_range(-2.0f32..2.0)]
-            .choose(rng)
-            .unwrap();
-        let beta = *[0.0f32, 0.0, 1.0, rng.random_range(-1.5f32..1.5)]
-            .choose(rng)
-            .unwrap();
+        let pad = (rng.random_range(0..3u32) * 4, rng.random_range(0..3u32) * 3, rng.random_range(0..3u32) * 5);
+        let alpha = *[1.0f32, -0.5, 1.75, rng.random_range(-2.0f32..2.0)].choose(rng).unwrap();
+        let beta = *[0.0f32, 0.0, 1.0, rng.random_range(-1.5f32..1.5)].choose(rng).unwrap();
         let act = *Activation::ALL.choose(rng).unwrap();
         let bias = *BiasMode::ALL.choose(rng).unwrap();
         Case::build(rng, (m, n, k), fl, pad, (alpha, beta), act, bias)
@@ -111,16 +95,8 @@ impl Case {
         activation: Activation,
         bias_mode: BiasMode,
     ) -> Case {
-        let (ar, ac) = if fl & flags::TRANS_A != 0 {
-            (k, m)
-        } else {
-            (m, k)
-        };
-        let (br, bc) = if fl & flags::TRANS_B != 0 {
-            (n, k)
-        } else {
-            (k, n)
-        };
+        let (ar, ac) = if fl & flags::TRANS_A != 0 { (k, m) } else { (m, k) };
+        let (br, bc) = if fl & flags::TRANS_B != 0 { (n, k) } else { (k, n) };
         let ld = (ac + pad.0, bc + pad.1, n + pad.2);
         let bias_len = match bias_mode {
             BiasMode::None => 0,
@@ -147,8 +123,7 @@ impl Case {
     /// Draws fresh random inputs of the same shapes (a new check must not reuse old data).
     pub fn refresh(&mut self, rng: &mut impl Rng) {
         for v in [&mut self.a, &mut self.b, &mut self.c0, &mut self.bias] {
-            v.iter_mut()
-                .for_each(|x| *x = rng.random_range(-1.0f32..1.0));
+            v.iter_mut().for_each(|x| *x = rng.random_range(-1.0f32..1.0));
         }
     }
 
@@ -174,16 +149,8 @@ impl Case {
     pub fn reference(&self) -> Vec<f64> {
         let (m, n, k) = (self.m as usize, self.n as usize, self.k as usize);
         let (lda, ldb, ldc) = (self.ld.0 as isize, self.ld.1 as isize, self.ld.2 as usize);
-        let (rsa, csa) = if self.flags & flags::TRANS_A != 0 {
-            (1, lda)
-        } else {
-            (lda, 1)
-        };
-        let (rsb, csb) = if self.flags & flags::TRANS_B != 0 {
-            (1, ldb)
-        } else {
-            (ldb, 1)
-        };
+        let (rsa, csa) = if self.flags & flags::TRANS_A != 0 { (1, lda) } else { (lda, 1) };
+        let (rsb, csb) = if self.flags & flags::TRANS_B != 0 { (1, ldb) } else { (ldb, 1) };
         let a: Vec<f64> = self.a.iter().map(|&x| x as f64).collect();
         let b: Vec<f64> = self.b.iter().map(|&x| x as f64).collect();
         let mut out = vec![0.0f64; m * n];
@@ -262,11 +229,7 @@ impl Case {
             num += (v as f64 - r).powi(2);
             den += r * r;
         }
-        if den == 0.0 {
-            num.sqrt()
-        } else {
-            (num / den).sqrt()
-        }
+        if den == 0.0 { num.sqrt() } else { (num / den).sqrt() }
     }
 }
 
@@ -275,11 +238,7 @@ impl Case {
 pub fn random_dims<R: Rng>(rng: &mut R, max: u32) -> (u32, u32, u32) {
     let awkward: Vec<u32> = AWKWARD_DIMS.iter().copied().filter(|&d| d <= max).collect();
     let pick = |rng: &mut R| {
-        if rng.random_bool(0.4) {
-            *awkward.choose(rng).unwrap_or(&1)
-        } else {
-            rng.random_range(1..=max)
-        }
+        if rng.random_bool(0.4) { *awkward.choose(rng).unwrap_or(&1) } else { rng.random_range(1..=max) }
     };
     let (mut m, mut n, mut k) = (pick(rng), pick(rng), pick(rng));
     match rng.random_range(0..10) {
@@ -295,30 +254,27 @@ pub fn random_dims<R: Rng>(rng: &mut R, max: u32) -> (u32, u32, u32) {
     (m, n, k)
 }
 
-/// Cases laid out in a device pool: addresses per case and the arena they came from.
+/// Cases laid out in a device pool: addresses per case.
 pub struct Staged {
     /// `[a, b, c, bias]` device addresses per case.
     pub addrs: Vec<[u64; 4]>,
-    arena: Arena,
+}
+
+/// Allocates `bytes` from `arena` or reports how much one piece could have.
+pub fn alloc(arena: &mut Arena, bytes: u64) -> Result<u64> {
+    arena.alloc(bytes).ok_or(crate::Error::OutOfDeviceMemory { requested: bytes, available: arena.largest_free() })
 }
 
 impl Staged {
-    /// Allocates every case's matrices in `device`'s pool and uploads A, B and the bias.
-    pub fn new(device: &dyn Device, cases: &[Case]) -> Result<Staged> {
-        let pool = device.pool();
-        let mut arena = Arena::new(pool.start, pool.end - pool.start);
+    /// Allocates every case's matrices from `arena` (a range of `device`'s pool) and uploads A,
+    /// B and the bias.
+    pub fn new(device: &dyn Device, arena: &mut Arena, cases: &[Case]) -> Result<Staged> {
         let mut addrs = Vec::with_capacity(cases.len());
         for c in cases {
-            let mut alloc = |v: &[f32]| -> Result<u64> {
-                let bytes = (v.len().max(1) * 4) as u64;
-                arena.alloc(bytes).ok_or(crate::Error::OutOfDeviceMemory {
-                    requested: bytes,
-                    available: arena.largest_free(),
-                })
-            };
-            addrs.push([alloc(&c.a)?, alloc(&c.b)?, alloc(&c.c0)?, alloc(&c.bias)?]);
+            let mut one = |v: &[f32]| alloc(arena, (v.len().max(1) * 4) as u64);
+            addrs.push([one(&c.a)?, one(&c.b)?, one(&c.c0)?, one(&c.bias)?]);
         }
-        let s = Staged { addrs, arena };
+        let s = Staged { addrs };
         s.upload_inputs(device, cases)?;
         Ok(s)
     }
@@ -345,11 +301,7 @@ impl Staged {
 
     /// Descriptors of every case (tile kinds not yet chosen).
     pub fn descs(&self, cases: &[Case]) -> Vec<ProblemDesc> {
-        cases
-            .iter()
-            .zip(&self.addrs)
-            .map(|(c, a)| c.desc(*a))
-            .collect()
+        cases.iter().zip(&self.addrs).map(|(c, a)| c.desc(*a)).collect()
     }
 
     /// Reads every case's `C` back.
@@ -363,15 +315,5 @@ impl Staged {
                 Ok(out)
             })
             .collect()
-    }
-
-    /// Allocates `bytes` more in the same pool (for baselines' own outputs and pointer arrays).
-    pub fn alloc(&mut self, bytes: u64) -> Result<u64> {
-        self.arena
-            .alloc(bytes)
-            .ok_or(crate::Error::OutOfDeviceMemory {
-                requested: bytes,
-                available: self.arena.largest_free(),
-            })
     }
 }

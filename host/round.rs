@@ -9,9 +9,7 @@
 use std::ops::Range;
 use std::time::Duration;
 
-use crate::abi::{
-    self, Activation, BiasMode, MAX_DIM, ProblemDesc, TileDesc, TileKind, flags, matrix_extent,
-};
+use crate::abi::{self, Activation, BiasMode, MAX_DIM, ProblemDesc, TileDesc, TileKind, flags, matrix_extent};
 use crate::error::DescriptorError;
 
 /// The descriptors of one launch. Problem `i` uses completion slot `i`.
@@ -24,23 +22,21 @@ pub struct Round {
 }
 
 impl Round {
-    /// Adds `p` to run with `kind`: fills its tile grid and completion slot and appends all its
-    /// tiles. Returns the problem's index.
-    pub fn push(&mut self, mut p: ProblemDesc, kind: TileKind) -> usize {
+    /// Adds `p` to run with `kind` and `k_splits` slices of `k`: fills its tile grid, split count
+    /// and completion slot and appends all its tiles. Returns the problem's index.
+    pub fn push(&mut self, mut p: ProblemDesc, kind: TileKind, k_splits: u32) -> usize {
         let idx = self.problems.len();
         let s = kind.shape();
         p.tile_kind = kind as u32;
         p.tiles_m = p.m.div_ceil(s.bm);
         p.tiles_n = p.n.div_ceil(s.bn);
+        p.k_splits = k_splits;
         p.completion = idx as u32;
         for tile_m in 0..p.tiles_m {
             for tile_n in 0..p.tiles_n {
-                self.tiles.push(TileDesc {
-                    problem: idx as u32,
-                    tile_m,
-                    tile_n,
-                    _reserved: 0,
-                });
+                for split in 0..k_splits {
+                    self.tiles.push(TileDesc { problem: idx as u32, tile_m, tile_n, split });
+                }
             }
         }
         self.problems.push(p);
@@ -51,17 +47,12 @@ impl Round {
     /// ones fill the tail. Stable, so equal tiles keep problem order.
     pub fn order_longest_first(&mut self, cost: &CostModel) {
         let problems = &self.problems;
-        self.tiles.sort_by_cached_key(|t| {
-            std::cmp::Reverse(cost.tile_ns(&problems[t.problem as usize]) as u64)
-        });
+        self.tiles.sort_by_cached_key(|t| std::cmp::Reverse(cost.tile_ns(&problems[t.problem as usize]) as u64));
     }
 
     /// Floating-point operations of the whole round (2·m·n·k per problem).
     pub fn flops(&self) -> f64 {
-        self.problems
-            .iter()
-            .map(|p| 2.0 * p.m as f64 * p.n as f64 * p.k as f64)
-            .sum()
+        self.problems.iter().map(|p| 2.0 * p.m as f64 * p.n as f64 * p.k as f64).sum()
     }
 
     /// Whether the round holds no work.
@@ -109,7 +100,16 @@ pub fn problem(
         tiles_n: 0,
         tenant: 0,
         completion: 0,
+        workspace: 0,
+        counters: 0,
+        k_splits: 1,
+        _reserved: [0; 3],
     }
+}
+
+/// Most useful k-splits of `p` with `kind`: at least 4 `SGEMM_BK` steps per slice, never for GEMV.
+pub fn max_splits(kind: TileKind, p: &ProblemDesc) -> u32 {
+    if kind.is_gemv() { 1 } else { (p.k.div_ceil(abi::SGEMM_BK) / 4).clamp(1, abi::MAX_K_SPLITS) }
 }
 
 /// Byte ranges a problem reads (`A`, `B`, bias, and `C` when `beta != 0`) and writes (`C`).
@@ -125,51 +125,34 @@ fn spans(p: &ProblemDesc) -> [(char, Range<u64>); 4] {
     ]
 }
 
-fn check_problem(
-    i: usize,
-    p: &ProblemDesc,
-    pool: &Range<u64>,
-) -> Result<TileKind, DescriptorError> {
+fn check_problem(i: usize, p: &ProblemDesc, pool: &Range<u64>) -> Result<TileKind, DescriptorError> {
     for (dim, value) in [('m', p.m), ('n', p.n), ('k', p.k)] {
         if value == 0 {
             return Err(DescriptorError::ZeroDim { problem: i, dim });
         }
         if value > MAX_DIM {
-            return Err(DescriptorError::DimTooLarge {
-                problem: i,
-                dim,
-                value,
-                limit: MAX_DIM,
-            });
+            return Err(DescriptorError::DimTooLarge { problem: i, dim, value, limit: MAX_DIM });
         }
     }
     if p.flags & !flags::ALL != 0 {
-        return Err(DescriptorError::BadFlags {
-            problem: i,
-            flags: p.flags,
-        });
+        return Err(DescriptorError::BadFlags { problem: i, flags: p.flags });
     }
     if Activation::from_u32(p.activation).is_none() || BiasMode::from_u32(p.bias_mode).is_none() {
-        return Err(DescriptorError::BadEpilogue {
-            problem: i,
-            activation: p.activation,
-            bias_mode: p.bias_mode,
-        });
+        return Err(DescriptorError::BadEpilogue { problem: i, activation: p.activation, bias_mode: p.bias_mode });
     }
     if !p.alpha.is_finite() || !p.beta.is_finite() {
         return Err(DescriptorError::NonFiniteScalar { problem: i });
     }
-    let kind = TileKind::from_u32(p.tile_kind).ok_or(DescriptorError::BadTileKind {
-        problem: i,
-        code: p.tile_kind,
-    })?;
+    let kind = TileKind::from_u32(p.tile_kind).ok_or(DescriptorError::BadTileKind { problem: i, code: p.tile_kind })?;
     if !kind.supports(p.n, p.flags) {
-        return Err(DescriptorError::UnsupportedTileKind {
+        return Err(DescriptorError::UnsupportedTileKind { problem: i, kind: kind.name(), m: p.m, n: p.n, k: p.k });
+    }
+    let steps = p.k.div_ceil(abi::SGEMM_BK);
+    if p.k_splits == 0 || p.k_splits > abi::MAX_K_SPLITS || p.k_splits > steps || (kind.is_gemv() && p.k_splits != 1) {
+        return Err(DescriptorError::KSplits {
             problem: i,
-            kind: kind.name(),
-            m: p.m,
-            n: p.n,
-            k: p.k,
+            k_splits: p.k_splits,
+            max: if kind.is_gemv() { 1 } else { steps.min(abi::MAX_K_SPLITS) },
         });
     }
     let s = kind.shape();
@@ -183,18 +166,9 @@ fn check_problem(
             expect_n,
         });
     }
-    for (matrix, ld, row_len) in [
-        ('A', p.lda, p.a_stored().1),
-        ('B', p.ldb, p.b_stored().1),
-        ('C', p.ldc, p.n),
-    ] {
+    for (matrix, ld, row_len) in [('A', p.lda, p.a_stored().1), ('B', p.ldb, p.b_stored().1), ('C', p.ldc, p.n)] {
         if ld < row_len {
-            return Err(DescriptorError::LeadingDim {
-                problem: i,
-                matrix,
-                ld,
-                row_len,
-            });
+            return Err(DescriptorError::LeadingDim { problem: i, matrix, ld, row_len });
         }
     }
     for (matrix, r) in spans(p) {
@@ -202,11 +176,7 @@ fn check_problem(
             continue; // no bias
         }
         if r.start % 4 != 0 {
-            return Err(DescriptorError::Misaligned {
-                problem: i,
-                matrix,
-                addr: r.start,
-            });
+            return Err(DescriptorError::Misaligned { problem: i, matrix, addr: r.start });
         }
         if r.start < pool.start || r.end > pool.end {
             return Err(DescriptorError::OutOfBounds {
@@ -232,11 +202,7 @@ pub fn check(round: &Round, pool: Range<u64>) -> Result<(), DescriptorError> {
     for (i, p) in round.problems.iter().enumerate() {
         check_problem(i, p, &pool)?;
         if p.completion as usize >= slots {
-            return Err(DescriptorError::CompletionSlot {
-                problem: i,
-                slot: p.completion,
-                slots,
-            });
+            return Err(DescriptorError::CompletionSlot { problem: i, slot: p.completion, slots });
         }
         first_tile.push(total);
         total += p.tile_count() as u64;
@@ -247,15 +213,12 @@ pub fn check(round: &Round, pool: Range<u64>) -> Result<(), DescriptorError> {
     // round's length, a bitset (bounded by the round itself) finds duplicates.
     let mut count = vec![0u32; slots];
     for (ti, t) in round.tiles.iter().enumerate() {
-        let p = round
-            .problems
-            .get(t.problem as usize)
-            .ok_or(DescriptorError::TileProblem {
-                tile: ti,
-                problem: t.problem,
-                problems: slots,
-            })?;
-        if t.tile_m >= p.tiles_m || t.tile_n >= p.tiles_n {
+        let p = round.problems.get(t.problem as usize).ok_or(DescriptorError::TileProblem {
+            tile: ti,
+            problem: t.problem,
+            problems: slots,
+        })?;
+        if t.tile_m >= p.tiles_m || t.tile_n >= p.tiles_n || t.split >= p.k_splits {
             return Err(DescriptorError::TileCoord {
                 tile: ti,
                 problem: t.problem,
@@ -272,8 +235,8 @@ pub fn check(round: &Round, pool: Range<u64>) -> Result<(), DescriptorError> {
         for (ti, t) in round.tiles.iter().enumerate() {
             let p = &round.problems[t.problem as usize];
             let bit = first_tile[t.problem as usize]
-                + t.tile_m as u64 * p.tiles_n as u64
-                + t.tile_n as u64;
+                + (t.tile_m as u64 * p.tiles_n as u64 + t.tile_n as u64) * p.k_splits as u64
+                + t.split as u64;
             let (w, b) = ((bit / 64) as usize, bit % 64);
             if seen[w] & (1 << b) != 0 {
                 return Err(DescriptorError::DuplicateTile {
@@ -288,11 +251,7 @@ pub fn check(round: &Round, pool: Range<u64>) -> Result<(), DescriptorError> {
     }
     for (i, p) in round.problems.iter().enumerate() {
         if count[i] != p.tile_count() {
-            return Err(DescriptorError::MissingTiles {
-                problem: i,
-                present: count[i],
-                expected: p.tile_count(),
-            });
+            return Err(DescriptorError::MissingTiles { problem: i, present: count[i], expected: p.tile_count() });
         }
     }
 
@@ -315,20 +274,12 @@ pub fn check(round: &Round, pool: Range<u64>) -> Result<(), DescriptorError> {
             && let Some((e, j, m)) = max_any
             && e > start
         {
-            return Err(DescriptorError::Overlap {
-                problem: i,
-                other: j,
-                other_matrix: m,
-            });
+            return Err(DescriptorError::Overlap { problem: i, other: j, other_matrix: m });
         }
         if let Some((e, j, _)) = max_out
             && e > start
         {
-            return Err(DescriptorError::Overlap {
-                problem: j,
-                other: i,
-                other_matrix: matrix,
-            });
+            return Err(DescriptorError::Overlap { problem: j, other: i, other_matrix: matrix });
         }
         if max_any.is_none_or(|(e, _, _)| end > e) {
             max_any = Some((end, i, matrix));
@@ -352,6 +303,8 @@ pub struct CostModel {
     scale: f64,
     /// Fixed cost of a round (launch, copies, synchronisation).
     pub round_overhead_ns: f64,
+    /// Cost of moving one partial tile through L2 in a split-K reduction.
+    pub split_ns: f64,
 }
 
 impl Default for CostModel {
@@ -370,17 +323,19 @@ impl Default for CostModel {
             ],
             scale: 1.0,
             round_overhead_ns: 8000.0,
+            split_ns: 600.0,
         }
     }
 }
 
 impl CostModel {
     /// Work units of one tile of `p` with `kind` (see the type's docs).
+    /// A k-split tile does its share of `k`.
     pub fn units(kind: TileKind, p: &ProblemDesc) -> f64 {
         if kind.is_gemv() {
             kind.shape().bm.min(p.m) as f64 * p.k as f64 * 4.0
         } else {
-            p.k as f64
+            (p.k.div_ceil(abi::SGEMM_BK).div_ceil(p.k_splits.max(1)) * abi::SGEMM_BK) as f64
         }
     }
 
@@ -390,10 +345,12 @@ impl CostModel {
         self.kind_tile_ns(kind, p)
     }
 
-    /// Predicted nanoseconds of one tile of `p` if it ran with `kind`.
+    /// Predicted nanoseconds of one tile of `p` if it ran with `kind` (and `p.k_splits`). A split
+    /// tile also pays for publishing its partial and, on average, a share of the final reduction.
     pub fn kind_tile_ns(&self, kind: TileKind, p: &ProblemDesc) -> f64 {
         let i = kind as usize;
-        self.scale * (self.fixed_ns[i] + self.per_unit_ns[i] * Self::units(kind, p))
+        let reduce = if p.k_splits > 1 { self.split_ns * (1.0 + p.k_splits as f64 / 2.0) } else { 0.0 };
+        self.scale * (self.fixed_ns[i] + self.per_unit_ns[i] * Self::units(kind, p) + reduce)
     }
 
     /// Sets one kind's coefficients (from calibration or a tuning table).
@@ -404,10 +361,7 @@ impl CostModel {
 
     /// A kind's coefficients `(fixed_ns, per_unit_ns)`.
     pub fn kind(&self, kind: TileKind) -> (f64, f64) {
-        (
-            self.fixed_ns[kind as usize],
-            self.per_unit_ns[kind as usize],
-        )
+        (self.fixed_ns[kind as usize], self.per_unit_ns[kind as usize])
     }
 
     /// Makespan of tiles of these costs on `slots` parallel CTA slots, claimed in the given order
@@ -419,11 +373,7 @@ impl CostModel {
         let mut heap: BinaryHeap<Reverse<u64>> = BinaryHeap::with_capacity(slots);
         let mut end = 0u64;
         for c in costs {
-            let start = if heap.len() < slots {
-                0
-            } else {
-                heap.pop().map_or(0, |r| r.0)
-            };
+            let start = if heap.len() < slots { 0 } else { heap.pop().map_or(0, |r| r.0) };
             let finish = start + c.max(0.0) as u64;
             end = end.max(finish);
             heap.push(Reverse(finish));
@@ -433,10 +383,7 @@ impl CostModel {
 
     /// Predicted duration of `round` on `slots` CTA slots, launch overhead included.
     pub fn predict(&self, round: &Round, slots: usize) -> Duration {
-        let costs = round
-            .tiles
-            .iter()
-            .map(|t| self.tile_ns(&round.problems[t.problem as usize]));
+        let costs = round.tiles.iter().map(|t| self.tile_ns(&round.problems[t.problem as usize]));
         Duration::from_nanos((Self::makespan_ns(costs, slots) + self.round_overhead_ns) as u64)
     }
 
@@ -468,11 +415,7 @@ impl CostModel {
         let overhead = time(TileKind::Gemv32, 4, 1)?.as_nanos() as f64;
         self.round_overhead_ns = overhead;
         for kind in TileKind::ALL {
-            let (k1, k2) = if kind.is_gemv() {
-                (256u32, 4096u32)
-            } else {
-                (64u32, 1024u32)
-            };
+            let (k1, k2) = if kind.is_gemv() { (256u32, 4096u32) } else { (64u32, 1024u32) };
             // One full wave of tiles per slot: the round time is one tile's time.
             let t1 = (time(kind, k1, slots)?.as_nanos() as f64 - overhead).max(1.0);
             let t2 = (time(kind, k2, slots)?.as_nanos() as f64 - overhead).max(t1 + 1.0);
@@ -498,12 +441,29 @@ impl CostModel {
     }
 }
 
-/// Picks tile kinds for the problems of a round.
+/// How one problem runs: its tile kind and how many slices of `k` its output tiles are split into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Tile routine.
+    pub kind: TileKind,
+    /// Slices of `k` (1: no split-K).
+    pub k_splits: u32,
+}
+
+impl Plan {
+    /// `kind` without split-K.
+    pub fn new(kind: TileKind) -> Plan {
+        Plan { kind, k_splits: 1 }
+    }
+}
+
+/// Picks tile kinds and k-splits for the problems of a round.
 ///
-/// GEMV-shaped problems (`n == 1`, no `TRANS_A`) take a GEMV kind; the GEMM problems of a round
-/// all take the SGEMM kind whose predicted makespan on `slots` CTA slots is shortest (big tiles
-/// when there are many problems, small ones when few problems must spread over all SMs). A
-/// per-problem override (from the op, or a tuning table) wins whenever it supports the problem.
+/// GEMV-shaped problems (`n == 1`, no `TRANS_A`) take the GEMV kind; the GEMM problems of a round
+/// all take the SGEMM kind and split count whose predicted makespan on `slots` CTA slots is
+/// shortest: big tiles when there are many problems, small ones and split-K when few problems
+/// must spread over all SMs. A per-problem override (from the op, or a tuning table) wins whenever
+/// it supports the problem.
 #[derive(Clone, Debug, Default)]
 pub struct TileChooser {
     /// Tuning-table entries `(m, n, k) → kind` that win over the heuristic for exact shapes.
@@ -511,99 +471,83 @@ pub struct TileChooser {
 }
 
 /// SGEMM kinds the chooser considers for GEMM problems, largest first.
-const GEMM_KINDS: [TileKind; 3] = [
-    TileKind::Sgemm128x128,
-    TileKind::Sgemm128x64,
-    TileKind::Sgemm64x64,
-];
+const GEMM_KINDS: [TileKind; 3] = [TileKind::Sgemm128x128, TileKind::Sgemm128x64, TileKind::Sgemm64x64];
+
+/// Split counts the chooser tries when a round has too few tiles to fill the slots.
+const SPLITS: [u32; 9] = [1, 2, 3, 4, 6, 8, 12, 16, 24];
 
 impl TileChooser {
-    /// Kinds for `problems`, honouring `overrides[i]` where given and supported.
+    /// Plans for `problems`, honouring `overrides[i]` where given and supported.
     pub fn choose(
         &self,
         problems: &[ProblemDesc],
-        overrides: &[Option<TileKind>],
+        overrides: &[Option<Plan>],
         cost: &CostModel,
         slots: usize,
-    ) -> Vec<TileKind> {
-        let fixed = |i: usize, p: &ProblemDesc| -> Option<TileKind> {
-            let o = overrides
-                .get(i)
-                .copied()
-                .flatten()
-                .filter(|k| k.supports(p.n, p.flags));
-            o.or_else(|| {
-                self.table
-                    .iter()
-                    .find(|(s, k)| *s == (p.m, p.n, p.k) && k.supports(p.n, p.flags))
-                    .map(|e| e.1)
+    ) -> Vec<Plan> {
+        let fixed = |i: usize, p: &ProblemDesc| -> Option<Plan> {
+            let o = overrides.get(i).copied().flatten().filter(|o| o.kind.supports(p.n, p.flags));
+            o.map(|o| Plan { kind: o.kind, k_splits: o.k_splits.clamp(1, max_splits(o.kind, p)) }).or_else(|| {
+                let t = self.table.iter().find(|(s, k)| *s == (p.m, p.n, p.k) && k.supports(p.n, p.flags));
+                t.map(|e| Plan::new(e.1))
             })
         };
-        let gemv_kind = |p: &ProblemDesc| {
-            // Prefer the longer GEMV tile when it still leaves two tiles per slot.
-            let tall = problems
-                .iter()
-                .filter(|q| q.n == 1)
-                .map(|q| q.m.div_ceil(64) as usize)
-                .sum::<usize>();
-            if p.m >= 1024 && tall >= 2 * slots {
-                TileKind::Gemv64
-            } else {
-                TileKind::Gemv32
-            }
-        };
-        let mut kinds: Vec<Option<TileKind>> = problems
+        let mut plans: Vec<Option<Plan>> = problems
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                fixed(i, p).or_else(|| {
-                    TileKind::Gemv32
-                        .supports(p.n, p.flags)
-                        .then(|| gemv_kind(p))
-                })
+                fixed(i, p).or_else(|| TileKind::Gemv32.supports(p.n, p.flags).then(|| Plan::new(TileKind::Gemv32)))
             })
             .collect();
 
-        // One SGEMM kind for the remaining problems: the shortest predicted makespan, counting
-        // the already fixed tiles too.
-        if kinds.iter().any(|k| k.is_none()) {
-            let best = GEMM_KINDS
-                .iter()
-                .map(|&g| {
-                    let mut costs = Vec::new();
-                    for (p, k) in problems.iter().zip(&kinds) {
-                        let kind = k.unwrap_or(g);
-                        let s = kind.shape();
-                        let n = (p.m.div_ceil(s.bm) * p.n.div_ceil(s.bn)) as usize;
-                        costs.extend(std::iter::repeat_n(cost.kind_tile_ns(kind, p), n));
+        if plans.iter().any(|k| k.is_none()) {
+            let makespan = |g: TileKind, splits: u32| {
+                let mut costs = Vec::new();
+                for (p, k) in problems.iter().zip(&plans) {
+                    let plan = k.unwrap_or(Plan { kind: g, k_splits: splits.min(max_splits(g, p)) });
+                    let sh = plan.kind.shape();
+                    let mut q = *p;
+                    q.k_splits = plan.k_splits;
+                    let n = (p.m.div_ceil(sh.bm) * p.n.div_ceil(sh.bn) * plan.k_splits) as usize;
+                    costs.extend(std::iter::repeat_n(cost.kind_tile_ns(plan.kind, &q), n));
+                }
+                costs.sort_unstable_by(|a, b| b.total_cmp(a));
+                CostModel::makespan_ns(costs, slots)
+            };
+            let mut best = (f64::INFINITY, Plan::new(TileKind::Sgemm64x64));
+            for g in GEMM_KINDS {
+                let sh = g.shape();
+                let tiles: usize = problems
+                    .iter()
+                    .zip(&plans)
+                    .filter(|(_, k)| k.is_none())
+                    .map(|(p, _)| (p.m.div_ceil(sh.bm) * p.n.div_ceil(sh.bn)) as usize)
+                    .sum();
+                // Splitting only pays while the output tiles alone leave slots idle.
+                let candidates = if tiles < 2 * slots { &SPLITS[..] } else { &SPLITS[..1] };
+                for &sp in candidates {
+                    let t = makespan(g, sp);
+                    // A larger split must win by 3%: it costs workspace traffic the model blurs.
+                    if t < best.0 * 0.97 || (best.0.is_infinite()) {
+                        best = (t, Plan { kind: g, k_splits: sp });
                     }
-                    costs.sort_unstable_by(|a, b| b.total_cmp(a));
-                    (CostModel::makespan_ns(costs, slots), g)
-                })
-                .min_by(|a, b| a.0.total_cmp(&b.0))
-                .map_or(TileKind::Sgemm64x64, |b| b.1);
-            for k in kinds.iter_mut().filter(|k| k.is_none()) {
-                *k = Some(best);
+                }
+            }
+            for (p, k) in problems.iter().zip(plans.iter_mut()) {
+                if k.is_none() {
+                    *k = Some(Plan { kind: best.1.kind, k_splits: best.1.k_splits.min(max_splits(best.1.kind, p)) });
+                }
             }
         }
-        kinds
-            .into_iter()
-            .map(|k| k.unwrap_or(TileKind::Sgemm64x64))
-            .collect()
+        plans.into_iter().map(|k| k.unwrap_or(Plan::new(TileKind::Sgemm64x64))).collect()
     }
 
-    /// Builds a round from `problems` with chosen kinds, tiles ordered longest first.
-    pub fn build(
-        &self,
-        problems: &[ProblemDesc],
-        overrides: &[Option<TileKind>],
-        cost: &CostModel,
-        slots: usize,
-    ) -> Round {
-        let kinds = self.choose(problems, overrides, cost, slots);
+    /// Builds a round from `problems` with chosen plans, tiles ordered longest first.
+    pub fn build(&self, problems: &[ProblemDesc], overrides: &[Option<Plan>], cost: &CostModel, slots: usize) -> Round {
+        let plans = self.choose(problems, overrides, cost, slots);
         let mut round = Round::default();
-        for (p, k) in problems.iter().zip(kinds) {
-            round.push(*p, k);
+        for (p, plan) in problems.iter().zip(plans) {
+            round.push(*p, plan.kind, plan.k_splits);
         }
         round.order_longest_first(cost);
         round

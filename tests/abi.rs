@@ -6,7 +6,7 @@ use tilemux::abi::*;
 
 #[test]
 fn problem_desc_layout() {
-    assert_eq!(size_of::<ProblemDesc>(), 96);
+    assert_eq!(size_of::<ProblemDesc>(), 128);
     assert_eq!(align_of::<ProblemDesc>(), 16);
     let offsets = [
         (offset_of!(ProblemDesc, a), 0),
@@ -29,6 +29,9 @@ fn problem_desc_layout() {
         (offset_of!(ProblemDesc, tiles_n), 84),
         (offset_of!(ProblemDesc, tenant), 88),
         (offset_of!(ProblemDesc, completion), 92),
+        (offset_of!(ProblemDesc, workspace), 96),
+        (offset_of!(ProblemDesc, counters), 104),
+        (offset_of!(ProblemDesc, k_splits), 112),
     ];
     for (i, (got, want)) in offsets.iter().enumerate() {
         assert_eq!(got, want, "field {i}");
@@ -42,20 +45,16 @@ fn tile_desc_layout() {
     assert_eq!(offset_of!(TileDesc, problem), 0);
     assert_eq!(offset_of!(TileDesc, tile_m), 4);
     assert_eq!(offset_of!(TileDesc, tile_n), 8);
+    assert_eq!(offset_of!(TileDesc, split), 12);
 }
 
 #[test]
 fn descriptors_are_pod_bytes() {
-    let t = TileDesc {
-        problem: 7,
-        tile_m: 3,
-        tile_n: 9,
-        _reserved: 0,
-    };
+    let t = TileDesc { problem: 7, tile_m: 3, tile_n: 9, split: 0 };
     let bytes: &[u8] = bytemuck::bytes_of(&t);
     assert_eq!(bytes[..12], [7, 0, 0, 0, 3, 0, 0, 0, 9, 0, 0, 0]);
     let p: ProblemDesc = bytemuck::Zeroable::zeroed();
-    assert_eq!(bytemuck::bytes_of(&p), &[0u8; 96][..]);
+    assert_eq!(bytemuck::bytes_of(&p), &[0u8; 128][..]);
 }
 
 #[test]
@@ -98,10 +97,25 @@ fn extents() {
 fn embedded_ptx_has_the_megakernel() {
     let ptx = tilemux::cuda::PTX;
     assert!(ptx.contains(".entry tilemux_round"));
-    assert!(
-        ptx.contains("fma.rn.f32"),
-        "FMA must be explicit in the PTX"
-    );
+    assert!(ptx.contains("fma.rn.f32"), "FMA must be explicit in the PTX");
     assert!(!ptx.contains("__local_depot"));
     assert!(ptx.contains(&format!(".target {}", tilemux::cuda::PTX_TARGET)));
+}
+
+#[test]
+fn split_ranges_cover_k_once() {
+    for k in [1u32, 7, 8, 9, 64, 100, 1152, 1021] {
+        let steps = k.div_ceil(SGEMM_BK);
+        for splits in 1..=steps.min(MAX_K_SPLITS) {
+            let p = ProblemDesc { k, k_splits: splits, ..bytemuck::Zeroable::zeroed() };
+            let mut next = 0;
+            for s in 0..splits {
+                let (a, b) = p.split_range(s);
+                assert_eq!(a, next, "k={k} splits={splits} slice {s} starts where the last ended");
+                assert!(b >= a);
+                next = b;
+            }
+            assert_eq!(next, k, "k={k} splits={splits} covers k");
+        }
+    }
 }

@@ -18,20 +18,14 @@ fn setup(d: &dyn Device) -> (Vec<Case>, Staged, Round) {
         Case::plain(&mut rng, (65, 1, 300)),
         Case::plain(&mut rng, (33, 129, 5)),
     ];
-    let staged = Staged::new(d, &cases).unwrap();
-    let round =
-        TileChooser::default().build(&staged.descs(&cases), &[], &CostModel::default(), d.slots());
+    let staged = Staged::new(d, &mut common::arena(d), &cases).unwrap();
+    let round = TileChooser::default().build(&staged.descs(&cases), &[], &CostModel::default(), d.slots());
     (cases, staged, round)
 }
 
 /// Runs `round` after `mutate`, expects an error that `matches` and whose message contains
 /// `msg`, then checks no output was written and that the original round still runs.
-fn fail(
-    d: &dyn Device,
-    mutate: impl Fn(&mut Round),
-    matches: impl Fn(&DescriptorError) -> bool,
-    msg: &str,
-) {
+fn fail(d: &dyn Device, mutate: impl Fn(&mut Round), matches: impl Fn(&DescriptorError) -> bool, msg: &str) {
     let (cases, staged, round) = setup(d);
     let mut bad = round.clone();
     mutate(&mut bad);
@@ -39,20 +33,13 @@ fn fail(
     match d.run(&bad) {
         Err(Error::Descriptor(e)) => {
             assert!(matches(&e), "wrong error variant: {e:?}");
-            assert!(
-                e.to_string().contains(msg),
-                "message {:?} lacks {msg:?}",
-                e.to_string()
-            );
+            assert!(e.to_string().contains(msg), "message {:?} lacks {msg:?}", e.to_string());
         }
         Err(e) => panic!("expected a descriptor error, got {e}"),
         Ok(_) => panic!("a bad round ran"),
     }
     for (c, got) in cases.iter().zip(staged.read_c(d, &cases).unwrap()) {
-        assert!(
-            got.iter().all(|v| v.is_nan()),
-            "a rejected round wrote output"
-        );
+        assert!(got.iter().all(|v| v.is_nan()), "a rejected round wrote output");
         let _ = c;
     }
     d.run(&round).expect("the device still runs valid rounds");
@@ -70,90 +57,25 @@ fn every_bad_descriptor(d: &dyn Device) {
         |e| matches!(e, E::TileCoord { .. }),
         "outside",
     );
-    fail(
-        d,
-        |r| r.tiles[0].problem = 3,
-        |e| matches!(e, E::TileProblem { .. }),
-        "past the round",
-    );
-    fail(
-        d,
-        |r| r.problems[0].m = 0,
-        |e| matches!(e, E::ZeroDim { dim: 'm', .. }),
-        "is zero",
-    );
-    fail(
-        d,
-        |r| r.problems[2].k = 0,
-        |e| matches!(e, E::ZeroDim { dim: 'k', .. }),
-        "is zero",
-    );
+    fail(d, |r| r.tiles[0].problem = 3, |e| matches!(e, E::TileProblem { .. }), "past the round");
+    fail(d, |r| r.problems[0].m = 0, |e| matches!(e, E::ZeroDim { dim: 'm', .. }), "is zero");
+    fail(d, |r| r.problems[2].k = 0, |e| matches!(e, E::ZeroDim { dim: 'k', .. }), "is zero");
     fail(
         d,
         |r| r.problems[0].c = pool_end - 64,
         |e| matches!(e, E::OutOfBounds { matrix: 'C', .. }),
         "outside device memory",
     );
-    fail(
-        d,
-        |r| r.problems[1].a = 256,
-        |e| matches!(e, E::OutOfBounds { matrix: 'A', .. }),
-        "outside device memory",
-    );
-    fail(
-        d,
-        |r| r.problems[0].lda = 3,
-        |e| matches!(e, E::LeadingDim { matrix: 'A', .. }),
-        "below its row length",
-    );
-    fail(
-        d,
-        |r| r.problems[2].b += 2,
-        |e| matches!(e, E::Misaligned { .. }),
-        "aligned",
-    );
-    fail(
-        d,
-        |r| r.problems[0].flags = 8,
-        |e| matches!(e, E::BadFlags { .. }),
-        "flag",
-    );
-    fail(
-        d,
-        |r| r.problems[0].tile_kind = 99,
-        |e| matches!(e, E::BadTileKind { code: 99, .. }),
-        "unknown tile kind",
-    );
-    fail(
-        d,
-        |r| r.problems[0].activation = 7,
-        |e| matches!(e, E::BadEpilogue { .. }),
-        "activation",
-    );
-    fail(
-        d,
-        |r| r.problems[1].alpha = f32::NAN,
-        |e| matches!(e, E::NonFiniteScalar { .. }),
-        "not finite",
-    );
-    fail(
-        d,
-        |r| r.problems[0].beta = f32::INFINITY,
-        |e| matches!(e, E::NonFiniteScalar { .. }),
-        "not finite",
-    );
-    fail(
-        d,
-        |r| r.problems[2].completion = 9,
-        |e| matches!(e, E::CompletionSlot { .. }),
-        "completion slot",
-    );
-    fail(
-        d,
-        |r| r.problems[0].tiles_m += 1,
-        |e| matches!(e, E::TileGrid { .. }),
-        "tile grid",
-    );
+    fail(d, |r| r.problems[1].a = 256, |e| matches!(e, E::OutOfBounds { matrix: 'A', .. }), "outside device memory");
+    fail(d, |r| r.problems[0].lda = 3, |e| matches!(e, E::LeadingDim { matrix: 'A', .. }), "below its row length");
+    fail(d, |r| r.problems[2].b += 2, |e| matches!(e, E::Misaligned { .. }), "aligned");
+    fail(d, |r| r.problems[0].flags = 8, |e| matches!(e, E::BadFlags { .. }), "flag");
+    fail(d, |r| r.problems[0].tile_kind = 99, |e| matches!(e, E::BadTileKind { code: 99, .. }), "unknown tile kind");
+    fail(d, |r| r.problems[0].activation = 7, |e| matches!(e, E::BadEpilogue { .. }), "activation");
+    fail(d, |r| r.problems[1].alpha = f32::NAN, |e| matches!(e, E::NonFiniteScalar { .. }), "not finite");
+    fail(d, |r| r.problems[0].beta = f32::INFINITY, |e| matches!(e, E::NonFiniteScalar { .. }), "not finite");
+    fail(d, |r| r.problems[2].completion = 9, |e| matches!(e, E::CompletionSlot { .. }), "completion slot");
+    fail(d, |r| r.problems[0].tiles_m += 1, |e| matches!(e, E::TileGrid { .. }), "tile grid");
     fail(
         d,
         |r| {
@@ -172,6 +94,10 @@ fn every_bad_descriptor(d: &dyn Device) {
         |e| matches!(e, E::MissingTiles { .. }),
         "expected each",
     );
+    fail(d, |r| r.problems[0].k_splits = 0, |e| matches!(e, E::KSplits { .. }), "k_splits");
+    fail(d, |r| r.problems[2].k_splits = 2, |e| matches!(e, E::KSplits { .. }), "k_splits"); // k = 5: one step
+    fail(d, |r| r.problems[1].k_splits = 2, |e| matches!(e, E::KSplits { .. }), "k_splits"); // GEMV
+    fail(d, |r| r.tiles[0].split = 1, |e| matches!(e, E::TileCoord { .. }), "outside");
     fail(
         d,
         |r| {
@@ -190,36 +116,16 @@ fn every_bad_descriptor(d: &dyn Device) {
         |e| matches!(e, E::MissingTiles { .. }),
         "expected each",
     );
-    fail(
-        d,
-        |r| r.problems[0].c = r.problems[0].a,
-        |e| matches!(e, E::Overlap { .. }),
-        "overlaps",
-    );
-    fail(
-        d,
-        |r| r.problems[2].c = r.problems[0].c,
-        |e| matches!(e, E::Overlap { .. }),
-        "overlaps",
-    );
-    fail(
-        d,
-        |r| r.problems[1].c = r.problems[2].b + 4,
-        |e| matches!(e, E::Overlap { .. }),
-        "overlaps",
-    );
+    fail(d, |r| r.problems[0].c = r.problems[0].a, |e| matches!(e, E::Overlap { .. }), "overlaps");
+    fail(d, |r| r.problems[2].c = r.problems[0].c, |e| matches!(e, E::Overlap { .. }), "overlaps");
+    fail(d, |r| r.problems[1].c = r.problems[2].b + 4, |e| matches!(e, E::Overlap { .. }), "overlaps");
     fail(
         d,
         |r| {
             r.problems[1].flags |= flags::TRANS_A;
             r.problems[1].tile_kind = TileKind::Gemv32 as u32;
         },
-        |e| {
-            matches!(
-                e,
-                E::UnsupportedTileKind { .. } | E::LeadingDim { .. } | E::OutOfBounds { .. }
-            )
-        },
+        |e| matches!(e, E::UnsupportedTileKind { .. } | E::LeadingDim { .. } | E::OutOfBounds { .. }),
         "",
     );
 }
@@ -232,7 +138,7 @@ device_test!(bad_descriptors, 0, 0, |d: &dyn Device, _max: u32| {
 fn gpu_status_path() {
     // The megakernel's own checks (behind `round::check`): a bad tile kind is reported through
     // the status word and the tile is skipped; the device keeps working afterwards.
-    let Some(g) = common::gpu() else {
+    let Some((_lock, g)) = common::gpu() else {
         say("gpu_status_path: skipped: no CUDA device");
         return;
     };

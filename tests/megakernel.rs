@@ -12,10 +12,7 @@ use tilemux::reference::{AWKWARD_DIMS, Case, SEED_SHAPES, random_dims};
 
 /// A fresh seed per run (printed), or `TILEMUX_SEED` to replay one.
 fn rng() -> StdRng {
-    let seed = std::env::var("TILEMUX_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
+    let seed = std::env::var("TILEMUX_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random::<u64>);
     say(&format!("seed {seed} (TILEMUX_SEED={seed} replays it)"));
     StdRng::seed_from_u64(seed)
 }
@@ -29,10 +26,7 @@ device_test!(mixed_batch, 300, 1100, |d: &dyn Device, max: u32| {
         })
         .collect();
     let worst = check_cases(d, &mut cases, Kinds::Random, 2, &mut rng);
-    say(&format!(
-        "mixed_batch on {}: 120 problems × 2 runs, worst relative error {worst:.2e}",
-        d.name()
-    ));
+    say(&format!("mixed_batch on {}: 120 problems × 2 runs, worst relative error {worst:.2e}", d.name()));
 });
 
 device_test!(chooser_batch, 300, 1100, |d: &dyn Device, max: u32| {
@@ -44,54 +38,42 @@ device_test!(chooser_batch, 300, 1100, |d: &dyn Device, max: u32| {
         })
         .collect();
     let worst = check_cases(d, &mut cases, Kinds::Auto, 1, &mut rng);
-    say(&format!(
-        "chooser_batch on {}: worst relative error {worst:.2e}",
-        d.name()
-    ));
+    say(&format!("chooser_batch on {}: worst relative error {worst:.2e}", d.name()));
 });
 
-device_test!(
-    every_kind_flag_and_epilogue,
-    0,
-    0,
-    |d: &dyn Device, _max: u32| {
-        let mut rng = rng();
-        let mut worst = 0.0f64;
-        for kind in TileKind::ALL {
-            let mut cases = Vec::new();
-            for fl in 0..4u32 {
-                for act in Activation::ALL {
-                    for bias in BiasMode::ALL {
-                        let dims = if kind.is_gemv() {
-                            if fl & 1 != 0 {
-                                continue;
-                            }
-                            [(129, 1, 67), (1, 1, 1), (300, 1, 1021)][cases.len() % 3]
-                        } else {
-                            [(129, 65, 33), (1, 1, 1), (200, 131, 17), (64, 128, 9)]
-                                [cases.len() % 4]
-                        };
-                        let beta = if cases.len() % 2 == 0 { 0.0 } else { 0.75 };
-                        cases.push(Case::build(
-                            &mut rng,
-                            dims,
-                            fl,
-                            (cases.len() as u32 % 3, 1, 2),
-                            (1.25, beta),
-                            act,
-                            bias,
-                        ));
-                    }
+device_test!(every_kind_flag_and_epilogue, 0, 0, |d: &dyn Device, _max: u32| {
+    let mut rng = rng();
+    let mut worst = 0.0f64;
+    for kind in TileKind::ALL {
+        let mut cases = Vec::new();
+        for fl in 0..4u32 {
+            for act in Activation::ALL {
+                for bias in BiasMode::ALL {
+                    let dims = if kind.is_gemv() {
+                        if fl & 1 != 0 {
+                            continue;
+                        }
+                        [(129, 1, 67), (1, 1, 1), (300, 1, 1021)][cases.len() % 3]
+                    } else {
+                        [(129, 65, 33), (1, 1, 1), (200, 131, 17), (64, 128, 9)][cases.len() % 4]
+                    };
+                    let beta = if cases.len() % 2 == 0 { 0.0 } else { 0.75 };
+                    cases.push(Case::build(
+                        &mut rng,
+                        dims,
+                        fl,
+                        (cases.len() as u32 % 3, 1, 2),
+                        (1.25, beta),
+                        act,
+                        bias,
+                    ));
                 }
             }
-            worst = worst.max(check_cases(d, &mut cases, Kinds::Only(kind), 1, &mut rng));
         }
-        say(&format!(
-            "every_kind_flag_and_epilogue on {}: worst relative error {worst:.2e}",
-            d.name()
-        ));
+        worst = worst.max(check_cases(d, &mut cases, Kinds::Only(kind, 1), 1, &mut rng));
     }
-);
+    say(&format!("every_kind_flag_and_epilogue on {}: worst relative error {worst:.2e}", d.name()));
+});
 
 device_test!(tile_edges, 0, 0, |d: &dyn Device, _max: u32| {
     let mut rng = rng();
@@ -107,22 +89,33 @@ device_test!(tile_edges, 0, 0, |d: &dyn Device, _max: u32| {
         cases.push(Case::random(&mut rng, (37, 41, k)));
     }
     let worst = check_cases(d, &mut cases, Kinds::Random, 2, &mut rng);
-    say(&format!(
-        "tile_edges on {}: worst relative error {worst:.2e}",
-        d.name()
-    ));
+    say(&format!("tile_edges on {}: worst relative error {worst:.2e}", d.name()));
 });
 
 device_test!(seed_shapes, 0, 0, |d: &dyn Device, _max: u32| {
     let mut rng = rng();
-    let mut cases: Vec<Case> = SEED_SHAPES
-        .iter()
-        .flat_map(|(_, s)| [*s; 3])
-        .map(|s| Case::plain(&mut rng, s))
-        .collect();
+    let mut cases: Vec<Case> =
+        SEED_SHAPES.iter().flat_map(|(_, s)| [*s; 3]).map(|s| Case::plain(&mut rng, s)).collect();
     let worst = check_cases(d, &mut cases, Kinds::Auto, 2, &mut rng);
-    say(&format!(
-        "seed_shapes on {}: worst relative error {worst:.2e}",
-        d.name()
-    ));
+    say(&format!("seed_shapes on {}: worst relative error {worst:.2e}", d.name()));
+});
+
+device_test!(split_k, 0, 0, |d: &dyn Device, _max: u32| {
+    let mut rng = rng();
+    let mut worst = 0.0f64;
+    for kind in [TileKind::Sgemm128x128, TileKind::Sgemm128x64, TileKind::Sgemm64x64] {
+        for splits in [2u32, 3, 7, 64] {
+            let mut cases = Vec::new();
+            for (i, dims) in
+                [(256, 128, 1152), (129, 65, 333), (1, 1, 64), (200, 7, 1021), (64, 64, 40)].into_iter().enumerate()
+            {
+                let act = Activation::ALL[i % 2];
+                let bias = BiasMode::ALL[i % 3];
+                let beta = if i % 2 == 0 { 0.0 } else { -0.5 };
+                cases.push(Case::build(&mut rng, dims, (i as u32) % 4, (0, 4, 1), (0.75, beta), act, bias));
+            }
+            worst = worst.max(check_cases(d, &mut cases, Kinds::Only(kind, splits), 2, &mut rng));
+        }
+    }
+    say(&format!("split_k on {}: worst relative error {worst:.2e}", d.name()));
 });

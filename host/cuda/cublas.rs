@@ -41,17 +41,10 @@ pub struct Group {
 
 fn ops(p: &ProblemDesc) -> (cb::cublasOperation_t, cb::cublasOperation_t) {
     let op = |t: bool| {
-        if t {
-            cb::cublasOperation_t::CUBLAS_OP_T
-        } else {
-            cb::cublasOperation_t::CUBLAS_OP_N
-        }
+        if t { cb::cublasOperation_t::CUBLAS_OP_T } else { cb::cublasOperation_t::CUBLAS_OP_N }
     };
     // Column-major call order: (op for B, op for A).
-    (
-        op(p.flags & flags::TRANS_B != 0),
-        op(p.flags & flags::TRANS_A != 0),
-    )
+    (op(p.flags & flags::TRANS_B != 0), op(p.flags & flags::TRANS_A != 0))
 }
 
 impl Cublas {
@@ -65,14 +58,8 @@ impl Cublas {
         // SAFETY: context bound; out-pointer valid.
         unsafe {
             ck("cublasCreate", cb::cublasCreate_v2(&mut handle))?;
-            ck(
-                "cublasSetStream",
-                cb::cublasSetStream_v2(handle, stream.raw() as cb::cudaStream_t),
-            )?;
-            ck(
-                "cublasSetMathMode",
-                cb::cublasSetMathMode(handle, cb::cublasMath_t::CUBLAS_DEFAULT_MATH),
-            )?;
+            ck("cublasSetStream", cb::cublasSetStream_v2(handle, stream.raw() as cb::cudaStream_t))?;
+            ck("cublasSetMathMode", cb::cublasSetMathMode(handle, cb::cublasMath_t::CUBLAS_DEFAULT_MATH))?;
         }
         Ok(Cublas { handle })
     }
@@ -80,9 +67,7 @@ impl Cublas {
     /// Issues work to `stream` from now on.
     pub fn set_stream(&self, stream: &Stream) -> Result<()> {
         // SAFETY: valid handle and stream.
-        ck("cublasSetStream", unsafe {
-            cb::cublasSetStream_v2(self.handle, stream.raw() as cb::cudaStream_t)
-        })
+        ck("cublasSetStream", unsafe { cb::cublasSetStream_v2(self.handle, stream.raw() as cb::cudaStream_t) })
     }
 
     /// `C = alpha·op(A)·op(B) + beta·C` for one row-major problem (its epilogue fields are
@@ -118,14 +103,7 @@ impl Cublas {
     ///
     /// # Safety
     /// The pointer arrays and every matrix they point to are device memory of this context.
-    pub unsafe fn sgemm_batched(
-        &self,
-        shape: &ProblemDesc,
-        a: u64,
-        b: u64,
-        c: u64,
-        count: usize,
-    ) -> Result<()> {
+    pub unsafe fn sgemm_batched(&self, shape: &ProblemDesc, a: u64, b: u64, c: u64, count: usize) -> Result<()> {
         let (ob, oa) = ops(shape);
         // SAFETY: per this function's contract.
         ck("cublasSgemmBatched", unsafe {

@@ -58,26 +58,14 @@ impl Gpu {
             let mut dev = 0;
             ck("cuDeviceGet", sys::cuDeviceGet(&mut dev, ordinal))?;
             let mut ctx = std::ptr::null_mut();
-            ck(
-                "cuDevicePrimaryCtxRetain",
-                sys::cuDevicePrimaryCtxRetain(&mut ctx, dev),
-            )?;
+            ck("cuDevicePrimaryCtxRetain", sys::cuDevicePrimaryCtxRetain(&mut ctx, dev))?;
             ck("cuCtxSetCurrent", sys::cuCtxSetCurrent(ctx))?;
             let mut name = [0i8; 256];
-            ck(
-                "cuDeviceGetName",
-                sys::cuDeviceGetName(name.as_mut_ptr(), 256, dev),
-            )?;
-            let name = std::ffi::CStr::from_ptr(name.as_ptr())
-                .to_string_lossy()
-                .into_owned();
+            ck("cuDeviceGetName", sys::cuDeviceGetName(name.as_mut_ptr(), 256, dev))?;
+            let name = std::ffi::CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned();
             let attr = |a| {
                 let mut v = 0;
-                ck(
-                    "cuDeviceGetAttribute",
-                    sys::cuDeviceGetAttribute(&mut v, a, dev),
-                )
-                .map(|_| v)
+                ck("cuDeviceGetAttribute", sys::cuDeviceGetAttribute(&mut v, a, dev)).map(|_| v)
             };
             use sys::CUdevice_attribute::*;
             let sm_count = attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
@@ -86,24 +74,10 @@ impl Gpu {
                 attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
             );
             let mut total = 0usize;
-            ck(
-                "cuDeviceTotalMem",
-                sys::cuDeviceTotalMem_v2(&mut total, dev),
-            )?;
+            ck("cuDeviceTotalMem", sys::cuDeviceTotalMem_v2(&mut total, dev))?;
             let mut driver_version = 0;
-            ck(
-                "cuDriverGetVersion",
-                sys::cuDriverGetVersion(&mut driver_version),
-            )?;
-            Ok(Arc::new(Gpu {
-                dev,
-                ctx,
-                name,
-                sm_count,
-                cc,
-                total_mem: total as u64,
-                driver_version,
-            }))
+            ck("cuDriverGetVersion", sys::cuDriverGetVersion(&mut driver_version))?;
+            Ok(Arc::new(Gpu { dev, ctx, name, sm_count, cc, total_mem: total as u64, driver_version }))
         }
     }
 
@@ -123,9 +97,7 @@ impl Gpu {
         self.bind()?;
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: context bound.
-        ck("cuMemGetInfo", unsafe {
-            sys::cuMemGetInfo_v2(&mut free, &mut total)
-        })?;
+        ck("cuMemGetInfo", unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) })?;
         Ok((free as u64, total as u64))
     }
 }
@@ -159,9 +131,7 @@ impl Stream {
     /// Blocks until all work queued on the stream is done.
     pub fn sync(&self) -> Result<()> {
         // SAFETY: valid stream.
-        ck("cuStreamSynchronize", unsafe {
-            sys::cuStreamSynchronize(self.0)
-        })
+        ck("cuStreamSynchronize", unsafe { sys::cuStreamSynchronize(self.0) })
     }
 
     /// Raw handle.
@@ -190,9 +160,7 @@ impl Event {
     pub fn new() -> Result<Event> {
         let mut e = std::ptr::null_mut();
         // SAFETY: a context is current.
-        ck("cuEventCreate", unsafe {
-            sys::cuEventCreate(&mut e, sys::CUevent_flags::CU_EVENT_DEFAULT as u32)
-        })?;
+        ck("cuEventCreate", unsafe { sys::cuEventCreate(&mut e, sys::CUevent_flags::CU_EVENT_DEFAULT as u32) })?;
         Ok(Event(e))
     }
 
@@ -205,18 +173,14 @@ impl Event {
     /// Blocks until the event completes.
     pub fn sync(&self) -> Result<()> {
         // SAFETY: valid event.
-        ck("cuEventSynchronize", unsafe {
-            sys::cuEventSynchronize(self.0)
-        })
+        ck("cuEventSynchronize", unsafe { sys::cuEventSynchronize(self.0) })
     }
 
     /// Milliseconds from `self` to `end` (both completed).
     pub fn elapsed_ms(&self, end: &Event) -> Result<f32> {
         let mut ms = 0.0;
         // SAFETY: valid events.
-        ck("cuEventElapsedTime", unsafe {
-            sys::cuEventElapsedTime_v2(&mut ms, self.0, end.0)
-        })?;
+        ck("cuEventElapsedTime", unsafe { sys::cuEventElapsedTime_v2(&mut ms, self.0, end.0) })?;
         Ok(ms)
     }
 }
@@ -244,9 +208,7 @@ impl DeviceBuffer {
     pub fn new(bytes: usize) -> Result<DeviceBuffer> {
         let mut ptr = 0;
         // SAFETY: a context is current.
-        ck("cuMemAlloc", unsafe {
-            sys::cuMemAlloc_v2(&mut ptr, bytes.max(256))
-        })?;
+        ck("cuMemAlloc", unsafe { sys::cuMemAlloc_v2(&mut ptr, bytes.max(256)) })?;
         Ok(DeviceBuffer { ptr, bytes })
     }
 
@@ -280,15 +242,10 @@ impl PinnedBuffer {
     pub fn new(bytes: usize, flags: u32) -> Result<PinnedBuffer> {
         let mut p = std::ptr::null_mut();
         // SAFETY: a context is current.
-        ck("cuMemHostAlloc", unsafe {
-            sys::cuMemHostAlloc(&mut p, bytes.max(64), flags)
-        })?;
+        ck("cuMemHostAlloc", unsafe { sys::cuMemHostAlloc(&mut p, bytes.max(64), flags) })?;
         // SAFETY: freshly allocated, `bytes` long.
         unsafe { std::ptr::write_bytes(p as *mut u8, 0, bytes) };
-        Ok(PinnedBuffer {
-            ptr: p as *mut u8,
-            bytes,
-        })
+        Ok(PinnedBuffer { ptr: p as *mut u8, bytes })
     }
 
     /// Host pointer.
@@ -351,16 +308,18 @@ impl Module {
             CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
             CU_JIT_LOG_VERBOSE,
         ];
+        // Integer option values travel in the pointer-sized slots.
+        let int = std::ptr::without_provenance_mut::<c_void>;
         let mut vals: Vec<*mut c_void> = vec![
             info.as_mut_ptr() as *mut c_void,
-            info.len() as *mut c_void,
+            int(info.len()),
             err.as_mut_ptr() as *mut c_void,
-            err.len() as *mut c_void,
-            1usize as *mut c_void,
+            int(err.len()),
+            int(1),
         ];
         if max_registers > 0 {
             opts.push(CU_JIT_MAX_REGISTERS);
-            vals.push(max_registers as usize as *mut c_void);
+            vals.push(int(max_registers as usize));
         }
         let mut raw = std::ptr::null_mut();
         // SAFETY: option arrays match in length and types; buffers outlive the call.
@@ -373,17 +332,12 @@ impl Module {
                 vals.as_mut_ptr(),
             )
         };
-        let text = |b: &[u8]| {
-            String::from_utf8_lossy(&b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())])
-                .into_owned()
-        };
+        let text =
+            |b: &[u8]| String::from_utf8_lossy(&b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())]).into_owned();
         let log = text(&info);
         match r.result() {
             Ok(()) => Ok(Module { raw, log }),
-            Err(source) => Err(Error::ModuleLoad {
-                source,
-                log: format!("{}\n{}", text(&err), log),
-            }),
+            Err(source) => Err(Error::ModuleLoad { source, log: format!("{}\n{}", text(&err), log) }),
         }
     }
 
@@ -392,9 +346,7 @@ impl Module {
         let name = CString::new(name).expect("no NUL");
         let mut f = std::ptr::null_mut();
         // SAFETY: valid module, NUL-terminated name.
-        ck("cuModuleGetFunction", unsafe {
-            sys::cuModuleGetFunction(&mut f, self.raw, name.as_ptr())
-        })?;
+        ck("cuModuleGetFunction", unsafe { sys::cuModuleGetFunction(&mut f, self.raw, name.as_ptr()) })?;
         Ok(f)
     }
 }
@@ -407,11 +359,13 @@ impl Drop for Module {
 }
 
 /// Reads a function attribute.
-pub fn func_attr(f: sys::CUfunction, a: sys::CUfunction_attribute) -> Result<i32> {
+///
+/// # Safety
+/// `f` is a function of a loaded module.
+pub(crate) unsafe fn func_attr(f: sys::CUfunction, a: sys::CUfunction_attribute) -> Result<i32> {
     let mut v = 0;
-    // SAFETY: valid function handle.
-    ck("cuFuncGetAttribute", unsafe {
-        sys::cuFuncGetAttribute(&mut v, a, f)
-    })?;
+    // SAFETY: `f` is valid (caller's contract).
+
+    ck("cuFuncGetAttribute", unsafe { sys::cuFuncGetAttribute(&mut v, a, f) })?;
     Ok(v)
 }

@@ -42,11 +42,7 @@ pub struct CudaConfig {
 
 impl Default for CudaConfig {
     fn default() -> Self {
-        CudaConfig {
-            pool_bytes: 1 << 30,
-            max_registers: 128,
-            ctas_per_sm: None,
-        }
+        CudaConfig { pool_bytes: 1 << 30, max_registers: 128, ctas_per_sm: None }
     }
 }
 
@@ -82,14 +78,16 @@ impl Megakernel {
         // SAFETY: valid function; the limit is within the device's opt-in maximum for any
         // tile configuration the ABI defines.
         ck("cuFuncSetAttribute", unsafe {
-            sys::cuFuncSetAttribute(
-                func,
-                CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem_bytes as i32,
-            )
+            sys::cuFuncSetAttribute(func, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem_bytes as i32)
         })?;
-        let registers = driver::func_attr(func, CU_FUNC_ATTRIBUTE_NUM_REGS)?;
-        let local_bytes = driver::func_attr(func, CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?;
+        // SAFETY: `func` belongs to `module`, alive here.
+        let (registers, local_bytes) = unsafe {
+            (
+                driver::func_attr(func, CU_FUNC_ATTRIBUTE_NUM_REGS)?,
+                driver::func_attr(func, CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?,
+            )
+        };
+
         let mut occ = 0;
         // SAFETY: valid function, block size and shared memory size.
         ck("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
@@ -100,10 +98,7 @@ impl Megakernel {
                 smem_bytes as usize,
             )
         })?;
-        let ctas_per_sm = cfg
-            .ctas_per_sm
-            .map_or(occ as u32, |c| c.min(occ as u32))
-            .max(1);
+        let ctas_per_sm = cfg.ctas_per_sm.map_or(occ as u32, |c| c.min(occ as u32)).max(1);
         Ok(Megakernel {
             module,
             func,
@@ -121,28 +116,40 @@ impl Megakernel {
     }
 }
 
-/// Offsets of one round's device-side layout: `[queue u64 | status | done | problems | tiles]`.
+/// Offsets of one round's device-side layout:
+/// `[queue u64 | status | done | split counters | problems | tiles | split workspace]`.
 struct Layout {
     done: usize,
+    counters: usize,
     problems: usize,
     tiles: usize,
+    workspace: usize,
     end: usize,
 }
 
 const QUEUE_OFF: usize = 0;
 const STATUS_OFF: usize = 16;
 
+fn align(x: usize, a: usize) -> usize {
+    x.div_ceil(a) * a
+}
+
 impl Layout {
-    fn new(p: usize, t: usize) -> Layout {
+    fn new(round: &Round) -> Layout {
+        let split = round.problems.iter().filter(|p| p.k_splits > 1);
+        let counters_n: usize = split.clone().map(|p| p.output_tiles() as usize).sum();
+        let workspace_bytes: usize = split
+            .map(|p| {
+                let s = TileKind::from_u32(p.tile_kind).map_or(0, |k| (k.shape().bm * k.shape().bn) as usize);
+                p.tile_count() as usize * s * 4
+            })
+            .sum();
         let done = STATUS_OFF + 16;
-        let problems = done + (p * 4).div_ceil(16) * 16;
-        let tiles = problems + p * size_of::<ProblemDesc>();
-        Layout {
-            done,
-            problems,
-            tiles,
-            end: tiles + t * size_of::<TileDesc>(),
-        }
+        let counters = done + align(round.problems.len() * 4, 16);
+        let problems = counters + align(counters_n * 4, 16);
+        let tiles = problems + round.problems.len() * size_of::<ProblemDesc>();
+        let workspace = align(tiles + round.tiles.len() * size_of::<TileDesc>(), 256);
+        Layout { done, counters, problems, tiles, workspace, end: workspace + workspace_bytes }
     }
 }
 
@@ -197,17 +204,13 @@ impl CudaDevice {
     /// As [`CudaDevice::new`] on an already opened GPU.
     pub fn with_gpu(gpu: Arc<Gpu>, cfg: &CudaConfig) -> Result<CudaDevice> {
         let kernel = Megakernel::load(&gpu, cfg)?;
-        let pool = DeviceBuffer::new(cfg.pool_bytes).map_err(|e| Error::PoolAlloc {
-            requested: cfg.pool_bytes,
-            reason: e.to_string(),
-        })?;
+        let pool = DeviceBuffer::new(cfg.pool_bytes)
+            .map_err(|e| Error::PoolAlloc { requested: cfg.pool_bytes, reason: e.to_string() })?;
         let stream = Stream::new()?;
-        let cap = Layout::new(256, 4096).end;
+        let cap = 1 << 20;
         let round = DeviceBuffer::new(cap)?;
         // SAFETY: fresh allocation of `cap` bytes; zero the queue head before first use.
-        ck("cuMemsetD8Async", unsafe {
-            sys::cuMemsetD8Async(round.ptr, 0, 16, stream.0)
-        })?;
+        ck("cuMemsetD8Async", unsafe { sys::cuMemsetD8Async(round.ptr, 0, 16, stream.0) })?;
         stream.sync()?;
         let state = State {
             start: Event::new()?,
@@ -218,12 +221,7 @@ impl CudaDevice {
             stream,
             queue_base: 0,
         };
-        Ok(CudaDevice {
-            gpu,
-            kernel,
-            pool,
-            state: Mutex::new(state),
-        })
+        Ok(CudaDevice { gpu, kernel, pool, state: Mutex::new(state) })
     }
 
     /// The GPU this device runs on.
@@ -242,53 +240,58 @@ impl CudaDevice {
         Ok(g)
     }
 
-    /// Grows the round buffers to hold `bytes` (synchronising first: queued work may use them).
-    fn reserve(st: &mut State, bytes: usize) -> Result<()> {
-        if st.round.bytes >= bytes {
-            return Ok(());
+    /// Grows the round buffers: `device` bytes on the GPU, `host` bytes of pinned staging
+    /// (synchronising first: queued work may use them).
+    fn reserve(st: &mut State, device: usize, host: usize) -> Result<()> {
+        if st.staging.len() < host {
+            st.stream.sync()?;
+            st.staging = PinnedBuffer::new(host.next_power_of_two(), 0)?;
+            st.readback = PinnedBuffer::new(host.next_power_of_two(), 0)?;
         }
-        st.stream.sync()?;
-        let cap = bytes.next_power_of_two();
-        st.round = DeviceBuffer::new(cap)?;
-        st.staging = PinnedBuffer::new(cap, 0)?;
-        st.readback = PinnedBuffer::new(cap, 0)?;
-        // SAFETY: fresh allocation; zero the queue head.
-        ck("cuMemsetD8Async", unsafe {
-            sys::cuMemsetD8Async(st.round.ptr, 0, 16, st.stream.0)
-        })?;
-        st.queue_base = 0;
+        if st.round.bytes < device {
+            st.stream.sync()?;
+            st.round = DeviceBuffer::new(device.next_power_of_two())?;
+            // SAFETY: fresh allocation; zero the queue head.
+            ck("cuMemsetD8Async", unsafe { sys::cuMemsetD8Async(st.round.ptr, 0, 16, st.stream.0) })?;
+            st.queue_base = 0;
+        }
         Ok(())
     }
 
     fn run_locked(&self, st: &mut State, round: &Round) -> Result<RoundReport> {
         let t0 = Instant::now();
         let (p, t) = (round.problems.len(), round.tiles.len());
-        let lay = Layout::new(p, t);
-        Self::reserve(st, lay.end)?;
+        let lay = Layout::new(round);
+        Self::reserve(st, lay.end, lay.workspace)?;
+        let base = st.round.ptr;
 
-        // Stage [status = 0 | done = 0 | problems | tiles] and send it in one copy.
+        // Stage [status = 0 | done = 0 | counters = 0 | problems | tiles] and send it in one copy.
+        // Split-K problems get their slices of the workspace and counters here.
         let stage = st.staging.ptr();
-        let problems: &[u8] = bytemuck::cast_slice(&round.problems);
         let tiles: &[u8] = bytemuck::cast_slice(&round.tiles);
-        // SAFETY: staging holds `lay.end` bytes (reserve); the previous round's copy from it
+        // SAFETY: staging holds `lay.workspace` bytes (reserve); the previous round's copy from it
         // completed (each round ends with a stream synchronisation).
         unsafe {
             std::ptr::write_bytes(stage.add(STATUS_OFF), 0, lay.problems - STATUS_OFF);
-            std::ptr::copy_nonoverlapping(
-                problems.as_ptr(),
-                stage.add(lay.problems),
-                problems.len(),
-            );
+            let staged = std::slice::from_raw_parts_mut(stage.add(lay.problems) as *mut ProblemDesc, p);
+            staged.copy_from_slice(&round.problems);
+            let (mut counter, mut ws) = (lay.counters as u64, lay.workspace as u64);
+            for d in staged.iter_mut().filter(|d| d.k_splits > 1) {
+                let tile = TileKind::from_u32(d.tile_kind).map_or(0, |k| (k.shape().bm * k.shape().bn) as u64 * 4);
+                d.counters = base + counter;
+                d.workspace = base + ws;
+                counter += d.output_tiles() as u64 * 4;
+                ws += d.tile_count() as u64 * tile;
+            }
             std::ptr::copy_nonoverlapping(tiles.as_ptr(), stage.add(lay.tiles), tiles.len());
         }
-        let base = st.round.ptr;
         // SAFETY: both ranges lie inside their buffers; the stream orders the copy before the
         // launch that reads it.
         ck("cuMemcpyHtoDAsync", unsafe {
             sys::cuMemcpyHtoDAsync_v2(
                 base + STATUS_OFF as u64,
                 stage.add(STATUS_OFF) as *const c_void,
-                lay.end - STATUS_OFF,
+                lay.workspace - STATUS_OFF,
                 st.stream.0,
             )
         })?;
@@ -338,12 +341,12 @@ impl CudaDevice {
         }
         st.end.record(&st.stream)?;
         let back = st.readback.ptr();
-        // SAFETY: readback holds `lay.end` bytes; synchronised below before reading.
+        // SAFETY: readback holds `lay.workspace` bytes; synchronised below before reading.
         ck("cuMemcpyDtoHAsync", unsafe {
             sys::cuMemcpyDtoHAsync_v2(
                 back.add(STATUS_OFF) as *mut c_void,
                 base + STATUS_OFF as u64,
-                lay.problems - STATUS_OFF,
+                lay.counters - STATUS_OFF,
                 st.stream.0,
             )
         })?;
@@ -356,32 +359,18 @@ impl CudaDevice {
 
         // SAFETY: the copy completed; offsets inside readback; u32-aligned.
         let (code, done) = unsafe {
-            (
-                *(back.add(STATUS_OFF) as *const u32),
-                std::slice::from_raw_parts(back.add(lay.done) as *const u32, p),
-            )
+            (*(back.add(STATUS_OFF) as *const u32), std::slice::from_raw_parts(back.add(lay.done) as *const u32, p))
         };
         if code != status::OK {
-            return Err(Error::DeviceStatus {
-                code,
-                meaning: status_meaning(code),
-            });
+            return Err(Error::DeviceStatus { code, meaning: status_meaning(code) });
         }
         for (i, (pd, &ran)) in round.problems.iter().zip(done).enumerate() {
             if ran != pd.tile_count() {
-                return Err(Error::TileCount {
-                    problem: i,
-                    ran,
-                    expected: pd.tile_count(),
-                });
+                return Err(Error::TileCount { problem: i, ran, expected: pd.tile_count() });
             }
         }
         let kernel = Duration::from_secs_f64(st.start.elapsed_ms(&st.end)? as f64 / 1e3);
-        Ok(RoundReport {
-            kernel,
-            total: t0.elapsed(),
-            tiles: t,
-        })
+        Ok(RoundReport { kernel, total: t0.elapsed(), tiles: t })
     }
 }
 
@@ -421,12 +410,7 @@ impl Device for CudaDevice {
         let st = self.lock()?;
         // SAFETY: destination inside the pool (checked); the stream orders it after queued rounds.
         ck("cuMemcpyHtoDAsync", unsafe {
-            sys::cuMemcpyHtoDAsync_v2(
-                addr,
-                data.as_ptr() as *const c_void,
-                size_of_val(data),
-                st.stream.0,
-            )
+            sys::cuMemcpyHtoDAsync_v2(addr, data.as_ptr() as *const c_void, size_of_val(data), st.stream.0)
         })?;
         st.stream.sync()
     }
@@ -436,12 +420,7 @@ impl Device for CudaDevice {
         let st = self.lock()?;
         // SAFETY: source inside the pool (checked); synchronised before returning.
         ck("cuMemcpyDtoHAsync", unsafe {
-            sys::cuMemcpyDtoHAsync_v2(
-                out.as_mut_ptr() as *mut c_void,
-                addr,
-                size_of_val(out),
-                st.stream.0,
-            )
+            sys::cuMemcpyDtoHAsync_v2(out.as_mut_ptr() as *mut c_void, addr, size_of_val(out), st.stream.0)
         })?;
         st.stream.sync()
     }
@@ -450,9 +429,7 @@ impl Device for CudaDevice {
         check_access(&self.pool(), addr, bytes)?;
         let st = self.lock()?;
         // SAFETY: inside the pool (checked).
-        ck("cuMemsetD8Async", unsafe {
-            sys::cuMemsetD8Async(addr, 0, bytes as usize, st.stream.0)
-        })?;
+        ck("cuMemsetD8Async", unsafe { sys::cuMemsetD8Async(addr, 0, bytes as usize, st.stream.0) })?;
         st.stream.sync()
     }
 

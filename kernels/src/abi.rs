@@ -20,9 +20,19 @@ pub const BLOCK_THREADS: u32 = 256;
 /// Largest `m`, `n` or `k` a problem may have.
 pub const MAX_DIM: u32 = 1 << 24;
 
-/// Bytes reserved at the start of dynamic shared memory for the megakernel's own use (the tile
-/// claim broadcast); tile routines get what follows.
-pub const SMEM_HEADER_BYTES: u32 = 16;
+/// Bytes reserved at the start of dynamic shared memory for the megakernel's own use: the tile
+/// claim broadcast at offset 0, the split-K "last arriver" flag at [`SMEM_FLAG_OFFSET`], and the
+/// current tile's [`ProblemDesc`] at [`SMEM_DESC_OFFSET`]. Tile routines get what follows.
+pub const SMEM_HEADER_BYTES: u32 = 16 + 128;
+
+/// Offset of the split-K broadcast word in dynamic shared memory.
+pub const SMEM_FLAG_OFFSET: u32 = 4;
+
+/// Most k-splits a problem may use.
+pub const MAX_K_SPLITS: u32 = 64;
+
+/// Offset of the current tile's problem descriptor in dynamic shared memory.
+pub const SMEM_DESC_OFFSET: u32 = 16;
 
 /// Depth of the k-slices the SGEMM tiles stage through shared memory.
 pub const SGEMM_BK: u32 = 8;
@@ -50,7 +60,7 @@ pub mod status {
     pub const BAD_TILE_KIND: u32 = 1;
     /// A tile names a problem index past the round's problem count.
     pub const BAD_PROBLEM: u32 = 2;
-    /// A tile's coordinates lie outside its problem's tile grid.
+    /// A tile's coordinates (or k-split) lie outside its problem's tile grid.
     pub const BAD_TILE_COORD: u32 = 3;
     /// A problem's activation or bias mode is not defined.
     pub const BAD_EPILOGUE: u32 = 4;
@@ -144,13 +154,8 @@ pub struct TileShape {
 
 impl TileKind {
     /// Every tile kind, in code order.
-    pub const ALL: [TileKind; 5] = [
-        TileKind::Sgemm128x128,
-        TileKind::Sgemm128x64,
-        TileKind::Sgemm64x64,
-        TileKind::Gemv32,
-        TileKind::Gemv64,
-    ];
+    pub const ALL: [TileKind; 5] =
+        [TileKind::Sgemm128x128, TileKind::Sgemm128x64, TileKind::Sgemm64x64, TileKind::Gemv32, TileKind::Gemv64];
 
     /// Decodes a raw descriptor field.
     #[inline(always)]
@@ -229,7 +234,7 @@ impl TileKind {
     }
 }
 
-/// One GEMM/GEMV problem of a round. 96 bytes, 16-byte aligned, no implicit padding.
+/// One GEMM/GEMV problem of a round. 128 bytes, 16-byte aligned, no implicit padding.
 #[repr(C, align(16))]
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[cfg_attr(not(target_arch = "nvptx64"), derive(Pod, Zeroable))]
@@ -274,6 +279,16 @@ pub struct ProblemDesc {
     pub tenant: u32,
     /// Index of the completion counter this problem's tiles increment.
     pub completion: u32,
+    /// Split-K scratch: `tiles_m · tiles_n · k_splits` partial tiles of `bm × bn` floats, filled
+    /// in by the backend (0 when `k_splits == 1`).
+    pub workspace: u64,
+    /// Split-K arrival counters, one `u32` per output tile, zero at launch (backend-owned).
+    pub counters: u64,
+    /// Slices of `k` computed by separate tiles (1: no split). The last slice of an output tile
+    /// to finish sums all partials in slice order and runs the epilogue.
+    pub k_splits: u32,
+    /// Reserved, zero.
+    pub _reserved: [u32; 3],
 }
 
 /// One unit of megakernel work: a `bm × bn` tile of one problem's `C`. 16 bytes.
@@ -287,12 +302,12 @@ pub struct TileDesc {
     pub tile_m: u32,
     /// Tile column: `C` columns `tile_n·bn ..`.
     pub tile_n: u32,
-    /// Reserved, zero.
-    pub _reserved: u32,
+    /// K-slice of the output tile this tile computes (`< k_splits`).
+    pub split: u32,
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<ProblemDesc>() == 96);
+    assert!(core::mem::size_of::<ProblemDesc>() == 128);
     assert!(core::mem::align_of::<ProblemDesc>() == 16);
     assert!(core::mem::offset_of!(ProblemDesc, a) == 0);
     assert!(core::mem::offset_of!(ProblemDesc, bias) == 24);
@@ -301,6 +316,9 @@ const _: () = {
     assert!(core::mem::offset_of!(ProblemDesc, flags) == 64);
     assert!(core::mem::offset_of!(ProblemDesc, tile_kind) == 76);
     assert!(core::mem::offset_of!(ProblemDesc, completion) == 92);
+    assert!(core::mem::offset_of!(ProblemDesc, workspace) == 96);
+    assert!(core::mem::offset_of!(ProblemDesc, counters) == 104);
+    assert!(core::mem::offset_of!(ProblemDesc, k_splits) == 112);
     assert!(core::mem::size_of::<TileDesc>() == 16);
     assert!(core::mem::align_of::<TileDesc>() == 16);
 };
@@ -315,38 +333,43 @@ pub const fn ceil_div(a: u32, b: u32) -> u32 {
 /// the last element's index plus one. Zero when either dimension is zero.
 #[inline(always)]
 pub const fn matrix_extent(rows: u32, cols: u32, ld: u32) -> u64 {
-    if rows == 0 || cols == 0 {
-        0
-    } else {
-        (rows as u64 - 1) * ld as u64 + cols as u64
-    }
+    if rows == 0 || cols == 0 { 0 } else { (rows as u64 - 1) * ld as u64 + cols as u64 }
 }
 
 impl ProblemDesc {
     /// Stored shape (rows, cols) of `A`.
     #[inline(always)]
     pub const fn a_stored(&self) -> (u32, u32) {
-        if self.flags & flags::TRANS_A != 0 {
-            (self.k, self.m)
-        } else {
-            (self.m, self.k)
-        }
+        if self.flags & flags::TRANS_A != 0 { (self.k, self.m) } else { (self.m, self.k) }
     }
 
     /// Stored shape (rows, cols) of `B`.
     #[inline(always)]
     pub const fn b_stored(&self) -> (u32, u32) {
-        if self.flags & flags::TRANS_B != 0 {
-            (self.n, self.k)
-        } else {
-            (self.k, self.n)
-        }
+        if self.flags & flags::TRANS_B != 0 { (self.n, self.k) } else { (self.k, self.n) }
     }
 
-    /// Number of tiles in this problem's grid.
+    /// Number of output tiles in this problem's grid.
+    #[inline(always)]
+    pub const fn output_tiles(&self) -> u32 {
+        self.tiles_m * self.tiles_n
+    }
+
+    /// Number of tiles (output tiles times k-splits) the megakernel runs for this problem.
     #[inline(always)]
     pub const fn tile_count(&self) -> u32 {
-        self.tiles_m * self.tiles_n
+        self.tiles_m * self.tiles_n * self.k_splits
+    }
+
+    /// The `k` range `[start, end)` of split `split`: slices are whole `SGEMM_BK` steps, as equal as
+    /// possible, none empty when `k_splits <= ceil(k / SGEMM_BK)`.
+    #[inline(always)]
+    pub const fn split_range(&self, split: u32) -> (u32, u32) {
+        let steps = self.k.div_ceil(SGEMM_BK);
+        let per = steps.div_ceil(if self.k_splits == 0 { 1 } else { self.k_splits });
+        let start = split * per * SGEMM_BK;
+        let end = (split + 1) * per * SGEMM_BK;
+        (if start < self.k { start } else { self.k }, if end < self.k { end } else { self.k })
     }
 
     /// Length of the bias vector this problem reads (0 without bias).

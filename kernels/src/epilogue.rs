@@ -1,9 +1,8 @@
 //! The epilogue every tile routine ends with: `C = act(alpha·acc + beta·C + bias)`.
 
-use crate::abi::{Activation, BiasMode, ProblemDesc};
-use crate::arch::{
-    fma, ld_global_f32, ld_global_nc_f32, ld_global_v4, relu, st_global_f32, st_global_v4,
-};
+use crate::abi::{Activation, BiasMode};
+use crate::arch::{fma, ld_global_f32, ld_global_nc_f32, ld_global_v4, relu, st_global_f32, st_global_v4};
+use crate::problem::Problem;
 
 /// A problem's output side, decoded once per tile.
 #[derive(Clone, Copy)]
@@ -22,23 +21,25 @@ pub struct Epilogue {
 }
 
 impl Epilogue {
-    /// Decodes the output side of `p`; `None` if its activation or bias mode is undefined.
+    /// Reads the output side of the staged problem `p` (call after the main loop, so that none of
+    /// it occupies registers during the k-loop). The megakernel already rejected undefined
+    /// activation and bias codes; they decode as "none" here.
     #[inline(always)]
-    pub fn new(p: &ProblemDesc) -> Option<Self> {
-        let act = Activation::from_u32(p.activation)?;
-        let bias = BiasMode::from_u32(p.bias_mode)?;
-        Some(Epilogue {
-            c: p.c,
-            ldc: p.ldc as u64,
-            m: p.m,
-            n: p.n,
-            alpha: p.alpha,
-            beta: p.beta,
-            relu: act == Activation::Relu,
-            bias,
-            bias_addr: p.bias,
-            c_vec: p.c % 16 == 0 && p.ldc % 4 == 0,
-        })
+    pub fn new(p: Problem) -> Self {
+        let c = p.c();
+        let ldc = p.ldc();
+        Epilogue {
+            c,
+            ldc: ldc as u64,
+            m: p.m(),
+            n: p.n(),
+            alpha: p.alpha(),
+            beta: p.beta(),
+            relu: Activation::from_u32(p.activation()) == Some(Activation::Relu),
+            bias: BiasMode::from_u32(p.bias_mode()).unwrap_or(BiasMode::None),
+            bias_addr: p.bias(),
+            c_vec: c % 16 == 0 && ldc % 4 == 0,
+        }
     }
 
     #[inline(always)]
@@ -80,11 +81,7 @@ impl Epilogue {
         let a = self.addr(row, col);
         // SAFETY: in bounds (checked above) of a validated `C`; this thread owns the element.
         unsafe {
-            let old = if self.beta != 0.0 {
-                ld_global_f32(a)
-            } else {
-                0.0
-            };
+            let old = if self.beta != 0.0 { ld_global_f32(a) } else { 0.0 };
             st_global_f32(a, self.finish(acc, old, self.bias_at(row, col)));
         }
     }
@@ -104,11 +101,7 @@ impl Epilogue {
             // SAFETY: four in-bounds elements of a validated `C`, 16-byte aligned (`c_vec` and
             // `col` a multiple of 4); this thread owns them.
             unsafe {
-                let old = if self.beta != 0.0 {
-                    ld_global_v4(a)
-                } else {
-                    [0.0; 4]
-                };
+                let old = if self.beta != 0.0 { ld_global_v4(a) } else { [0.0; 4] };
                 let mut out = [0.0f32; 4];
                 for j in 0..4 {
                     out[j] = self.finish(acc[j], old[j], self.bias_at(row, col + j as u32));

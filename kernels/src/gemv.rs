@@ -6,51 +6,42 @@
 //! a butterfly shuffle sums each row across the warp. Unaligned rows or a strided `x` take a scalar
 //! path with the same structure.
 
-use crate::abi::{ProblemDesc, flags};
+use crate::abi::flags;
 use crate::arch::{fma, ld_global_nc_f32, ld_global_nc_v4, thread_idx_x, warp_sum};
 use crate::epilogue::Epilogue;
+use crate::problem::Problem;
 
 #[inline(always)]
 fn dot4(a: [f32; 4], x: [f32; 4], acc: f32) -> f32 {
-    fma(
-        a[3],
-        x[3],
-        fma(a[2], x[2], fma(a[1], x[1], fma(a[0], x[0], acc))),
-    )
+    fma(a[3], x[3], fma(a[2], x[2], fma(a[1], x[1], fma(a[0], x[0], acc))))
 }
 
-/// Computes rows `tile_m·8·RPW ..` of problem `p` (a matrix-vector product) and stores them.
+/// Computes rows `tile_m·8·RPW ..` of the staged problem `d` (a matrix-vector product) and
+/// stores them.
 ///
 /// # Safety
-/// Called by all 256 threads of the CTA; `p` was validated on the host with `n == 1` and no
-/// `TRANS_A` (`TileKind::supports`), so `A` spans `m × k` and `x` (B) spans `k` elements.
+/// Called by all 256 threads of the CTA; the problem was validated on the host with `n == 1` and
+/// no `TRANS_A` (`TileKind::supports`), so `A` spans `m × k` and `x` (B) spans `k` elements.
 #[inline(always)]
-pub unsafe fn gemv_tile<const RPW: usize>(p: &ProblemDesc, epi: &Epilogue, tile_m: u32) {
+pub unsafe fn gemv_tile<const RPW: usize>(d: Problem, tile_m: u32) {
     let tid = thread_idx_x();
     let (warp, lane) = (tid / 32, tid % 32);
     let row0 = tile_m * (8 * RPW as u32) + warp * RPW as u32;
-    if row0 >= p.m {
+    let (m, k, lda, a, b) = (d.m(), d.k(), d.lda(), d.a(), d.b());
+    if row0 >= m {
         return; // warp-uniform: a ragged last tile leaves whole warps idle
     }
 
     // Rows past `m` re-read the last row (valid memory) and are never stored.
     let mut rows = [0u64; RPW];
     for (r, row) in rows.iter_mut().enumerate() {
-        let i = if row0 + (r as u32) < p.m {
-            row0 + r as u32
-        } else {
-            p.m - 1
-        };
-        *row = p.a + i as u64 * p.lda as u64 * 4;
+        let i = if row0 + (r as u32) < m { row0 + r as u32 } else { m - 1 };
+        *row = a + i as u64 * lda as u64 * 4;
     }
     // B is `k × 1` (stride ldb) or, transposed, `1 × k` (stride 1).
-    let x_stride = if p.flags & flags::TRANS_B != 0 {
-        1
-    } else {
-        p.ldb as u64
-    };
-    let vec = p.a % 16 == 0 && p.lda % 4 == 0 && x_stride == 1 && p.b % 16 == 0;
-    let k4 = if vec { p.k / 4 } else { 0 };
+    let x_stride = if d.flags() & flags::TRANS_B != 0 { 1 } else { d.ldb() as u64 };
+    let vec = a % 16 == 0 && lda % 4 == 0 && x_stride == 1 && b % 16 == 0;
+    let k4 = if vec { k / 4 } else { 0 };
 
     let mut acc = [0.0f32; RPW];
     // SAFETY (all loads): chunk q < k4 covers elements 4q..4q+4 <= k of a validated row or of
@@ -59,7 +50,7 @@ pub unsafe fn gemv_tile<const RPW: usize>(p: &ProblemDesc, epi: &Epilogue, tile_
     while q + 32 < k4 {
         let off0 = q as u64 * 16;
         let off1 = off0 + 32 * 16;
-        let (x0, x1) = unsafe { (ld_global_nc_v4(p.b + off0), ld_global_nc_v4(p.b + off1)) };
+        let (x0, x1) = unsafe { (ld_global_nc_v4(b + off0), ld_global_nc_v4(b + off1)) };
         let mut a0 = [[0.0f32; 4]; RPW];
         let mut a1 = [[0.0f32; 4]; RPW];
         for r in 0..RPW {
@@ -75,20 +66,16 @@ pub unsafe fn gemv_tile<const RPW: usize>(p: &ProblemDesc, epi: &Epilogue, tile_
     }
     if q < k4 {
         let off = q as u64 * 16;
-        let x0 = unsafe { ld_global_nc_v4(p.b + off) };
+        let x0 = unsafe { ld_global_nc_v4(b + off) };
         for r in 0..RPW {
             acc[r] = dot4(unsafe { ld_global_nc_v4(rows[r] + off) }, x0, acc[r]);
         }
     }
     let mut kk = k4 * 4 + lane;
-    while kk < p.k {
-        let x = unsafe { ld_global_nc_f32(p.b + kk as u64 * x_stride * 4) };
+    while kk < k {
+        let x = unsafe { ld_global_nc_f32(b + kk as u64 * x_stride * 4) };
         for r in 0..RPW {
-            acc[r] = fma(
-                unsafe { ld_global_nc_f32(rows[r] + kk as u64 * 4) },
-                x,
-                acc[r],
-            );
+            acc[r] = fma(unsafe { ld_global_nc_f32(rows[r] + kk as u64 * 4) }, x, acc[r]);
         }
         kk += 32;
     }
@@ -102,6 +89,6 @@ pub unsafe fn gemv_tile<const RPW: usize>(p: &ProblemDesc, epi: &Epilogue, tile_
     }
     if lane < RPW as u32 {
         // SAFETY: one lane per row; store1 skips rows past `m`.
-        unsafe { epi.store1(row0 + lane, 0, mine) };
+        unsafe { Epilogue::new(d).store1(row0 + lane, 0, mine) };
     }
 }

@@ -9,10 +9,7 @@
 //! persistent tile loop (its protocol: `QUEUE.md`).
 
 #![no_std]
-#![cfg_attr(
-    target_arch = "nvptx64",
-    feature(abi_ptx, stdarch_nvptx, asm_experimental_arch, core_intrinsics)
-)]
+#![cfg_attr(target_arch = "nvptx64", feature(abi_ptx, stdarch_nvptx, asm_experimental_arch, core_intrinsics))]
 #![cfg_attr(target_arch = "nvptx64", allow(internal_features))]
 
 pub mod abi;
@@ -25,6 +22,8 @@ mod epilogue;
 mod gemv;
 #[cfg(target_arch = "nvptx64")]
 pub mod megakernel;
+#[cfg(target_arch = "nvptx64")]
+mod problem;
 #[cfg(target_arch = "nvptx64")]
 mod sgemm;
 

@@ -1,13 +1,13 @@
 //! The persistent megakernel: a grid sized to fill every SM once, each CTA claiming tiles of a
 //! round from a device-side queue until none are left. Protocol and memory ordering: `QUEUE.md`.
 
-use crate::abi::{ProblemDesc, SMEM_HEADER_BYTES, TileDesc, TileKind, status};
+use crate::abi::{Activation, BiasMode, SMEM_DESC_OFFSET, SMEM_HEADER_BYTES, TileDesc, TileKind, status};
 use crate::arch::{
-    atom_add_relaxed_gpu_u64, atom_cas_relaxed_gpu_u32, fence_acq_rel_gpu, ld_global_nc_v4_u32,
-    ld_shared_u32, red_add_release_gpu_u32, smem_base, st_shared_u32, sync_threads, thread_idx_x,
+    atom_add_relaxed_gpu_u64, atom_cas_relaxed_gpu_u32, fence_acq_rel_gpu, ld_global_nc_v4_u32, ld_shared_u32,
+    red_add_release_gpu_u32, smem_base, st_shared_u32, st_shared_v4_u32, sync_threads, thread_idx_x,
 };
-use crate::epilogue::Epilogue;
 use crate::gemv::gemv_tile;
+use crate::problem::Problem;
 use crate::sgemm::sgemm_tile;
 
 /// Reads a 16-byte tile descriptor.
@@ -18,29 +18,24 @@ use crate::sgemm::sgemm_tile;
 unsafe fn load_tile(addr: u64) -> TileDesc {
     // SAFETY: the caller guarantees the address.
     let w = unsafe { ld_global_nc_v4_u32(addr) };
-    TileDesc {
-        problem: w[0],
-        tile_m: w[1],
-        tile_n: w[2],
-        _reserved: w[3],
-    }
+    TileDesc { problem: w[0], tile_m: w[1], tile_n: w[2], split: w[3] }
 }
 
-/// Reads a 96-byte problem descriptor.
+/// Copies problem `index`'s 128-byte descriptor into shared memory at `dst`: threads 0..8 move
+/// 16 bytes each. Callers synchronise before reading it.
 ///
 /// # Safety
-/// `addr` is a 16-byte aligned descriptor the host wrote before the launch.
+/// `problems + index·96` is a descriptor the host wrote before the launch; `dst` is the
+/// descriptor slot of the megakernel's shared header.
 #[inline(always)]
-unsafe fn load_problem(addr: u64) -> ProblemDesc {
-    let mut w = [0u32; 24];
-    for i in 0..6 {
-        // SAFETY: the caller guarantees 96 readable bytes at `addr`.
-        let v = unsafe { ld_global_nc_v4_u32(addr + i as u64 * 16) };
-        w[i * 4..i * 4 + 4].copy_from_slice(&v);
+unsafe fn stage_problem(tid: u32, problems: u64, index: u32, dst: u32) {
+    if tid < 8 {
+        // SAFETY: the caller guarantees both addresses; each thread moves its 16 bytes.
+        unsafe {
+            let w = ld_global_nc_v4_u32(problems + index as u64 * 128 + tid as u64 * 16);
+            st_shared_v4_u32(dst + tid * 16, w);
+        }
     }
-    // SAFETY: `ProblemDesc` is `repr(C)`, 96 bytes of u32/u64/f32 fields with no padding (the ABI
-    // asserts it): every bit pattern is a valid value.
-    unsafe { core::mem::transmute::<[u32; 24], ProblemDesc>(w) }
 }
 
 /// Records the first error of the launch; later ones are dropped.
@@ -53,61 +48,43 @@ unsafe fn report(status: u64, code: u32) {
     unsafe { atom_cas_relaxed_gpu_u32(status, 0, code) };
 }
 
-/// Runs one tile. Returns the problem's completion slot, or `None` (after reporting) when the
-/// descriptors are not runnable; then nothing is read or written for it.
+/// Runs one tile of the staged problem `d`. Returns its completion slot, or `None` (after
+/// reporting) when the descriptors are not runnable; then nothing is read or written for it.
 ///
 /// # Safety
-/// All threads of the CTA call this with the same arguments; descriptors come from a validated
-/// round; `smem` has `TileKind::megakernel_smem_bytes - SMEM_HEADER_BYTES` bytes.
+/// All threads of the CTA call this with the same arguments after a barrier that follows the
+/// staging of `d`; descriptors come from a validated round; `smem` has
+/// `TileKind::megakernel_smem_bytes - SMEM_HEADER_BYTES` bytes.
 #[inline(always)]
-unsafe fn run_tile(
-    problems: u64,
-    num_problems: u32,
-    t: TileDesc,
-    smem: u32,
-    status_addr: u64,
-) -> Option<u32> {
-    let tid = thread_idx_x();
-    if t.problem >= num_problems {
-        if tid == 0 {
-            // SAFETY: the launch's status word.
-            unsafe { report(status_addr, status::BAD_PROBLEM) };
-        }
-        return None;
-    }
-    // SAFETY: `t.problem < num_problems`: inside the round's problem array.
-    let p = unsafe { load_problem(problems + t.problem as u64 * 96) };
+unsafe fn run_tile(d: Problem, t: TileDesc, smem: u32, status_addr: u64) -> Option<u32> {
     let fail = |code| {
-        if tid == 0 {
+        if thread_idx_x() == 0 {
             // SAFETY: the launch's status word.
             unsafe { report(status_addr, code) };
         }
         None
     };
-    if t.tile_m >= p.tiles_m || t.tile_n >= p.tiles_n {
+    let kind = TileKind::from_u32(d.tile_kind());
+    let splits = d.k_splits();
+    let gemv = matches!(kind, Some(k) if k.is_gemv());
+    if t.tile_m >= d.tiles_m() || t.tile_n >= d.tiles_n() || t.split >= splits || (gemv && splits != 1) {
         return fail(status::BAD_TILE_COORD);
     }
-    let Some(epi) = Epilogue::new(&p) else {
+    if Activation::from_u32(d.activation()).is_none() || BiasMode::from_u32(d.bias_mode()).is_none() {
         return fail(status::BAD_EPILOGUE);
-    };
-    let (tm, tn) = (t.tile_m, t.tile_n);
+    }
+    let (tm, tn, ks) = (t.tile_m, t.tile_n, t.split);
     // SAFETY (every arm): the problem is validated and `supports` its kind (host-side chooser);
     // `smem` is sized for the largest routine.
-    match TileKind::from_u32(p.tile_kind) {
-        Some(TileKind::Sgemm128x128) => unsafe {
-            sgemm_tile::<128, 128, 8, 8, 8>(&p, &epi, tm, tn, smem)
-        },
-        Some(TileKind::Sgemm128x64) => unsafe {
-            sgemm_tile::<128, 64, 8, 8, 4>(&p, &epi, tm, tn, smem)
-        },
-        Some(TileKind::Sgemm64x64) => unsafe {
-            sgemm_tile::<64, 64, 8, 4, 4>(&p, &epi, tm, tn, smem)
-        },
-        Some(TileKind::Gemv32) => unsafe { gemv_tile::<4>(&p, &epi, tm) },
-        Some(TileKind::Gemv64) => unsafe { gemv_tile::<8>(&p, &epi, tm) },
+    match kind {
+        Some(TileKind::Sgemm128x128) => unsafe { sgemm_tile::<128, 128, 8, 8, 8>(d, tm, tn, ks, smem) },
+        Some(TileKind::Sgemm128x64) => unsafe { sgemm_tile::<128, 64, 8, 8, 4>(d, tm, tn, ks, smem) },
+        Some(TileKind::Sgemm64x64) => unsafe { sgemm_tile::<64, 64, 8, 4, 4>(d, tm, tn, ks, smem) },
+        Some(TileKind::Gemv32) => unsafe { gemv_tile::<4>(d, tm) },
+        Some(TileKind::Gemv64) => unsafe { gemv_tile::<8>(d, tm) },
         None => return fail(status::BAD_TILE_KIND),
     }
-    Some(p.completion)
+    Some(d.completion())
 }
 
 /// Claims the next tile index of the round: a relaxed 64-bit ticket minus the round's base.
@@ -118,11 +95,7 @@ unsafe fn run_tile(
 unsafe fn claim(queue: u64, base: u64) -> u32 {
     // SAFETY: the caller guarantees the address.
     let ticket = unsafe { atom_add_relaxed_gpu_u64(queue, 1) }.wrapping_sub(base);
-    if ticket > u32::MAX as u64 {
-        u32::MAX
-    } else {
-        ticket as u32
-    }
+    if ticket > u32::MAX as u64 { u32::MAX } else { ticket as u32 }
 }
 
 /// Round-per-launch entry point. Launch with `BLOCK_THREADS` threads, any grid (the host sizes it
@@ -149,42 +122,48 @@ pub unsafe extern "ptx-kernel" fn tilemux_round(
 ) {
     let tid = thread_idx_x();
     let header = smem_base();
+    let desc = Problem(header + SMEM_DESC_OFFSET);
     let smem = header + SMEM_HEADER_BYTES;
 
-    // SAFETY: `queue` is the round's queue head (contract of this kernel).
-    let mut next = if tid == 0 {
-        unsafe { claim(queue, queue_base) }
-    } else {
-        0
-    };
+    if tid == 0 {
+        // SAFETY: `queue` is the round's queue head; the header's first word is the claim slot.
+        unsafe { st_shared_u32(header, claim(queue, queue_base)) };
+    }
+    sync_threads();
     loop {
-        if tid == 0 {
-            // SAFETY: the header's first word is reserved for the claim broadcast.
-            unsafe { st_shared_u32(header, next) };
-        }
-        sync_threads();
-        // SAFETY: as above; written before the barrier.
+        // SAFETY: the claim slot, written before the last barrier.
         let idx = unsafe { ld_shared_u32(header) };
         if idx >= num_tiles {
             break;
         }
-        if tid == 0 {
-            // Prefetch the next claim: its latency hides behind this tile.
-            // SAFETY: as above.
-            next = unsafe { claim(queue, queue_base) };
+        // SAFETY: idx < num_tiles: inside the round's tile array.
+        let t = unsafe { load_tile(tiles + idx as u64 * 16) };
+        let valid = t.problem < num_problems;
+        if valid {
+            // SAFETY: t.problem < num_problems; the descriptor slot is free (last read before
+            // the previous barrier).
+            unsafe { stage_problem(tid, problems, t.problem, desc.0) };
         }
-        // SAFETY: idx < num_tiles: inside the round's tile array; the rest per this kernel's
-        // contract.
-        let slot = unsafe {
-            run_tile(
-                problems,
-                num_problems,
-                load_tile(tiles + idx as u64 * 16),
-                smem,
-                status_addr,
-            )
+        // Prefetch the next claim: its latency hides behind this tile.
+        // SAFETY: as above.
+        let next = if tid == 0 { unsafe { claim(queue, queue_base) } } else { 0 };
+        sync_threads(); // descriptor staged; every thread has read the claim slot
+        let slot = if valid {
+            // SAFETY: staged above; the rest per this kernel's contract.
+            unsafe { run_tile(desc, t, smem, status_addr) }
+        } else {
+            if tid == 0 {
+                // SAFETY: the launch's status word.
+                unsafe { report(status_addr, status::BAD_PROBLEM) };
+            }
+            None
         };
-        // Every thread's stores of this tile are issued and shared memory is free again.
+        if tid == 0 {
+            // SAFETY: every thread read the claim slot before the barrier above.
+            unsafe { st_shared_u32(header, next) };
+        }
+        // The tile's stores are issued, shared memory (stages, descriptor) is free again and the
+        // next claim is visible.
         sync_threads();
         if let Some(slot) = slot {
             if tid == 0 {
@@ -194,4 +173,33 @@ pub unsafe extern "ptx-kernel" fn tilemux_round(
             }
         }
     }
+}
+
+/// One entry point per tile kind (feature `probes`), for `scripts/ptx-report.sh`: each routine's
+/// own register and spill count. Never launched.
+#[cfg(feature = "probes")]
+mod probes {
+    use super::*;
+
+    macro_rules! probe {
+        ($name:ident, $body:expr) => {
+            /// Probe entry (see the module docs).
+            ///
+            /// # Safety
+            /// Never launched.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "ptx-kernel" fn $name(tm: u32, tn: u32) {
+                let d = Problem(smem_base() + SMEM_DESC_OFFSET);
+                let smem = smem_base() + SMEM_HEADER_BYTES;
+                let _ = (tn, smem);
+                // SAFETY: never launched.
+                unsafe { ($body)(d, tm, tn, smem) }
+            }
+        };
+    }
+    probe!(probe_sgemm_128x128x8, |d, tm, tn, s| sgemm_tile::<128, 128, 8, 8, 8>(d, tm, tn, 0, s));
+    probe!(probe_sgemm_128x64x8, |d, tm, tn, s| sgemm_tile::<128, 64, 8, 8, 4>(d, tm, tn, 0, s));
+    probe!(probe_sgemm_64x64x8, |d, tm, tn, s| sgemm_tile::<64, 64, 8, 4, 4>(d, tm, tn, 0, s));
+    probe!(probe_gemv_rows32, |d, tm, _tn, _s| gemv_tile::<4>(d, tm));
+    probe!(probe_gemv_rows64, |d, tm, _tn, _s| gemv_tile::<8>(d, tm));
 }

@@ -7,121 +7,136 @@
 //! slice, each thread holds the next slice's 16 bytes in registers and stores them into the other
 //! stage afterwards (one barrier per slice).
 //!
+//! Each thread owns one 4-element chunk of each panel slice. Its address advances by a fixed step
+//! per slice; while the chunk lies inside the operand and is 16-byte aligned (the interior), it is
+//! one `ld.global.nc.v4`. Chunks on an edge take a predicated scalar path that reads the operand's
+//! bounds from the staged descriptor, so no bounds live in registers across the loop.
+//!
+//! Split-K: with `k_splits > 1`, tile `split` covers one slice of `k` and writes its raw
+//! accumulators to the problem's workspace; the last slice of an output tile to arrive (an
+//! acquire-release counter per output tile) sums all partials in slice order, so the result does
+//! not depend on arrival order, and runs the epilogue.
+//!
 //! Thread `(ty, tx)` of the 16 × 16 thread grid owns a `TM × TN` block of outputs made of 4 × 4
 //! sub-blocks spaced `BM / (TM/4)` rows and `BN / (TN/4)` columns apart, so that a warp's fragment
 //! loads are broadcasts (A) or conflict-free (B).
 
-use crate::abi::{BLOCK_THREADS, ProblemDesc, SGEMM_SMEM_PAD, flags};
+use crate::abi::{BLOCK_THREADS, SGEMM_SMEM_PAD, SMEM_FLAG_OFFSET, flags};
 use crate::arch::{
-    fma, ld_global_nc_f32, ld_global_nc_v4, ld_shared_v4, st_shared_f32, st_shared_v4, sync_threads,
+    atom_add_acq_rel_gpu_u32, fence_acq_rel_gpu, fma, ld_global_cg_v4, ld_global_nc_f32, ld_global_nc_v4,
+    ld_shared_u32, ld_shared_v4, smem_base, st_global_v4, st_shared_f32, st_shared_u32, st_shared_v4, sync_threads,
+    thread_idx_x,
 };
 use crate::epilogue::Epilogue;
+use crate::problem::Problem;
 
-/// One operand's panel in global memory.
+/// One thread's chunk of one operand's panel.
 #[derive(Clone, Copy)]
-struct Panel {
-    /// Address of element `(mn = 0, k = 0)`.
-    base: u64,
-    /// Leading dimension of the stored matrix, in elements.
-    ld: u64,
-    /// Consecutive `k` are adjacent in memory.
+struct Chunk {
+    /// Address of the chunk in slice 0 (valid only when `fast`).
+    ptr: u64,
+    /// Bytes between the chunk's addresses in consecutive slices.
+    step: u64,
+    /// Absolute mn index of the chunk's first element, and its k offset inside a slice.
+    mn: u32,
+    kq: u32,
+    /// The chunk is 4 consecutive elements along k (else along mn).
     k_contig: bool,
-    /// Rows start 16-byte aligned: 4-wide loads allowed.
-    vec: bool,
-    /// Extent along mn (`m` for A, `n` for B).
-    mn_lim: u32,
-    /// Extent along k.
-    k_lim: u32,
+    /// This thread has a chunk (small panels leave some threads without).
+    active: bool,
+    /// The chunk lies inside the operand along mn and 16-byte aligned: interior slices are one
+    /// vector load.
+    fast: bool,
 }
 
-impl Panel {
+impl Chunk {
+    /// This thread's chunk of the `MN × BK` slices of an operand at `base` with leading dimension
+    /// `ld` and mn extent `mn_lim`, for the tile starting at `mn0`.
     #[inline(always)]
-    fn addr(&self, mn: u32, k: u32) -> u64 {
-        let (r, c) = if self.k_contig { (mn, k) } else { (k, mn) };
-        self.base + (r as u64 * self.ld + c as u64) * 4
-    }
-
-    #[inline(always)]
-    fn in_bounds(&self, mn: u32, k: u32) -> bool {
-        mn < self.mn_lim && k < self.k_lim
-    }
-
-    /// This thread's chunk offset `(mn, k)` inside an `MN × BK` slice: 4 consecutive elements
-    /// along the contiguous dimension. `None` for threads without a chunk.
-    #[inline(always)]
-    fn chunk<const MN: u32, const BK: u32>(&self, tid: u32) -> Option<(u32, u32)> {
-        if tid >= MN * BK / 4 {
-            return None;
-        }
-        Some(if self.k_contig {
-            (tid / (BK / 4), tid % (BK / 4) * 4)
+    fn new<const MN: u32, const BK: u32>(tid: u32, base: u64, ld: u32, k_contig: bool, mn0: u32, mn_lim: u32) -> Chunk {
+        let active = tid < MN * BK / 4;
+        let (dmn, kq) =
+            if k_contig { (tid / (BK / 4), tid % (BK / 4) * 4) } else { (tid % (MN / 4) * 4, tid / (MN / 4)) };
+        let mn = mn0 + dmn;
+        let (r, c, step) = if k_contig {
+            (mn as u64, kq as u64, BK as u64 * 4)
         } else {
-            (tid % (MN / 4) * 4, tid / (MN / 4))
-        })
+            (kq as u64, mn as u64, BK as u64 * ld as u64 * 4)
+        };
+        let ptr = base + (r * ld as u64 + c) * 4;
+        let last_mn = if k_contig { mn } else { mn + 3 };
+        let fast = active && last_mn < mn_lim && base % 16 == 0 && ld % 4 == 0;
+        Chunk { ptr, step, mn, kq, k_contig, active, fast }
     }
 
-    /// Loads the 4 elements of a chunk at absolute `(mn, k)`, zero outside the operand.
+    /// Loads the chunk of slice `kt`; `full` slices lie wholly inside k. Zero outside the operand.
     ///
     /// # Safety
-    /// The operand was validated to span `mn_lim × k_lim` with `ld` at `base`.
+    /// The operand (`which`: 0 = A, 1 = B) of the staged problem `d` was validated.
     #[inline(always)]
-    unsafe fn load4(&self, mn: u32, k: u32) -> [f32; 4] {
-        let (dmn, dk) = if self.k_contig { (0, 1) } else { (1, 0) };
-        if self.vec && self.in_bounds(mn + 3 * dmn, k + 3 * dk) {
-            // SAFETY: all four elements are inside the validated operand; `vec` and the chunk
-            // offsets (multiples of 4 along the contiguous dimension) make the address 16-aligned.
-            return unsafe { ld_global_nc_v4(self.addr(mn, k)) };
+    unsafe fn load<const BK: u32>(&self, d: Problem, which: u32, kt: u32, full: u32) -> [f32; 4] {
+        if self.fast && kt < full {
+            // SAFETY: interior chunk: in bounds along mn (fast) and k (kt < full), 16-aligned.
+            return unsafe { ld_global_nc_v4(self.ptr + kt as u64 * self.step) };
         }
+        if !self.active {
+            return [0.0; 4];
+        }
+        // Edge: bounds and layout from the staged descriptor.
+        let (base, ld, mn_lim) = if which == 0 { (d.a(), d.lda(), d.m()) } else { (d.b(), d.ldb(), d.n()) };
+        let k_lim = d.k();
+        let k0 = kt * BK + self.kq;
         let mut v = [0.0f32; 4];
         for j in 0..4u32 {
-            let (r, c) = (mn + j * dmn, k + j * dk);
-            if self.in_bounds(r, c) {
+            let (mn, k) = if self.k_contig { (self.mn, k0 + j) } else { (self.mn + j, k0) };
+            if mn < mn_lim && k < k_lim {
+                let (r, c) = if self.k_contig { (mn, k) } else { (k, mn) };
                 // SAFETY: inside the validated operand.
-                v[j as usize] = unsafe { ld_global_nc_f32(self.addr(r, c)) };
+                v[j as usize] = unsafe { ld_global_nc_f32(base + (r as u64 * ld as u64 + c as u64) * 4) };
             }
         }
         v
     }
 
-    /// Stores a chunk loaded at slice offset `(mn, k)` into a `[BK][MN + pad]` stage at `stage`.
+    /// Stores a loaded chunk into a `[BK][MN + pad]` stage at `stage` (transposing k-contiguous
+    /// chunks).
     ///
     /// # Safety
     /// `stage` is a 16-byte aligned shared address with room for the stage.
     #[inline(always)]
-    unsafe fn store<const MN: u32>(&self, stage: u32, mn: u32, k: u32, v: [f32; 4]) {
-        let row = MN + SGEMM_SMEM_PAD;
-        // SAFETY: `mn < MN`, `k < BK` by construction of the chunk; the stage holds BK rows.
+    unsafe fn store<const MN: u32>(&self, stage: u32, mn0: u32, v: [f32; 4]) {
+        if !self.active {
+            return;
+        }
+        let row = (MN + SGEMM_SMEM_PAD) * 4;
+        let at = stage + self.kq * row + (self.mn - mn0) * 4;
+        // SAFETY: mn - mn0 < MN and kq < BK by construction; the stage holds BK rows.
         unsafe {
             if self.k_contig {
                 for j in 0..4u32 {
-                    st_shared_f32(stage + ((k + j) * row + mn) * 4, v[j as usize]);
+                    st_shared_f32(at + j * row, v[j as usize]);
                 }
             } else {
-                st_shared_v4(stage + (k * row + mn) * 4, v);
+                st_shared_v4(at, v);
             }
         }
     }
 }
 
-/// Computes one `BM × BK`-staged tile `(tile_m, tile_n)` of problem `p` and runs its epilogue.
+/// Computes k-slice `split` of output tile `(tile_m, tile_n)` of the staged problem `d`; the
+/// slice that completes the tile runs its epilogue.
 /// `TM × TN` outputs per thread; `BM / TM == BN / TN == 16`.
 ///
 /// # Safety
-/// Called by all 256 threads of the CTA with the same arguments; `p` was validated on the host
-/// (operands span their shapes, `C` does not overlap A or B); `smem` points at
+/// Called by all 256 threads of the CTA with the same arguments; the problem was validated on the
+/// host (operands span their shapes, `C` does not overlap A or B); `smem` points at
 /// `TileKind::smem_bytes` of 16-byte aligned dynamic shared memory.
 #[inline(always)]
-pub unsafe fn sgemm_tile<
-    const BM: u32,
-    const BN: u32,
-    const BK: u32,
-    const TM: usize,
-    const TN: usize,
->(
-    p: &ProblemDesc,
-    epi: &Epilogue,
+pub unsafe fn sgemm_tile<const BM: u32, const BN: u32, const BK: u32, const TM: usize, const TN: usize>(
+    d: Problem,
     tile_m: u32,
     tile_n: u32,
+    split: u32,
     smem: u32,
 ) {
     const {
@@ -129,89 +144,61 @@ pub unsafe fn sgemm_tile<
         assert!(TM % 4 == 0 && TN % 4 == 0 && BK % 4 == 0);
         assert!(BM * BK / 4 <= BLOCK_THREADS && BN * BK / 4 <= BLOCK_THREADS);
     }
-    let tid = crate::arch::thread_idx_x();
+    let tid = thread_idx_x();
     let (tx, ty) = (tid % 16, tid / 16);
     let (m0, n0) = (tile_m * BM, tile_n * BN);
-
-    let a = Panel {
-        base: p.a,
-        ld: p.lda as u64,
-        k_contig: p.flags & flags::TRANS_A == 0,
-        vec: p.a % 16 == 0 && p.lda % 4 == 0,
-        mn_lim: p.m,
-        k_lim: p.k,
+    let fl = d.flags();
+    let k = d.k();
+    let a = Chunk::new::<BM, BK>(tid, d.a(), d.lda(), fl & flags::TRANS_A == 0, m0, d.m());
+    let b = Chunk::new::<BN, BK>(tid, d.b(), d.ldb(), fl & flags::TRANS_B != 0, n0, d.n());
+    let splits = d.k_splits();
+    // Slices [kt0, kt1) of BK; slices below `full` lie wholly inside k.
+    let (kt0, kt1, full) = if splits > 1 {
+        let per = k.div_ceil(BK).div_ceil(splits);
+        (split * per, ((split + 1) * per).min(k.div_ceil(BK)), k / BK)
+    } else {
+        (0, k.div_ceil(BK), k / BK)
     };
-    let b = Panel {
-        base: p.b,
-        ld: p.ldb as u64,
-        k_contig: p.flags & flags::TRANS_B != 0,
-        vec: p.b % 16 == 0 && p.ldb % 4 == 0,
-        mn_lim: p.n,
-        k_lim: p.k,
-    };
-    let a_chunk = a.chunk::<BM, BK>(tid);
-    let b_chunk = b.chunk::<BN, BK>(tid);
 
     // Two stages, each [BK][BM + pad] for A then [BK][BN + pad] for B.
-    let a_stage_bytes = BK * (BM + SGEMM_SMEM_PAD) * 4;
-    let stage_bytes = a_stage_bytes + BK * (BN + SGEMM_SMEM_PAD) * 4;
     let a_row = (BM + SGEMM_SMEM_PAD) * 4; // bytes per k-row of an A stage
     let b_row = (BN + SGEMM_SMEM_PAD) * 4;
+    let a_stage = BK * a_row;
+    let stage_bytes = a_stage + BK * b_row;
 
     let mut acc = [[0.0f32; TN]; TM]; // (TM, TN)
-    let ktiles = p.k.div_ceil(BK);
 
-    // SAFETY (loads): the panels are the validated operands; chunks outside them read as zero.
-    // SAFETY (shared): every stage address is inside the two stages at `smem`, which the caller
-    // sized with `TileKind::smem_bytes`.
-    let load = |kt: u32| unsafe {
-        let ra = match a_chunk {
-            Some((mn, k)) => a.load4(m0 + mn, kt * BK + k),
-            None => [0.0; 4],
-        };
-        let rb = match b_chunk {
-            Some((mn, k)) => b.load4(n0 + mn, kt * BK + k),
-            None => [0.0; 4],
-        };
-        (ra, rb)
-    };
-    let store = |stage: u32, (ra, rb): ([f32; 4], [f32; 4])| unsafe {
-        let base = smem + stage * stage_bytes;
-        if let Some((mn, k)) = a_chunk {
-            a.store::<BM>(base, mn, k, ra);
-        }
-        if let Some((mn, k)) = b_chunk {
-            b.store::<BN>(base + a_stage_bytes, mn, k, rb);
-        }
-    };
-
-    store(0, load(0));
+    // SAFETY (loads, stores): per `Chunk::load` / `Chunk::store`; the problem is validated and
+    // the stages are inside `smem`.
+    unsafe {
+        let (ra, rb) = (a.load::<BK>(d, 0, kt0, full), b.load::<BK>(d, 1, kt0, full));
+        a.store::<BM>(smem, m0, ra);
+        b.store::<BN>(smem + a_stage, n0, rb);
+    }
     sync_threads();
-    for kt in 0..ktiles {
-        let stage = kt & 1;
-        let next = if kt + 1 < ktiles {
-            Some(load(kt + 1))
+    for kt in kt0..kt1 {
+        let stage = smem + ((kt - kt0) & 1) * stage_bytes;
+        let more = kt + 1 < kt1;
+        // SAFETY: as above.
+        let next = if more {
+            unsafe { (a.load::<BK>(d, 0, kt + 1, full), b.load::<BK>(d, 1, kt + 1, full)) }
         } else {
-            None
+            ([0.0; 4], [0.0; 4])
         };
 
-        let a_base = smem + stage * stage_bytes + ty * 16;
-        let b_base = smem + stage * stage_bytes + a_stage_bytes + tx * 16;
+        let a_base = stage + ty * 16;
+        let b_base = stage + a_stage + tx * 16;
         for kk in 0..BK {
             let mut af = [0.0f32; TM];
             let mut bf = [0.0f32; TN];
             for g in 0..TM / 4 {
                 // SAFETY: row kk < BK of the A stage, columns ty*4 + g*BM/(TM/4) + 0..4 < BM.
-                let v = unsafe {
-                    ld_shared_v4(a_base + kk * a_row + g as u32 * (BM / (TM as u32 / 4)) * 4)
-                };
+                let v = unsafe { ld_shared_v4(a_base + kk * a_row + g as u32 * (BM / (TM as u32 / 4)) * 4) };
                 af[g * 4..g * 4 + 4].copy_from_slice(&v);
             }
             for h in 0..TN / 4 {
                 // SAFETY: row kk < BK of the B stage, columns tx*4 + h*BN/(TN/4) + 0..4 < BN.
-                let v = unsafe {
-                    ld_shared_v4(b_base + kk * b_row + h as u32 * (BN / (TN as u32 / 4)) * 4)
-                };
+                let v = unsafe { ld_shared_v4(b_base + kk * b_row + h as u32 * (BN / (TN as u32 / 4)) * 4) };
                 bf[h * 4..h * 4 + 4].copy_from_slice(&v);
             }
             for i in 0..TM {
@@ -221,25 +208,96 @@ pub unsafe fn sgemm_tile<
             }
         }
 
-        if let Some(regs) = next {
+        if more {
             // The other stage was last read before the previous barrier: free to overwrite.
-            store(stage ^ 1, regs);
+            let other = smem + ((kt + 1 - kt0) & 1) * stage_bytes;
+            // SAFETY: as above.
+            unsafe {
+                a.store::<BM>(other, m0, next.0);
+                b.store::<BN>(other + a_stage, n0, next.1);
+            }
         }
         sync_threads();
     }
 
+    if splits > 1 {
+        // SAFETY: the backend sized the workspace and counters for this problem's grid and splits.
+        match unsafe { reduce_splits::<BM, BN, TM, TN>(d, tile_m, tile_n, split, splits, &mut acc) } {
+            true => {}
+            false => return, // another slice finishes this tile
+        }
+    }
+
+    let epi = Epilogue::new(d);
     for i in 0..TM {
         let row = m0 + (i as u32 / 4) * (BM / (TM as u32 / 4)) + ty * 4 + i as u32 % 4;
         for h in 0..TN / 4 {
             let col = n0 + h as u32 * (BN / (TN as u32 / 4)) + tx * 4;
-            let v = [
-                acc[i][h * 4],
-                acc[i][h * 4 + 1],
-                acc[i][h * 4 + 2],
-                acc[i][h * 4 + 3],
-            ];
+            let v = [acc[i][h * 4], acc[i][h * 4 + 1], acc[i][h * 4 + 2], acc[i][h * 4 + 3]];
             // SAFETY: this thread alone owns these outputs of the tile; the problem is validated.
             unsafe { epi.store4(row, col, v) };
         }
     }
+}
+
+/// Split-K: publishes this slice's accumulators and, if it is the last slice of the output tile
+/// to arrive, replaces `acc` with the sum of all slices (in slice order) and returns `true`.
+///
+/// Ordering: every thread stores its partial, the barrier makes them CTA-ordered, thread 0's
+/// `fence.acq_rel.gpu` + `atom.acq_rel.gpu` releases them (cumulatively) and acquires the
+/// earlier slices' releases; the last CTA's threads fence again and read partials through L2.
+///
+/// # Safety
+/// All threads of the CTA call this; `d.workspace()` holds `tiles_m · tiles_n · k_splits`
+/// partials of `BM × BN` floats and `d.counters()` one zeroed `u32` per output tile.
+#[inline(always)]
+unsafe fn reduce_splits<const BM: u32, const BN: u32, const TM: usize, const TN: usize>(
+    d: Problem,
+    tile_m: u32,
+    tile_n: u32,
+    split: u32,
+    splits: u32,
+    acc: &mut [[f32; TN]; TM],
+) -> bool {
+    let tid = thread_idx_x();
+    let tile = tile_m * d.tiles_n() + tile_n;
+    let part_bytes = (BM * BN * 4) as u64;
+    let tile_ws = d.workspace() + (tile * splits) as u64 * part_bytes;
+    // q-major layout: chunk q of every thread is contiguous across the CTA (coalesced).
+    let at = |s: u32, q: usize| tile_ws + s as u64 * part_bytes + ((q as u64 * 256) + tid as u64) * 16;
+    for i in 0..TM {
+        for h in 0..TN / 4 {
+            let v = [acc[i][h * 4], acc[i][h * 4 + 1], acc[i][h * 4 + 2], acc[i][h * 4 + 3]];
+            // SAFETY: inside this slice's partial (caller's contract).
+            unsafe { st_global_v4(at(split, i * (TN / 4) + h), v) };
+        }
+    }
+    sync_threads();
+    let flag = smem_base() + SMEM_FLAG_OFFSET;
+    if tid == 0 {
+        fence_acq_rel_gpu();
+        // SAFETY: this output tile's counter (caller's contract).
+        let before = unsafe { atom_add_acq_rel_gpu_u32(d.counters() + tile as u64 * 4, 1) };
+        // SAFETY: the header's flag word, read by all threads after the next barrier.
+        unsafe { st_shared_u32(flag, (before == splits - 1) as u32) };
+    }
+    sync_threads();
+    // SAFETY: written by thread 0 before the barrier.
+    if unsafe { ld_shared_u32(flag) } == 0 {
+        return false;
+    }
+    fence_acq_rel_gpu();
+    *acc = [[0.0; TN]; TM];
+    for s in 0..splits {
+        for i in 0..TM {
+            for h in 0..TN / 4 {
+                // SAFETY: every slice's partial is complete (the counter reached `splits`).
+                let v = unsafe { ld_global_cg_v4(at(s, i * (TN / 4) + h)) };
+                for j in 0..4 {
+                    acc[i][h * 4 + j] += v[j];
+                }
+            }
+        }
+    }
+    true
 }

@@ -2,14 +2,15 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use tilemux::abi::TileKind;
 use tilemux::cuda::{CudaConfig, CudaDevice};
+use tilemux::memory::Arena;
 use tilemux::reference::{Case, Staged};
-use tilemux::round::{CostModel, Round, TileChooser};
+use tilemux::round::{CostModel, Plan, Round, TileChooser, max_splits};
 use tilemux::{Device, Error};
 
 /// Prints past libtest's output capture, so skips are visible in a plain `cargo test`.
@@ -17,14 +18,13 @@ pub fn say(msg: &str) {
     let _ = writeln!(std::io::stderr(), "{msg}");
 }
 
-/// The GPU, once per test process; `None` (with a printed skip) without driver or device.
-pub fn gpu() -> Option<Arc<CudaDevice>> {
+/// The GPU, once per test process, with a lock that serialises the tests using it (each stages
+/// its cases over the whole pool); `None` (with a printed reason) without driver or device.
+pub fn gpu() -> Option<(MutexGuard<'static, ()>, Arc<CudaDevice>)> {
     static GPU: OnceLock<Option<Arc<CudaDevice>>> = OnceLock::new();
-    GPU.get_or_init(|| {
-        match CudaDevice::new(&CudaConfig {
-            pool_bytes: 3 << 30,
-            ..Default::default()
-        }) {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let dev = GPU
+        .get_or_init(|| match CudaDevice::new(&CudaConfig { pool_bytes: 3 << 30, ..Default::default() }) {
             Ok(d) => {
                 say(&format!(
                     "GPU: {} ({} registers/thread, {} B local, grid {} = {} CTAs/SM)",
@@ -41,9 +41,15 @@ pub fn gpu() -> Option<Arc<CudaDevice>> {
                 None
             }
             Err(e) => panic!("a CUDA driver is present but the device is unusable: {e}"),
-        }
-    })
-    .clone()
+        })
+        .clone()?;
+    Some((LOCK.lock().unwrap_or_else(|e| e.into_inner()), dev))
+}
+
+/// An arena over all of `device`'s pool (callers hold the device exclusively).
+pub fn arena(device: &dyn Device) -> Arena {
+    let p = device.pool();
+    Arena::new(p.start, p.end - p.start)
 }
 
 /// A CPU device with a pool of `bytes`.
@@ -66,47 +72,40 @@ macro_rules! device_test {
             #[test]
             fn gpu() {
                 match common::gpu() {
-                    Some(d) => ($body)(&*d as &dyn tilemux::Device, $gpu_max),
-                    None => {
-                        common::say(concat!(stringify!($name), "::gpu: skipped: no CUDA device"))
-                    }
+                    Some((_lock, d)) => ($body)(&*d as &dyn tilemux::Device, $gpu_max),
+                    None => common::say(concat!(stringify!($name), "::gpu: skipped: no CUDA device")),
                 }
             }
         }
     };
 }
 
-/// How each problem's tile kind is picked.
+/// How each problem's tile kind and k-splits are picked.
 #[derive(Clone, Copy, Debug)]
 pub enum Kinds {
     /// The runtime's chooser.
     Auto,
-    /// A random kind among those that support the problem.
+    /// A random kind among those that support the problem, and half the time a random split-K.
     Random,
-    /// This kind wherever it is supported, else the chooser.
-    Only(TileKind),
+    /// This kind wherever it is supported (else the chooser), with this many k-splits at most.
+    Only(TileKind, u32),
 }
 
 /// Builds the round for `cases` staged at `staged`.
-pub fn round_for(
-    device: &dyn Device,
-    staged: &Staged,
-    cases: &[Case],
-    kinds: Kinds,
-    rng: &mut impl Rng,
-) -> Round {
+pub fn round_for(device: &dyn Device, staged: &Staged, cases: &[Case], kinds: Kinds, rng: &mut impl Rng) -> Round {
     let descs = staged.descs(cases);
-    let overrides: Vec<Option<TileKind>> = descs
+    let overrides: Vec<Option<Plan>> = descs
         .iter()
         .map(|p| {
-            let ok: Vec<TileKind> = TileKind::ALL
-                .into_iter()
-                .filter(|k| k.supports(p.n, p.flags))
-                .collect();
+            let ok: Vec<TileKind> = TileKind::ALL.into_iter().filter(|k| k.supports(p.n, p.flags)).collect();
             match kinds {
                 Kinds::Auto => None,
-                Kinds::Random => ok.choose(rng).copied(),
-                Kinds::Only(k) => ok.contains(&k).then_some(k),
+                Kinds::Random => ok.choose(rng).map(|&kind| {
+                    let max = max_splits(kind, p);
+                    let k_splits = if rng.random_bool(0.5) { 1 } else { rng.random_range(1..=max) };
+                    Plan { kind, k_splits }
+                }),
+                Kinds::Only(k, s) => ok.contains(&k).then(|| Plan { kind: k, k_splits: s.min(max_splits(k, p)) }),
             }
         })
         .collect();
@@ -115,15 +114,9 @@ pub fn round_for(
 
 /// Runs `cases` as one round `runs` times, with fresh inputs and poisoned outputs each time, and
 /// asserts every result within `bound` of the f64 reference. Returns the worst error.
-pub fn check_cases(
-    device: &dyn Device,
-    cases: &mut [Case],
-    kinds: Kinds,
-    runs: usize,
-    rng: &mut impl Rng,
-) -> f64 {
+pub fn check_cases(device: &dyn Device, cases: &mut [Case], kinds: Kinds, runs: usize, rng: &mut impl Rng) -> f64 {
     let bound = 1e-4;
-    let staged = Staged::new(device, cases).expect("staging");
+    let staged = Staged::new(device, &mut arena(device), cases).expect("staging");
     let mut worst = 0.0f64;
     for run in 0..runs {
         if run > 0 {
@@ -132,12 +125,14 @@ pub fn check_cases(
         }
         staged.poison(device, cases).unwrap();
         let round = round_for(device, &staged, cases, kinds, rng);
-        device
-            .run(&round)
-            .unwrap_or_else(|e| panic!("run {run} failed: {e}"));
+        device.run(&round).unwrap_or_else(|e| panic!("run {run} failed: {e}"));
         let got = staged.read_c(device, cases).unwrap();
+        let references: Vec<Vec<f64>> = {
+            use rayon::prelude::*;
+            cases.par_iter().map(Case::reference).collect()
+        };
         for (i, (c, g)) in cases.iter().zip(&got).enumerate() {
-            let err = c.error(g, &c.reference());
+            let err = c.error(g, &references[i]);
             let kind = TileKind::from_u32(round.problems[i].tile_kind).unwrap();
             assert!(
                 err < bound,

@@ -24,9 +24,21 @@ pub unsafe fn atom_add_relaxed_gpu_u64(addr: u64, v: u64) -> u64 {
 #[inline(always)]
 pub unsafe fn red_add_release_gpu_u32(addr: u64, v: u32) {
     // SAFETY: the caller guarantees the address.
+    unsafe { asm!("red.release.gpu.global.add.u32 [{0}], {1};", in(reg64) addr, in(reg32) v, options(nostack)) };
+}
+
+/// `atom.acq_rel.gpu.global.add.u32`: returns the old value.
+///
+/// # Safety
+/// `addr` is a 4-byte aligned global address.
+#[inline(always)]
+pub unsafe fn atom_add_acq_rel_gpu_u32(addr: u64, v: u32) -> u32 {
+    let old: u32;
+    // SAFETY: the caller guarantees the address.
     unsafe {
-        asm!("red.release.gpu.global.add.u32 [{0}], {1};", in(reg64) addr, in(reg32) v, options(nostack))
+        asm!("atom.acq_rel.gpu.global.add.u32 {0}, [{1}], {2};", out(reg32) old, in(reg64) addr, in(reg32) v, options(nostack))
     };
+    old
 }
 
 /// `atom.relaxed.gpu.global.cas.b32`: returns the old value.

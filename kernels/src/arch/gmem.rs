@@ -11,9 +11,7 @@ use core::arch::asm;
 pub unsafe fn ld_global_nc_f32(addr: u64) -> f32 {
     let v: f32;
     // SAFETY: the caller guarantees the address.
-    unsafe {
-        asm!("ld.global.nc.f32 {0}, [{1}];", out(reg32) v, in(reg64) addr, options(pure, readonly, nostack))
-    };
+    unsafe { asm!("ld.global.nc.f32 {0}, [{1}];", out(reg32) v, in(reg64) addr, options(pure, readonly, nostack)) };
     v
 }
 
@@ -57,9 +55,7 @@ pub unsafe fn ld_global_nc_v4_u32(addr: u64) -> [u32; 4] {
 pub unsafe fn ld_global_f32(addr: u64) -> f32 {
     let v: f32;
     // SAFETY: the caller guarantees the address.
-    unsafe {
-        asm!("ld.global.f32 {0}, [{1}];", out(reg32) v, in(reg64) addr, options(readonly, nostack))
-    };
+    unsafe { asm!("ld.global.f32 {0}, [{1}];", out(reg32) v, in(reg64) addr, options(readonly, nostack)) };
     v
 }
 
@@ -101,4 +97,21 @@ pub unsafe fn st_global_v4(addr: u64, v: [f32; 4]) {
             in(reg64) addr, in(reg32) v[0], in(reg32) v[1], in(reg32) v[2], in(reg32) v[3],
             options(nostack))
     };
+}
+
+/// `ld.global.cg.v4.f32`: 16 bytes through L2 only (never a stale L1 line): for data other CTAs
+/// wrote during the launch, read after an acquire.
+///
+/// # Safety
+/// `addr` is 16-byte aligned and valid for 16 bytes.
+#[inline(always)]
+pub unsafe fn ld_global_cg_v4(addr: u64) -> [f32; 4] {
+    let (a, b, c, d): (f32, f32, f32, f32);
+    // SAFETY: the caller guarantees alignment and range.
+    unsafe {
+        asm!("ld.global.cg.v4.f32 {{{0}, {1}, {2}, {3}}}, [{4}];",
+            out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d, in(reg64) addr,
+            options(readonly, nostack))
+    };
+    [a, b, c, d]
 }

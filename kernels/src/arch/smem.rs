@@ -22,9 +22,7 @@ pub fn smem_base() -> u32 {
 pub unsafe fn ld_shared_f32(addr: u32) -> f32 {
     let v: f32;
     // SAFETY: the caller guarantees the address.
-    unsafe {
-        asm!("ld.shared.f32 {0}, [{1}];", out(reg32) v, in(reg32) addr, options(pure, readonly, nostack))
-    };
+    unsafe { asm!("ld.shared.f32 {0}, [{1}];", out(reg32) v, in(reg32) addr, options(pure, readonly, nostack)) };
     v
 }
 
@@ -36,9 +34,7 @@ pub unsafe fn ld_shared_f32(addr: u32) -> f32 {
 pub unsafe fn ld_shared_u32(addr: u32) -> u32 {
     let v: u32;
     // SAFETY: the caller guarantees the address.
-    unsafe {
-        asm!("ld.shared.u32 {0}, [{1}];", out(reg32) v, in(reg32) addr, options(pure, readonly, nostack))
-    };
+    unsafe { asm!("ld.shared.u32 {0}, [{1}];", out(reg32) v, in(reg32) addr, options(pure, readonly, nostack)) };
     v
 }
 
@@ -87,6 +83,32 @@ pub unsafe fn st_shared_v4(addr: u32, v: [f32; 4]) {
     // SAFETY: the caller guarantees alignment and range.
     unsafe {
         asm!("st.shared.v4.f32 [{0}], {{{1}, {2}, {3}, {4}}};",
+            in(reg32) addr, in(reg32) v[0], in(reg32) v[1], in(reg32) v[2], in(reg32) v[3],
+            options(nostack))
+    };
+}
+
+/// `ld.shared.u64`.
+///
+/// # Safety
+/// `addr` is 8-byte aligned and lies in the launch's dynamic shared memory.
+#[inline(always)]
+pub unsafe fn ld_shared_u64(addr: u32) -> u64 {
+    let v: u64;
+    // SAFETY: the caller guarantees the address.
+    unsafe { asm!("ld.shared.u64 {0}, [{1}];", out(reg64) v, in(reg32) addr, options(pure, readonly, nostack)) };
+    v
+}
+
+/// `st.shared.v4.u32`: 16 bytes of words.
+///
+/// # Safety
+/// `addr` is 16-byte aligned and lies in the launch's dynamic shared memory.
+#[inline(always)]
+pub unsafe fn st_shared_v4_u32(addr: u32, v: [u32; 4]) {
+    // SAFETY: the caller guarantees alignment and range.
+    unsafe {
+        asm!("st.shared.v4.u32 [{0}], {{{1}, {2}, {3}, {4}}};",
             in(reg32) addr, in(reg32) v[0], in(reg32) v[1], in(reg32) v[2], in(reg32) v[3],
             options(nostack))
     };
