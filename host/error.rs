@@ -92,6 +92,11 @@ pub enum Error {
     BadLeadingDim { op: usize, matrix: char, ld: usize, row_len: usize },
     #[error("op {op}: dimensions must be in 1..={limit}, got m={m} n={n} k={k}")]
     BadDims { op: usize, m: usize, n: usize, k: usize, limit: u32 },
+    #[error("op {op}: shapes do not fit: op(A) is {a:?}, op(B) is {b:?}, C is {c:?}")]
+    ShapeMismatch { op: usize, a: (usize, usize), b: (usize, usize), c: (usize, usize) },
+    #[error("op {op}: C cannot be transposed (it is written row-major)")]
+    TransposedOutput { op: usize },
+
     #[error("op {op}: bias has {len} elements, expected {expected}")]
     BadBias { op: usize, len: usize, expected: usize },
     #[error("op {op}: the output C overlaps input {matrix}")]

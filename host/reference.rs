@@ -145,53 +145,64 @@ impl Case {
         )
     }
 
-    /// The exact result in f64: `m × n`, dense row-major.
-    pub fn reference(&self) -> Vec<f64> {
+    /// The exact result in f64 and the magnitude of the computation (see [`Expected`]).
+    pub fn reference(&self) -> Expected {
         let (m, n, k) = (self.m as usize, self.n as usize, self.k as usize);
         let (lda, ldb, ldc) = (self.ld.0 as isize, self.ld.1 as isize, self.ld.2 as usize);
         let (rsa, csa) = if self.flags & flags::TRANS_A != 0 { (1, lda) } else { (lda, 1) };
         let (rsb, csb) = if self.flags & flags::TRANS_B != 0 { (1, ldb) } else { (ldb, 1) };
-        let a: Vec<f64> = self.a.iter().map(|&x| x as f64).collect();
-        let b: Vec<f64> = self.b.iter().map(|&x| x as f64).collect();
-        let mut out = vec![0.0f64; m * n];
-        // SAFETY: strides describe the stored matrices inside `a` and `b` (built by `build`);
-        // `out` is dense m × n.
-        unsafe {
-            matrixmultiply::dgemm(
-                m,
-                k,
-                n,
-                1.0,
-                a.as_ptr(),
-                rsa,
-                csa,
-                b.as_ptr(),
-                rsb,
-                csb,
-                0.0,
-                out.as_mut_ptr(),
-                n as isize,
-                1,
-            );
-        }
+        // Two products: A·B, and |A|·|B| for the magnitude.
+        let product = |f: fn(f32) -> f64| {
+            let a: Vec<f64> = self.a.iter().map(|&x| f(x)).collect();
+            let b: Vec<f64> = self.b.iter().map(|&x| f(x)).collect();
+            let mut out = vec![0.0f64; m * n];
+            // SAFETY: strides describe the stored matrices inside `a` and `b` (built by
+            // `build`); `out` is dense m × n.
+            unsafe {
+                matrixmultiply::dgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    a.as_ptr(),
+                    rsa,
+                    csa,
+                    b.as_ptr(),
+                    rsb,
+                    csb,
+                    0.0,
+                    out.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+            }
+            out
+        };
+        let mut value = product(|x| x as f64);
+        let abs = product(|x| (x as f64).abs());
+        let mut scale = 0.0f64;
         for i in 0..m {
             for j in 0..n {
-                let mut v = self.alpha as f64 * out[i * n + j];
-                if self.beta != 0.0 {
-                    v += self.beta as f64 * self.c0[i * ldc + j] as f64;
-                }
-                v += match self.bias_mode {
+                let old = self.c0[i * ldc + j] as f64;
+                let bias = match self.bias_mode {
                     BiasMode::None => 0.0,
                     BiasMode::Row => self.bias[i] as f64,
                     BiasMode::Col => self.bias[j] as f64,
                 };
+                let mut v = self.alpha as f64 * value[i * n + j] + bias;
+                let mut mag = (self.alpha as f64).abs() * abs[i * n + j] + bias.abs();
+                if self.beta != 0.0 {
+                    v += self.beta as f64 * old;
+                    mag += (self.beta as f64 * old).abs();
+                }
                 if self.activation == Activation::Relu && v < 0.0 {
                     v = 0.0;
                 }
-                out[i * n + j] = v;
+                value[i * n + j] = v;
+                scale += mag * mag;
             }
         }
-        out
+        Expected { value, scale: scale.sqrt() }
     }
 
     /// `C` as it must be written before a run: the old values when `beta != 0`, else NaN; the
@@ -209,11 +220,11 @@ impl Case {
         c
     }
 
-    /// Compares a `C` read back after a run: normwise relative error against [`Case::reference`],
-    /// infinite if any element is NaN/inf where the reference is finite or if the padding changed.
-    pub fn error(&self, c: &[f32], reference: &[f64]) -> f64 {
+    /// Compares a `C` read back after a run with [`Case::reference`]: `‖C − ref‖ / scale` (see
+    /// [`Expected`]); infinite if any element is NaN/inf or the row padding changed.
+    pub fn error(&self, c: &[f32], want: &Expected) -> f64 {
         let (n, ldc) = (self.n as usize, self.ld.2 as usize);
-        let (mut num, mut den) = (0.0f64, 0.0f64);
+        let mut num = 0.0f64;
         for (idx, &v) in c.iter().enumerate() {
             let (i, j) = (idx / ldc, idx % ldc);
             if j >= n {
@@ -225,12 +236,25 @@ impl Case {
             if !v.is_finite() {
                 return f64::INFINITY;
             }
-            let r = reference[i * n + j];
-            num += (v as f64 - r).powi(2);
-            den += r * r;
+            num += (v as f64 - want.value[i * n + j]).powi(2);
         }
-        if den == 0.0 { num.sqrt() } else { (num / den).sqrt() }
+        if want.scale == 0.0 { num.sqrt() } else { num.sqrt() / want.scale }
     }
+}
+
+/// A case's exact result (`m × n`, dense row-major, f64) and the Frobenius norm of the magnitude
+/// of its computation, `‖ |alpha|·|A|·|B| + |beta·C₀| + |bias| ‖`.
+///
+/// Errors are measured relative to that magnitude rather than to the result: FP32 rounding
+/// scales with the terms summed, so a result that cancels to nearly zero (a 1×1×1 case with bias,
+/// say) would otherwise report a huge "relative error" for a correct computation. For plain
+/// GEMMs of random data both norms are of the same order.
+#[derive(Clone, Debug)]
+pub struct Expected {
+    /// The exact result.
+    pub value: Vec<f64>,
+    /// Norm of the computation's magnitude.
+    pub scale: f64,
 }
 
 /// Random dimensions for correctness sweeps: a mix of awkward values and uniform draws in
@@ -315,5 +339,67 @@ impl Staged {
                 Ok(out)
             })
             .collect()
+    }
+}
+
+/// A [`Case`]'s buffers in a tenant's arena.
+#[derive(Clone, Debug)]
+pub struct CaseBuffers {
+    /// Stored A.
+    pub a: crate::runtime::Buffer,
+    /// Stored B.
+    pub b: crate::runtime::Buffer,
+    /// C.
+    pub c: crate::runtime::Buffer,
+    /// Bias, when the case has one.
+    pub bias: Option<crate::runtime::Buffer>,
+}
+
+impl Case {
+    /// Allocates this case's matrices in `tenant`'s arena.
+    pub fn alloc(&self, tenant: &crate::runtime::Tenant) -> Result<CaseBuffers> {
+        Ok(CaseBuffers {
+            a: tenant.alloc(self.a.len())?,
+            b: tenant.alloc(self.b.len())?,
+            c: tenant.alloc(self.c0.len())?,
+            bias: if self.bias.is_empty() { None } else { Some(tenant.alloc(self.bias.len())?) },
+        })
+    }
+
+    /// Writes A, B, the bias and the poisoned C ([`Case::poisoned_c`]).
+    pub fn upload(&self, bufs: &CaseBuffers) -> Result<()> {
+        bufs.a.write(&self.a)?;
+        bufs.b.write(&self.b)?;
+        bufs.c.write(&self.poisoned_c())?;
+        if let Some(b) = &bufs.bias {
+            b.write(&self.bias)?;
+        }
+        Ok(())
+    }
+
+    /// The runtime op computing this case on `bufs`.
+    pub fn op(&self, bufs: &CaseBuffers) -> crate::runtime::Op {
+        use crate::runtime::{Mat, Op};
+        let (ar, ac) = if self.flags & flags::TRANS_A != 0 { (self.k, self.m) } else { (self.m, self.k) };
+        let (br, bc) = if self.flags & flags::TRANS_B != 0 { (self.n, self.k) } else { (self.k, self.n) };
+        let mut a = Mat::new(&bufs.a, ar as usize, ac as usize).ld(self.ld.0 as usize);
+        let mut b = Mat::new(&bufs.b, br as usize, bc as usize).ld(self.ld.1 as usize);
+        if self.flags & flags::TRANS_A != 0 {
+            a = a.t();
+        }
+        if self.flags & flags::TRANS_B != 0 {
+            b = b.t();
+        }
+        let c = Mat::new(&bufs.c, self.m as usize, self.n as usize).ld(self.ld.2 as usize);
+        let mut op = Op::gemm(a, b, c).alpha(self.alpha).beta(self.beta);
+        if self.activation == Activation::Relu {
+            op = op.relu();
+        }
+        op = match (self.bias_mode, &bufs.bias) {
+            (BiasMode::Row, Some(b)) => op.bias_rows(b, 0),
+            (BiasMode::Col, Some(b)) => op.bias_cols(b, 0),
+            _ => op,
+        };
+        op
     }
 }

@@ -1,1 +1,172 @@
-//! Validation (todo)
+//! Validation: the one place where user ops become descriptors.
+//!
+//! [`check_request`] turns a tenant's [`Request`] into [`Checked`] ops, or returns the first
+//! rule it breaks. A `Checked` value can only be built here, and the scheduler only accepts
+//! `Checked` ops, so no unchecked work can reach a backend through the runtime. Every rule has a
+//! distinct [`Error`] variant; `tests/validation.rs` exercises each.
+
+use std::ops::Range;
+
+use crate::abi::{BiasMode, MAX_DIM, ProblemDesc, TileKind, flags, matrix_extent};
+use crate::error::{Error, Result};
+use crate::round::{Plan, problem};
+use crate::runtime::{Buffer, Mat, Op, Request, TenantState};
+
+/// A value that passed validation. Only this module constructs it.
+#[derive(Debug)]
+pub struct Checked<T>(T);
+
+impl<T> Checked<T> {
+    /// The validated value.
+    pub fn get(&self) -> &T {
+        &self.0
+    }
+}
+
+/// An op ready for a round.
+#[derive(Debug)]
+pub struct CheckedOp {
+    /// Descriptor with absolute device addresses (tile kind not yet chosen).
+    pub desc: ProblemDesc,
+    /// Tile override from the op.
+    pub plan: Option<Plan>,
+    /// Buffers read (A, B, bias, and C when `beta != 0`); held so they outlive the round.
+    pub reads: Vec<Buffer>,
+    /// The buffer written (C).
+    pub write: Buffer,
+    /// Size in reference tiles (128×128 outputs; 32-row GEMV tiles): the unit of per-tenant
+    /// round caps.
+    pub ref_tiles: usize,
+}
+
+/// Element range `[start, end)` a matrix occupies in its buffer, and its device address.
+fn span(m: &Mat) -> (Range<usize>, u64) {
+    let ext = matrix_extent(m.rows as u32, m.cols as u32, m.ld as u32) as usize;
+    (m.offset..m.offset + ext, m.buf.addr() + m.offset as u64 * 4)
+}
+
+fn overlaps(a: &(u64, Range<usize>), b: &(u64, Range<usize>)) -> bool {
+    a.0 == b.0 && a.1.start < b.1.end && b.1.start < a.1.end
+}
+
+/// Checks one op of `tenant`'s request (index `i`).
+fn check_op(tenant: &TenantState, i: usize, op: &Op) -> Result<CheckedOp> {
+    let (m, k) = op.a.op_shape();
+    let (kb, n) = op.b.op_shape();
+    let (cm, cn) = (op.c.rows, op.c.cols);
+    let limit = MAX_DIM as usize;
+    for v in [m, n, k, kb, cm, cn] {
+        if v == 0 || v > limit {
+            return Err(Error::BadDims { op: i, m, n, k, limit: MAX_DIM });
+        }
+    }
+    if op.c.trans {
+        return Err(Error::TransposedOutput { op: i });
+    }
+    if kb != k || (cm, cn) != (m, n) {
+        return Err(Error::ShapeMismatch { op: i, a: (m, k), b: (kb, n), c: (cm, cn) });
+    }
+
+    if !op.alpha.is_finite() || !op.beta.is_finite() {
+        return Err(Error::NonFiniteScalar { op: i, alpha: op.alpha, beta: op.beta });
+    }
+    let mut spans = Vec::new();
+    for (name, mat) in [('A', &op.a), ('B', &op.b), ('C', &op.c)] {
+        if mat.buf.tenant_id() != tenant.id {
+            return Err(Error::ForeignBuffer {
+                op: i,
+                matrix: name,
+                owner: mat.buf.tenant_name().to_string(),
+                tenant: tenant.name.to_string(),
+            });
+        }
+        if mat.ld < mat.cols {
+            return Err(Error::BadLeadingDim { op: i, matrix: name, ld: mat.ld, row_len: mat.cols });
+        }
+        if mat.ld > u32::MAX as usize {
+            return Err(Error::BadDims { op: i, m, n, k, limit: MAX_DIM });
+        }
+        let (r, _) = span(mat);
+        if r.end > mat.buf.len() {
+            return Err(Error::MatrixOutOfBuffer {
+                op: i,
+                matrix: name,
+                offset: mat.offset,
+                needed: (r.end - r.start) as u64,
+                len: mat.buf.len(),
+            });
+        }
+        spans.push((name, (mat.buf.id(), r)));
+    }
+    let mut bias_addr = 0;
+    let mut bias_mode = BiasMode::None;
+    if let Some((buf, offset, mode)) = &op.bias {
+        let expected = if *mode == BiasMode::Row { m } else { n };
+        if buf.tenant_id() != tenant.id {
+            return Err(Error::ForeignBuffer {
+                op: i,
+                matrix: 'b',
+                owner: buf.tenant_name().to_string(),
+                tenant: tenant.name.to_string(),
+            });
+        }
+        if offset + expected > buf.len() {
+            return Err(Error::BadBias { op: i, len: buf.len().saturating_sub(*offset), expected });
+        }
+        spans.push(('b', (buf.id(), *offset..offset + expected)));
+        bias_addr = buf.addr() + *offset as u64 * 4;
+        bias_mode = *mode;
+    }
+    let c = spans[2].1.clone();
+    for (name, s) in &spans {
+        if *name != 'C' && overlaps(&c, s) {
+            return Err(Error::OutputOverlapsInput { op: i, matrix: *name });
+        }
+    }
+    let fl = if op.a.trans { flags::TRANS_A } else { 0 } | if op.b.trans { flags::TRANS_B } else { 0 };
+    if let Some(p) = op.plan
+        && !p.kind.supports(n as u32, fl)
+    {
+        return Err(Error::TileKindUnsupported { op: i, kind: p.kind.name() });
+    }
+    let mut desc = problem(
+        (span(&op.a).1, span(&op.b).1, span(&op.c).1, bias_addr),
+        (m as u32, n as u32, k as u32),
+        (op.a.ld as u32, op.b.ld as u32, op.c.ld as u32),
+        (op.alpha, op.beta),
+        fl,
+        op.activation,
+        bias_mode,
+    );
+    desc.tenant = tenant.id;
+    let mut reads = vec![op.a.buf.clone(), op.b.buf.clone()];
+    if let Some((b, _, _)) = &op.bias {
+        reads.push(b.clone());
+    }
+    if op.beta != 0.0 {
+        reads.push(op.c.buf.clone());
+    }
+    let ref_tiles =
+        if TileKind::Gemv32.supports(n as u32, fl) { m.div_ceil(32) } else { m.div_ceil(128) * n.div_ceil(128) };
+    Ok(CheckedOp { desc, plan: op.plan, reads, write: op.c.buf.clone(), ref_tiles })
+}
+
+/// Validates `req` for `tenant`: every op on its own (shapes, ownership, bounds, overlap,
+/// scalars, tile override) and the ops against each other (they run concurrently, so none may
+/// write a buffer another op of the request touches).
+pub(crate) fn check_request(tenant: &TenantState, req: Request) -> Result<Vec<Checked<CheckedOp>>> {
+    if req.ops.is_empty() {
+        return Err(Error::EmptyRequest);
+    }
+    let ops: Vec<CheckedOp> =
+        req.ops.iter().enumerate().map(|(i, op)| check_op(tenant, i, op)).collect::<Result<_>>()?;
+    for (i, a) in ops.iter().enumerate() {
+        for (j, b) in ops.iter().enumerate().skip(i + 1) {
+            let hits = |w: &Buffer, x: &CheckedOp| x.write.id() == w.id() || x.reads.iter().any(|r| r.id() == w.id());
+            if hits(&a.write, b) || hits(&b.write, a) {
+                return Err(Error::ConflictingOps { first: i, second: j });
+            }
+        }
+    }
+    Ok(ops.into_iter().map(Checked).collect())
+}

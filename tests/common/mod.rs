@@ -127,7 +127,7 @@ pub fn check_cases(device: &dyn Device, cases: &mut [Case], kinds: Kinds, runs: 
         let round = round_for(device, &staged, cases, kinds, rng);
         device.run(&round).unwrap_or_else(|e| panic!("run {run} failed: {e}"));
         let got = staged.read_c(device, cases).unwrap();
-        let references: Vec<Vec<f64>> = {
+        let references: Vec<tilemux::reference::Expected> = {
             use rayon::prelude::*;
             cases.par_iter().map(Case::reference).collect()
         };
@@ -152,4 +152,26 @@ pub fn check_cases(device: &dyn Device, cases: &mut [Case], kinds: Kinds, runs: 
         }
     }
     worst
+}
+
+/// Defines a module `<name>` with tests `cpu` and `gpu`, each running `body(device, on_gpu)` with
+/// an `Arc<dyn Device>` for a runtime; the GPU variant says `skipped: no CUDA device` without one.
+#[macro_export]
+macro_rules! runtime_test {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn cpu() {
+                ($body)(common::cpu(512 << 20), false);
+            }
+            #[test]
+            fn gpu() {
+                match common::gpu() {
+                    Some((_lock, d)) => ($body)(d as std::sync::Arc<dyn tilemux::Device>, true),
+                    None => common::say(concat!(stringify!($name), "::gpu: skipped: no CUDA device")),
+                }
+            }
+        }
+    };
 }

@@ -1,0 +1,181 @@
+//! Tickets: the result of submitted work, to wait on (blocking, with a timeout) or to `.await`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+enum Slot<T> {
+    Pending(Option<Waker>),
+    Ready(Result<T>),
+    Taken,
+}
+
+struct Shared<T> {
+    slot: Mutex<Slot<T>>,
+    cv: Condvar,
+}
+
+/// A pending result. Resolves exactly once: with the work's outcome, or with an error when the
+/// work was rejected, cancelled (tenant removed, runtime shut down) or its round failed.
+#[must_use = "a ticket is how the result (or error) of submitted work comes back"]
+pub struct Ticket<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// The runtime's end of a [`Ticket`]. Dropping it unresolved resolves the ticket with
+/// [`Error::Closed`], so no ticket can hang.
+pub(crate) struct Resolver<T> {
+    shared: Option<Arc<Shared<T>>>,
+}
+
+/// A connected ticket and resolver.
+pub(crate) fn ticket<T>() -> (Ticket<T>, Resolver<T>) {
+    let shared = Arc::new(Shared { slot: Mutex::new(Slot::Pending(None)), cv: Condvar::new() });
+    (Ticket { shared: shared.clone() }, Resolver { shared: Some(shared) })
+}
+
+impl<T> Resolver<T> {
+    /// Resolves the ticket (first call wins; the resolver is consumed).
+    pub(crate) fn resolve(mut self, r: Result<T>) {
+        self.set(r);
+    }
+
+    fn set(&mut self, r: Result<T>) {
+        if let Some(s) = self.shared.take() {
+            let mut slot = s.slot.lock().unwrap_or_else(|e| e.into_inner());
+            if let Slot::Pending(Some(w)) = std::mem::replace(&mut *slot, Slot::Ready(r)) {
+                w.wake();
+            }
+
+            s.cv.notify_all();
+        }
+    }
+}
+
+impl<T> Drop for Resolver<T> {
+    fn drop(&mut self) {
+        self.set(Err(Error::Closed));
+    }
+}
+
+impl<T> std::fmt::Debug for Ticket<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_done() { "Ticket(done)" } else { "Ticket(pending)" })
+    }
+}
+
+impl<T> Ticket<T> {
+    /// Whether the result is in (a wait would not block).
+    pub fn is_done(&self) -> bool {
+        !matches!(*self.shared.slot.lock().unwrap_or_else(|e| e.into_inner()), Slot::Pending(_))
+    }
+
+    fn take(slot: &mut Slot<T>) -> Option<Result<T>> {
+        match std::mem::replace(slot, Slot::Taken) {
+            Slot::Ready(r) => Some(r),
+            Slot::Taken => Some(Err(Error::RoundFailed("the ticket's result was already taken".into()))),
+            p @ Slot::Pending(_) => {
+                *slot = p;
+                None
+            }
+        }
+    }
+
+    /// Blocks until the result is in.
+    pub fn wait(self) -> Result<T> {
+        let mut slot = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(r) = Self::take(&mut slot) {
+                return r;
+            }
+            slot = self.shared.cv.wait(slot).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Blocks at most `timeout`; on [`Error::Timeout`] the ticket stays valid and can be waited on
+    /// again.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<T> {
+        let deadline = Instant::now() + timeout;
+        let mut slot = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(r) = Self::take(&mut slot) {
+                return r;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout(timeout));
+            }
+            slot = self.shared.cv.wait_timeout(slot, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}
+
+impl<T> Future for Ticket<T> {
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let mut slot = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = Self::take(&mut slot) {
+            return Poll::Ready(r);
+        }
+        *slot = Slot::Pending(Some(cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_timeout_then_resolve() {
+        let (mut t, r) = ticket::<u32>();
+        assert!(matches!(t.wait_timeout(Duration::from_millis(5)), Err(Error::Timeout(_))));
+        assert!(!t.is_done());
+        let h = std::thread::spawn(move || r.resolve(Ok(7)));
+        assert_eq!(t.wait_timeout(Duration::from_secs(5)).unwrap(), 7);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn dropped_resolver_closes() {
+        let (t, r) = ticket::<()>();
+        drop(r);
+        assert!(matches!(t.wait(), Err(Error::Closed)));
+    }
+
+    #[test]
+    fn future_resolves() {
+        let (t, r) = ticket::<&str>();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(10));
+            r.resolve(Ok("done"));
+        });
+        assert_eq!(block_on(t).unwrap(), "done");
+    }
+
+    /// A minimal executor: polls, parks until woken.
+    pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
+        use std::task::Wake;
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut f = std::pin::pin!(f);
+
+        loop {
+            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+            std::thread::park();
+        }
+    }
+}
