@@ -151,6 +151,11 @@ fn check_op(tenant: &TenantState, i: usize, op: &Op) -> Result<CheckedOp> {
     Ok(CheckedOp { desc, plan: op.plan, reads, write: op.c.buf.clone(), ref_tiles })
 }
 
+/// Validates `req` as `tenant` would submit it, without queueing it (what `submit` does first).
+pub fn check(tenant: &crate::runtime::Tenant, req: Request) -> Result<Vec<Checked<CheckedOp>>> {
+    check_request(tenant.state(), req)
+}
+
 /// Validates `req` for `tenant`: every op on its own (shapes, ownership, bounds, overlap,
 /// scalars, tile override) and the ops against each other (they run concurrently, so none may
 /// write a buffer another op of the request touches).

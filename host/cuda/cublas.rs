@@ -64,6 +64,29 @@ impl Cublas {
         Ok(Cublas { handle })
     }
 
+    /// A handle in whatever context is current on this thread (for per-tenant contexts).
+    pub fn in_current_context(stream: &Stream) -> Result<Cublas> {
+        if !cublas_present() {
+            return Err(Error::NoCudaDriver("libcublas.so not found".into()));
+        }
+        let mut handle = std::ptr::null_mut();
+        // SAFETY: a context is current (caller); out-pointer valid.
+        unsafe {
+            ck("cublasCreate", cb::cublasCreate_v2(&mut handle))?;
+            ck("cublasSetStream", cb::cublasSetStream_v2(handle, stream.raw() as cb::cudaStream_t))?;
+            ck("cublasSetMathMode", cb::cublasSetMathMode(handle, cb::cublasMath_t::CUBLAS_DEFAULT_MATH))?;
+        }
+        Ok(Cublas { handle })
+    }
+
+    /// Gives cuBLAS a fixed workspace (needed before capturing its calls into a CUDA graph).
+    pub fn set_workspace(&self, ws: &super::DeviceBuffer) -> Result<()> {
+        // SAFETY: the buffer outlives the handle's use of it (callers keep it alive).
+        ck("cublasSetWorkspace", unsafe {
+            cb::cublasSetWorkspace_v2(self.handle, ws.addr() as *mut std::ffi::c_void, ws.bytes)
+        })
+    }
+
     /// Issues work to `stream` from now on.
     pub fn set_stream(&self, stream: &Stream) -> Result<()> {
         // SAFETY: valid handle and stream.

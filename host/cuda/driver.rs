@@ -176,6 +176,11 @@ impl Event {
         ck("cuEventSynchronize", unsafe { sys::cuEventSynchronize(self.0) })
     }
 
+    /// Raw handle.
+    pub fn raw(&self) -> sys::CUevent {
+        self.0
+    }
+
     /// Milliseconds from `self` to `end` (both completed).
     pub fn elapsed_ms(&self, end: &Event) -> Result<f32> {
         let mut ms = 0.0;

@@ -74,6 +74,9 @@ pub struct RuntimeConfig {
     pub calibrate: bool,
     /// Start with scheduling paused (work queues up until [`Runtime::resume`]).
     pub start_paused: bool,
+    /// A tuning table for the tile chooser ([`TileChooser::load`]); `TILEMUX_TUNING` names one
+    /// when this is `None`.
+    pub tuning: Option<std::path::PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -88,6 +91,7 @@ impl Default for RuntimeConfig {
             default_deadline: Duration::from_millis(100),
             calibrate: true,
             start_paused: false,
+            tuning: None,
         }
     }
 }
@@ -326,8 +330,12 @@ pub(crate) struct Inner {
     pub(crate) log: Mutex<VecDeque<RoundInfo>>,
     transfers: Mutex<Option<mpsc::Sender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    /// Nanoseconds since `epoch` until which the executor is predicted busy.
+    /// Nanoseconds since `epoch` until which the executor is predicted busy (0: idle).
     pub(crate) busy_until: AtomicU64,
+    /// Requests accepted so far (the scheduler spins on it).
+    pub(crate) submitted: AtomicU64,
+    /// The scheduler is blocked on `wake` (submitters notify only then).
+    pub(crate) sched_sleeping: AtomicBool,
     pub(crate) epoch: Instant,
 }
 
@@ -418,6 +426,11 @@ impl Runtime {
         if cfg.calibrate {
             scheduler::calibrate(&*device, &mut cost)?;
         }
+        let tuning = cfg.tuning.clone().or_else(|| std::env::var_os("TILEMUX_TUNING").map(Into::into));
+        let chooser = match tuning {
+            Some(p) => TileChooser::load(&p)?,
+            None => TileChooser::default(),
+        };
         let (ttx, trx) = mpsc::channel::<Job>();
         let inner = Arc::new(Inner {
             pool: Mutex::new(Arena::new(pool.start, pool.end - pool.start)),
@@ -427,7 +440,7 @@ impl Runtime {
             progress: Mutex::new(()),
             progress_cv: Condvar::new(),
             cost: Mutex::new(cost),
-            chooser: RwLock::new(TileChooser::default()),
+            chooser: RwLock::new(chooser),
             open: AtomicBool::new(true),
             next_id: AtomicU64::new(1),
             next_tenant: AtomicU32::new(1),
@@ -435,6 +448,8 @@ impl Runtime {
             transfers: Mutex::new(Some(ttx)),
             threads: Mutex::new(Vec::new()),
             busy_until: AtomicU64::new(0),
+            submitted: AtomicU64::new(0),
+            sched_sleeping: AtomicBool::new(false),
             epoch: Instant::now(),
             device,
             cfg,
@@ -634,5 +649,9 @@ impl Tenant {
     /// The tenant's id (as in [`RoundInfo::tenants`]).
     pub fn id(&self) -> u32 {
         self.state.id
+    }
+
+    pub(crate) fn state(&self) -> &TenantState {
+        &self.state
     }
 }

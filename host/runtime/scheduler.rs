@@ -29,6 +29,18 @@ use crate::memory::Arena;
 use crate::round::{CostModel, Round, problem};
 use crate::validate::{Checked, CheckedOp, check_request};
 
+/// How long the scheduler, the executor and ticket waiters spin before they block: short enough
+/// to cost nothing when idle, long enough to skip a sleeping thread's wake-up (tens of µs) on
+/// the critical path of a request. Zero on machines with fewer than 8 cores, where spinning
+/// threads would take the cores the callers need.
+pub(crate) fn spin() -> Duration {
+    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cores >= 8 { Duration::from_micros(100) } else { Duration::ZERO }
+    })
+}
+
 /// A validated request waiting for a round.
 pub(crate) struct Pending {
     seq: u64,
@@ -159,7 +171,10 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
     tenant.inflight.fetch_add(1, Ordering::AcqRel);
     tenant.counters().submitted += 1;
     drop(s);
-    inner.wake.notify_all();
+    inner.submitted.fetch_add(1, Ordering::AcqRel);
+    if inner.sched_sleeping.load(Ordering::Acquire) {
+        inner.wake.notify_all();
+    }
     Ok(t)
 }
 
@@ -273,7 +288,28 @@ fn assemble(inner: &Inner, s: &mut SchedState) -> Option<Batch> {
 /// Starts the scheduler and executor threads, connected by a rendezvous channel.
 pub(crate) fn spawn(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
     let (tx, rx) = std::sync::mpsc::sync_channel(0);
-    Ok(vec![spawn_scheduler(inner.clone(), tx)?, spawn_executor(inner.clone(), rx)?])
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let completer = inner.clone();
+    Ok(vec![
+        spawn_scheduler(inner.clone(), tx)?,
+        spawn_executor(inner.clone(), rx, done_tx)?,
+        std::thread::Builder::new()
+            .name("tilemux-completer".into())
+            .spawn(move || {
+                for c in done_rx {
+                    complete(&completer, c);
+                }
+            })
+            .map_err(|e| Error::Config(format!("spawning the completer: {e}")))?,
+    ])
+}
+
+/// A round that ran, on its way to the completer thread.
+struct Completed {
+    batch: Batch,
+    res: Result<crate::device::RoundReport>,
+    start: Instant,
+    executed: Duration,
 }
 
 /// The scheduler thread.
@@ -282,6 +318,7 @@ fn spawn_scheduler(inner: Arc<Inner>, tx: SyncSender<Batch>) -> Result<JoinHandl
         .name("tilemux-scheduler".into())
         .spawn(move || {
             let margin = Duration::from_micros(200);
+            let mut active = Instant::now();
             loop {
                 let batch = {
                     let mut s = inner.sched.lock().unwrap_or_else(|e| e.into_inner());
@@ -303,11 +340,39 @@ fn spawn_scheduler(inner: Arc<Inner>, tx: SyncSender<Batch>) -> Result<JoinHandl
                         if !s.paused && s.has_work() && wait.is_zero() {
                             break;
                         }
+                        // Spin (lock released) while work is likely soon: right after a round, or
+                        // when the executor frees up within the spin window. Then sleep.
+                        if !s.paused && (active.elapsed() < spin() || (s.has_work() && wait < spin())) {
+                            let seen = inner.submitted.load(Ordering::Acquire);
+                            drop(s);
+                            let t = Instant::now();
+                            while t.elapsed() < spin().min(wait.max(Duration::from_micros(5)))
+                                && inner.submitted.load(Ordering::Acquire) == seen
+                                && inner.busy_until.load(Ordering::Acquire) != 0
+                            {
+                                std::hint::spin_loop();
+                            }
+                            while t.elapsed() < spin()
+                                && inner.submitted.load(Ordering::Acquire) == seen
+                                && wait.is_zero()
+                            {
+                                std::hint::spin_loop();
+                            }
+                            s = inner.sched.lock().unwrap_or_else(|e| e.into_inner());
+                            if inner.submitted.load(Ordering::Acquire) != seen {
+                                active = Instant::now();
+                            }
+                            continue;
+                        }
                         let timeout = if wait.is_zero() { Duration::from_millis(50) } else { wait };
+                        inner.sched_sleeping.store(true, Ordering::Release);
                         s = inner.wake.wait_timeout(s, timeout).unwrap_or_else(|e| e.into_inner()).0;
+                        inner.sched_sleeping.store(false, Ordering::Release);
+                        active = Instant::now();
                     }
                     assemble(&inner, &mut s)
                 };
+                active = Instant::now();
                 if let Some(b) = batch {
                     let busy_until = inner.epoch.elapsed() + b.predicted;
                     inner.busy_until.store(busy_until.as_nanos() as u64, Ordering::Release);
@@ -321,25 +386,62 @@ fn spawn_scheduler(inner: Arc<Inner>, tx: SyncSender<Batch>) -> Result<JoinHandl
 }
 
 /// The executor thread: runs rounds in order and resolves their tickets.
-fn spawn_executor(inner: Arc<Inner>, rx: Receiver<Batch>) -> Result<JoinHandle<()>> {
+fn spawn_executor(
+    inner: Arc<Inner>,
+    rx: Receiver<Batch>,
+    done: std::sync::mpsc::Sender<Completed>,
+) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("tilemux-executor".into())
         .spawn(move || {
-            for b in rx {
-                run_batch(&inner, b);
+            loop {
+                // Spin briefly for the next round (it is usually assembled already), then block.
+                let t = Instant::now();
+                let b = loop {
+                    match rx.try_recv() {
+                        Ok(b) => break Some(b),
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => break None,
+                        Err(std::sync::mpsc::TryRecvError::Empty) if t.elapsed() < spin() => std::hint::spin_loop(),
+                        Err(std::sync::mpsc::TryRecvError::Empty) => break rx.recv().ok(),
+                    }
+                };
+                match b {
+                    Some(b) => {
+                        if done.send(run_batch(&inner, b)).is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                }
             }
         })
         .map_err(|e| Error::Config(format!("spawning the executor: {e}")))
 }
 
-fn run_batch(inner: &Inner, b: Batch) {
+/// Runs one round on the device (the executor's only job: the completer does the rest, so the
+/// next round starts at once).
+fn run_batch(inner: &Inner, batch: Batch) -> Completed {
     let start = Instant::now();
-    let span =
-        tracing::debug_span!("round", index = b.index, problems = b.round.problems.len(), tiles = b.round.tiles.len());
-    let res = span.in_scope(|| inner.device.run(&b.round));
-    let end = Instant::now();
-    let executed = end - start;
+    let span = tracing::debug_span!(
+        "round",
+        index = batch.index,
+        problems = batch.round.problems.len(),
+        tiles = batch.round.tiles.len()
+    );
+    let res = span.in_scope(|| inner.device.run(&batch.round));
+    let executed = start.elapsed();
     inner.busy_until.store(0, Ordering::Release);
+    // The round may have ended before its prediction: a scheduler waiting for that must not
+    // leave the device idle until its timer fires.
+    if inner.sched_sleeping.load(Ordering::Acquire) {
+        inner.wake.notify_all();
+    }
+    Completed { batch, res, start, executed }
+}
+
+/// Turns a finished round into resolved tickets, statistics and a log entry.
+fn complete(inner: &Inner, c: Completed) {
+    let Completed { batch: b, res, start, executed } = c;
     let mut info = RoundInfo {
         index: b.index,
         problems: b.round.problems.len(),
@@ -399,7 +501,6 @@ fn run_batch(inner: &Inner, b: Batch) {
         log.push_back(info);
     }
     inner.notify_progress();
-    inner.wake.notify_all();
 }
 
 /// Fits the cost model to `device`: per tile kind, one round of identical tiles (one per CTA

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -17,6 +18,8 @@ enum Slot<T> {
 struct Shared<T> {
     slot: Mutex<Slot<T>>,
     cv: Condvar,
+    /// Set once the slot holds a result (lets waiters spin without the lock).
+    ready: AtomicBool,
 }
 
 /// A pending result. Resolves exactly once: with the work's outcome, or with an error when the
@@ -34,7 +37,8 @@ pub(crate) struct Resolver<T> {
 
 /// A connected ticket and resolver.
 pub(crate) fn ticket<T>() -> (Ticket<T>, Resolver<T>) {
-    let shared = Arc::new(Shared { slot: Mutex::new(Slot::Pending(None)), cv: Condvar::new() });
+    let shared =
+        Arc::new(Shared { slot: Mutex::new(Slot::Pending(None)), cv: Condvar::new(), ready: AtomicBool::new(false) });
     (Ticket { shared: shared.clone() }, Resolver { shared: Some(shared) })
 }
 
@@ -50,7 +54,7 @@ impl<T> Resolver<T> {
             if let Slot::Pending(Some(w)) = std::mem::replace(&mut *slot, Slot::Ready(r)) {
                 w.wake();
             }
-
+            s.ready.store(true, Ordering::Release);
             s.cv.notify_all();
         }
     }
@@ -85,8 +89,13 @@ impl<T> Ticket<T> {
         }
     }
 
-    /// Blocks until the result is in.
+    /// Blocks until the result is in (spinning briefly first where cores allow: most results
+    /// arrive within a round, and a sleeping thread's wake-up adds tens of microseconds).
     pub fn wait(self) -> Result<T> {
+        let (t, spin) = (Instant::now(), super::scheduler::spin());
+        while !self.shared.ready.load(Ordering::Acquire) && t.elapsed() < spin {
+            std::hint::spin_loop();
+        }
         let mut slot = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(r) = Self::take(&mut slot) {

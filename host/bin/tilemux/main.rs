@@ -1,8 +1,16 @@
 //! `tilemux`: the demo (the README's first command) and the benchmark suite.
 
+mod baselines;
+mod demo;
 mod gpu;
 mod kernel;
+mod latency;
+mod mps;
+mod plot;
 mod report;
+mod scale;
+mod tenants;
+mod tune;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -16,6 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Tenants with the seed workloads on their own threads: space-time multiplexed, then one
+    /// at a time; prints per-tenant throughput and latency (GPU if present, else the CPU).
+    Demo(demo::DemoArgs),
     /// Print the backend that would run, the device and the megakernel's resources.
     Info,
     /// Benchmarks (GPU).
@@ -27,6 +38,20 @@ enum Cmd {
 enum Bench {
     /// Raw megakernel vs cublasSgemmBatched / cublasSgemmGroupedBatched on the seed shapes.
     Kernel(kernel::KernelArgs),
+    /// The poster's table: R tenants of one seed shape; tilemux vs time-only, space-only, cuBLAS.
+    Seed(tenants::TableArgs),
+    /// Heterogeneous tenants (seed shapes and random ones): tilemux vs grouped, streams, serial.
+    Mix(tenants::TableArgs),
+    /// 1 to 1000 tenants: memory per tenant and throughput, tilemux vs a context per tenant.
+    Scale(scale::ScaleArgs),
+    /// Open-loop Poisson arrivals at 30/60/90% of capacity: per-tenant tail latency; noisy
+    /// neighbour.
+    Latency(latency::LatencyArgs),
+    /// Every tile kind and k-split for one shape next to cuBLAS; can write the tuning table.
+    Tune(tune::TuneArgs),
+    /// (internal) An MPS client process driven by `bench seed`.
+    #[command(hide = true)]
+    MpsClient(mps::ClientArgs),
 }
 
 fn info() -> Result<()> {
@@ -52,7 +77,15 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().cmd {
+        Cmd::Demo(a) => demo::run(&a),
         Cmd::Info => info(),
+
         Cmd::Bench(Bench::Kernel(a)) => kernel::run(&a),
+        Cmd::Bench(Bench::Seed(a)) => tenants::run(a, false),
+        Cmd::Bench(Bench::Mix(a)) => tenants::run(a, true),
+        Cmd::Bench(Bench::MpsClient(a)) => mps::client(&a),
+        Cmd::Bench(Bench::Scale(a)) => scale::run(a),
+        Cmd::Bench(Bench::Latency(a)) => latency::run(a),
+        Cmd::Bench(Bench::Tune(a)) => tune::run(&a),
     }
 }
