@@ -65,7 +65,7 @@ impl CpuDevice {
 /// # Safety
 /// `p` and `t` passed [`check`] against the pool these addresses point into, and no other thread
 /// accesses this tile's part of `C` (check makes tiles' outputs disjoint from everything else).
-unsafe fn run_tile(p: &ProblemDesc, t: &TileDesc) {
+pub(crate) unsafe fn run_tile(p: &ProblemDesc, t: &TileDesc) {
     if t.split != 0 {
         return;
     }
@@ -147,6 +147,16 @@ impl Device for CpuDevice {
         // SAFETY: as in `write`.
         unsafe { std::ptr::write_bytes(addr as *mut u8, 0, bytes as usize) };
         Ok(())
+    }
+
+    fn start_persistent(
+        &self,
+        slots: u32,
+        _heartbeat_timeout: std::time::Duration,
+    ) -> Result<(std::sync::Arc<crate::persistent::RingMemory>, std::sync::Arc<dyn crate::persistent::Engine>)> {
+        let mem = std::sync::Arc::new(crate::persistent::RingMemory::on_heap(slots)?);
+        let engine = crate::persistent::CpuEngine::start(mem.clone(), self.threads);
+        Ok((mem, std::sync::Arc::new(engine)))
     }
 
     fn run(&self, round: &Round) -> Result<RoundReport> {

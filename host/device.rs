@@ -48,6 +48,14 @@ pub trait Device: Send + Sync {
     fn zero(&self, addr: u64, bytes: u64) -> Result<()>;
     /// Runs every tile of `round` and returns when its results are visible to `read`.
     fn run(&self, round: &Round) -> Result<RoundReport>;
+
+    /// Starts persistent mode: a ring of `slots` slots and its resident executor. Until the
+    /// engine is joined, `run` must not be called.
+    fn start_persistent(
+        &self,
+        slots: u32,
+        heartbeat_timeout: std::time::Duration,
+    ) -> Result<(std::sync::Arc<crate::persistent::RingMemory>, std::sync::Arc<dyn crate::persistent::Engine>)>;
 }
 
 /// Checks that `addr .. addr + bytes` lies inside `pool` and is 4-byte aligned.

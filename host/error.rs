@@ -121,6 +121,8 @@ pub enum Error {
     Closed,
     #[error("tenant {0} was removed before its work ran")]
     TenantRemoved(String),
+    #[error("persistent mode: {outstanding} problems in flight and {requested} more do not fit the ring of {slots}")]
+    RingFull { outstanding: u64, requested: u64, slots: u32 },
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     #[error("the round holding this request failed: {0}")]

@@ -24,6 +24,7 @@ pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod memory;
+pub mod persistent;
 pub mod reference;
 pub mod round;
 pub mod runtime;

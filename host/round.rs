@@ -506,6 +506,8 @@ pub struct TileChooser {
     /// Tuning-table entries `(m, n, k) → plan` that win over the heuristic for exact shapes
     /// (written by `tilemux bench tune --write`).
     pub table: Vec<((u32, u32, u32), Plan)>,
+    /// Never split k (persistent mode has no split-K workspace).
+    pub no_split_k: bool,
 }
 
 /// SGEMM kinds the chooser considers for GEMM problems, largest first.
@@ -565,7 +567,7 @@ impl TileChooser {
                     .map(|(p, _)| (p.m.div_ceil(sh.bm) * p.n.div_ceil(sh.bn)) as usize)
                     .sum();
                 // Splitting only pays while the output tiles alone leave slots idle.
-                let candidates = if tiles < 2 * slots { &SPLITS[..] } else { &SPLITS[..1] };
+                let candidates = if tiles < 2 * slots && !self.no_split_k { &SPLITS[..] } else { &SPLITS[..1] };
                 for &sp in candidates {
                     let t = makespan(g, sp);
                     // A larger split must win by 3%: it costs workspace traffic the model blurs.
@@ -602,7 +604,7 @@ impl TileChooser {
             let kind = TileKind::ALL.into_iter().find(|k| k.name() == w[3]).ok_or_else(bad)?;
             table.push(((num(w[0])?, num(w[1])?, num(w[2])?), Plan { kind, k_splits: num(w[4])?.max(1) }));
         }
-        Ok(TileChooser { table })
+        Ok(TileChooser { table, no_split_k: false })
     }
 
     /// Writes the tuning table in the format [`TileChooser::load`] reads.
@@ -616,7 +618,10 @@ impl TileChooser {
 
     /// Builds a round from `problems` with chosen plans, tiles ordered longest first.
     pub fn build(&self, problems: &[ProblemDesc], overrides: &[Option<Plan>], cost: &CostModel, slots: usize) -> Round {
-        let plans = self.choose(problems, overrides, cost, slots);
+        let mut plans = self.choose(problems, overrides, cost, slots);
+        if self.no_split_k {
+            plans.iter_mut().for_each(|p| p.k_splits = 1);
+        }
         let mut round = Round::default();
         for (p, plan) in problems.iter().zip(plans) {
             round.push(*p, plan.kind, plan.k_splits);

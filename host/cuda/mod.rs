@@ -7,6 +7,7 @@
 
 pub mod cublas;
 pub mod driver;
+pub mod persistent;
 
 use std::ffi::c_void;
 use std::ops::Range;
@@ -60,6 +61,10 @@ pub struct Megakernel {
     pub ctas_per_sm: u32,
     /// Grid size: `ctas_per_sm × SMs`.
     pub grid: u32,
+    /// The resident kernel of persistent mode and its cooperative grid.
+    pub(crate) persistent_func: sys::CUfunction,
+    /// CTAs of the resident kernel (one doorbell, the rest workers).
+    pub persistent_grid: u32,
 }
 
 // SAFETY: the function handle belongs to `module`, usable from any thread with the context bound.
@@ -99,7 +104,31 @@ impl Megakernel {
             )
         })?;
         let ctas_per_sm = cfg.ctas_per_sm.map_or(occ as u32, |c| c.min(occ as u32)).max(1);
+        let persistent_func = module.function("tilemux_persistent")?;
+        let mut pocc = 0;
+        // SAFETY: valid function; same block and shared memory sizes as the round kernel.
+        unsafe {
+            ck(
+                "cuFuncSetAttribute",
+                sys::cuFuncSetAttribute(
+                    persistent_func,
+                    CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem_bytes as i32,
+                ),
+            )?;
+            ck(
+                "cuOccupancyMaxActiveBlocksPerMultiprocessor",
+                sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                    &mut pocc,
+                    persistent_func,
+                    crate::abi::BLOCK_THREADS as i32,
+                    smem_bytes as usize,
+                ),
+            )?;
+        }
         Ok(Megakernel {
+            persistent_func,
+            persistent_grid: (pocc as u32).min(ctas_per_sm).max(1) * gpu.sm_count,
             module,
             func,
             registers,
@@ -163,6 +192,8 @@ struct State {
     readback: PinnedBuffer,
     /// Queue head value at the start of the next round.
     queue_base: u64,
+    /// 1 MiB of pinned zeros (source of `zero`).
+    zeros: PinnedBuffer,
 }
 
 /// The CUDA megakernel backend.
@@ -217,6 +248,7 @@ impl CudaDevice {
             end: Event::new()?,
             staging: PinnedBuffer::new(cap, 0)?,
             readback: PinnedBuffer::new(cap, 0)?,
+            zeros: PinnedBuffer::new(1 << 20, 0)?,
             round,
             stream,
             queue_base: 0,
@@ -428,9 +460,28 @@ impl Device for CudaDevice {
     fn zero(&self, addr: u64, bytes: u64) -> Result<()> {
         check_access(&self.pool(), addr, bytes)?;
         let st = self.lock()?;
-        // SAFETY: inside the pool (checked).
-        ck("cuMemsetD8Async", unsafe { sys::cuMemsetD8Async(addr, 0, bytes as usize, st.stream.0) })?;
+        // Copies from zeroed pinned memory (a copy engine) rather than cuMemset, which may need
+        // SMs that the resident kernel of persistent mode holds.
+        let chunk = st.zeros.len() as u64;
+        let mut done = 0;
+        while done < bytes {
+            let n = chunk.min(bytes - done);
+            // SAFETY: inside the pool (checked); `zeros` holds `chunk` zero bytes.
+            ck("cuMemcpyHtoDAsync", unsafe {
+                sys::cuMemcpyHtoDAsync_v2(addr + done, st.zeros.ptr() as *const c_void, n as usize, st.stream.0)
+            })?;
+            done += n;
+        }
         st.stream.sync()
+    }
+
+    fn start_persistent(
+        &self,
+        slots: u32,
+        heartbeat_timeout: std::time::Duration,
+    ) -> Result<(Arc<crate::persistent::RingMemory>, Arc<dyn crate::persistent::Engine>)> {
+        let (ring, engine) = CudaDevice::start_persistent(self, slots, heartbeat_timeout)?;
+        Ok((ring, Arc::new(engine)))
     }
 
     fn run(&self, round: &Round) -> Result<RoundReport> {

@@ -53,6 +53,45 @@ pub enum Policy {
     FairShare,
 }
 
+/// How rounds reach the device.
+#[derive(Clone, Debug, Default)]
+pub enum Mode {
+    /// One megakernel launch per round (descriptor upload, launch, completion check).
+    #[default]
+    Rounds,
+    /// A resident megakernel fed through a ring (see [`PersistentConfig`]).
+    Persistent(PersistentConfig),
+}
+
+/// What `submit` does when persistent mode's ring has no room for a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Block until enough problems complete.
+    #[default]
+    Wait,
+    /// Return [`Error::RingFull`].
+    Error,
+}
+
+/// Persistent mode: the megakernel is launched once and stays resident; requests stream into a
+/// ring in device-mapped host memory and completions come back through it, with no launch,
+/// upload or synchronisation per round. Protocol: `kernels/src/QUEUE.md`.
+#[derive(Clone, Debug)]
+pub struct PersistentConfig {
+    /// Ring slots: problems accepted and not yet finished, at most.
+    pub slots: u32,
+    /// Backpressure when a request does not fit.
+    pub when_full: WhenFull,
+    /// The resident kernel stops by itself after this long without a host heartbeat.
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for PersistentConfig {
+    fn default() -> Self {
+        PersistentConfig { slots: 1024, when_full: WhenFull::Wait, heartbeat_timeout: Duration::from_secs(10) }
+    }
+}
+
 /// How a [`Runtime`] is built.
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
@@ -77,6 +116,8 @@ pub struct RuntimeConfig {
     /// A tuning table for the tile chooser ([`TileChooser::load`]); `TILEMUX_TUNING` names one
     /// when this is `None`.
     pub tuning: Option<std::path::PathBuf>,
+    /// Round per launch, or persistent.
+    pub mode: Mode,
 }
 
 impl Default for RuntimeConfig {
@@ -92,6 +133,7 @@ impl Default for RuntimeConfig {
             calibrate: true,
             start_paused: false,
             tuning: None,
+            mode: Mode::Rounds,
         }
     }
 }
@@ -336,6 +378,10 @@ pub(crate) struct Inner {
     pub(crate) submitted: AtomicU64,
     /// The scheduler is blocked on `wake` (submitters notify only then).
     pub(crate) sched_sleeping: AtomicBool,
+    /// Persistent mode's ring and engine.
+    pub(crate) persistent: Option<(Arc<crate::persistent::RingMemory>, Arc<dyn crate::persistent::Engine>)>,
+    /// Problems accepted and not finished (persistent mode's admission control).
+    pub(crate) outstanding: AtomicU64,
     pub(crate) epoch: Instant,
 }
 
@@ -427,9 +473,20 @@ impl Runtime {
             scheduler::calibrate(&*device, &mut cost)?;
         }
         let tuning = cfg.tuning.clone().or_else(|| std::env::var_os("TILEMUX_TUNING").map(Into::into));
-        let chooser = match tuning {
+        let mut chooser = match tuning {
             Some(p) => TileChooser::load(&p)?,
             None => TileChooser::default(),
+        };
+        let persistent = match &cfg.mode {
+            Mode::Rounds => None,
+            Mode::Persistent(p) => {
+                if p.slots == 0 {
+                    return Err(Error::Config("persistent mode needs at least one ring slot".into()));
+                }
+                chooser.no_split_k = true;
+                let (ring, engine) = device.start_persistent(p.slots, p.heartbeat_timeout)?;
+                Some((ring, engine))
+            }
         };
         let (ttx, trx) = mpsc::channel::<Job>();
         let inner = Arc::new(Inner {
@@ -450,6 +507,8 @@ impl Runtime {
             busy_until: AtomicU64::new(0),
             submitted: AtomicU64::new(0),
             sched_sleeping: AtomicBool::new(false),
+            persistent,
+            outstanding: AtomicU64::new(0),
             epoch: Instant::now(),
             device,
             cfg,

@@ -83,11 +83,14 @@ pub(crate) struct SchedState {
     queues: BTreeMap<u32, Queue>,
     seq: u64,
     rounds: u64,
+    /// Persistent mode: buffers of requests on the device, `(readers, writers)` per buffer id.
+    /// Consecutive batches overlap there, so a request must not touch what they write.
+    inflight: std::collections::HashMap<u64, (u32, u32)>,
 }
 
 impl SchedState {
     pub(crate) fn new(paused: bool) -> SchedState {
-        SchedState { open: true, paused, queues: BTreeMap::new(), seq: 0, rounds: 0 }
+        SchedState { open: true, paused, queues: BTreeMap::new(), seq: 0, rounds: 0, inflight: Default::default() }
     }
 
     fn has_work(&self) -> bool {
@@ -101,6 +104,38 @@ struct Batch {
     round: Round,
     reqs: Vec<(Arc<TenantState>, Pending)>,
     predicted: Duration,
+}
+
+/// Persistent mode's admission control: at most `slots` problems accepted and unfinished. Takes
+/// `n` of them, waiting or failing as configured.
+fn admit(inner: &Inner, n: u64) -> Result<()> {
+    let super::Mode::Persistent(cfg) = &inner.cfg.mode else {
+        inner.outstanding.fetch_add(n, Ordering::AcqRel);
+        return Ok(());
+    };
+    let slots = cfg.slots as u64;
+    let full = |have: u64| Error::RingFull { outstanding: have, requested: n, slots: cfg.slots };
+    if n > slots {
+        return Err(full(inner.outstanding.load(Ordering::Acquire)));
+    }
+    loop {
+        let have = inner.outstanding.load(Ordering::Acquire);
+        if have + n <= slots {
+            if inner.outstanding.compare_exchange(have, have + n, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                return Ok(());
+            }
+            continue;
+        }
+        match cfg.when_full {
+            super::WhenFull::Error => return Err(full(have)),
+            super::WhenFull::Wait => {
+                inner.check_open()?;
+                inner.wait_until(|| {
+                    inner.outstanding.load(Ordering::Acquire) + n <= slots || inner.check_open().is_err()
+                });
+            }
+        }
+    }
 }
 
 /// Validates and queues a request (see [`super::Runtime::submit`]).
@@ -119,6 +154,9 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
         Ok(ops) => ops,
         Err(e) => return reject(e),
     };
+    if let Err(e) = admit(inner, ops.len() as u64) {
+        return reject(e);
+    }
     let (cost_ns, ref_tiles) = {
         let cost = inner.cost.lock().unwrap_or_else(|e| e.into_inner());
         ops.iter().fold((0.0, 0), |(c, t), o| {
@@ -142,7 +180,13 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
         drop(s);
         return reject(Error::Closed);
     }
-    let floor = s.queues.values().filter(|q| !q.pending.is_empty()).map(|q| q.vt).fold(f64::INFINITY, f64::min);
+    let activating = s.queues.get(&tenant.id).is_none_or(|q| q.pending.is_empty());
+    // Only a tenant coming back from idle needs the floor (an O(tenants) scan).
+    let floor = if activating {
+        s.queues.values().filter(|q| !q.pending.is_empty()).map(|q| q.vt).fold(f64::INFINITY, f64::min)
+    } else {
+        f64::INFINITY
+    };
     let q = s.queues.entry(tenant.id).or_insert_with(|| Queue {
         tenant: tenant.clone(),
         pending: VecDeque::new(),
@@ -195,6 +239,7 @@ fn finish_cancelled(inner: &Inner, reqs: Vec<(Arc<TenantState>, Pending)>, err: 
         p.release();
         t.counters().failed += 1;
         t.inflight.fetch_sub(1, Ordering::AcqRel);
+        inner.outstanding.fetch_sub(p.ops.len() as u64, Ordering::AcqRel);
         p.resolver.resolve(Err(err()));
     }
     inner.notify_progress();
@@ -244,8 +289,11 @@ fn assemble(inner: &Inner, s: &mut SchedState) -> Option<Batch> {
             exhausted.insert(id);
             continue;
         }
-        let conflict =
-            head.touches().any(|(b, w)| entry.1.contains(&(b, true)) || (w && entry.1.contains(&(b, false))));
+        let busy = &s.inflight;
+        let conflict = head.touches().any(|(b, w)| {
+            let (r, wr) = busy.get(&b).copied().unwrap_or((0, 0));
+            entry.1.contains(&(b, true)) || (w && entry.1.contains(&(b, false))) || wr > 0 || (w && r > 0)
+        });
         if conflict {
             exhausted.insert(id);
             continue;
@@ -257,6 +305,12 @@ fn assemble(inner: &Inner, s: &mut SchedState) -> Option<Batch> {
             }
         }
         let p = q.pending.pop_front().expect("non-empty");
+        if inner.persistent.is_some() {
+            for (b, w) in p.touches() {
+                let e = s.inflight.entry(b).or_default();
+                if w { e.1 += 1 } else { e.0 += 1 }
+            }
+        }
         q.vt += p.cost_ns / q.tenant.spec.weight;
         entry.0 += p.ref_tiles;
         entry.1.extend(p.touches());
@@ -288,6 +342,21 @@ fn assemble(inner: &Inner, s: &mut SchedState) -> Option<Batch> {
 /// Starts the scheduler and executor threads, connected by a rendezvous channel.
 pub(crate) fn spawn(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
     let (tx, rx) = std::sync::mpsc::sync_channel(0);
+    if inner.persistent.is_some() {
+        let (ftx, frx) = std::sync::mpsc::channel();
+        let (a, b) = (inner.clone(), inner.clone());
+        let thread = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| Error::Config(format!("spawning {name}: {e}")))
+        };
+        return Ok(vec![
+            spawn_scheduler(inner.clone(), tx)?,
+            thread("tilemux-ring-writer", Box::new(move || ring_writer(&a, rx, ftx)))?,
+            thread("tilemux-ring-completer", Box::new(move || ring_completer(&b, frx)))?,
+        ]);
+    }
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let completer = inner.clone();
     Ok(vec![
@@ -296,12 +365,27 @@ pub(crate) fn spawn(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
         std::thread::Builder::new()
             .name("tilemux-completer".into())
             .spawn(move || {
-                for c in done_rx {
+                // Spin briefly between rounds (a waiter's ticket is on the critical path), then
+                // block.
+                while let Some(c) = recv_spinning(&done_rx) {
                     complete(&completer, c);
                 }
             })
             .map_err(|e| Error::Config(format!("spawning the completer: {e}")))?,
     ])
+}
+
+/// Receives from `rx`, spinning up to [`spin`] before blocking; `None` once disconnected.
+fn recv_spinning<T>(rx: &Receiver<T>) -> Option<T> {
+    let t = Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return Some(v),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
+            Err(std::sync::mpsc::TryRecvError::Empty) if t.elapsed() < spin() => std::hint::spin_loop(),
+            Err(std::sync::mpsc::TryRecvError::Empty) => return rx.recv().ok(),
+        }
+    }
 }
 
 /// A round that ran, on its way to the completer thread.
@@ -370,12 +454,22 @@ fn spawn_scheduler(inner: Arc<Inner>, tx: SyncSender<Batch>) -> Result<JoinHandl
                         inner.sched_sleeping.store(false, Ordering::Release);
                         active = Instant::now();
                     }
-                    assemble(&inner, &mut s)
+                    let b = assemble(&inner, &mut s);
+                    if b.is_none() {
+                        // Every queue head waits on work still on the device (persistent mode):
+                        // sleep until a completion wakes us.
+                        inner.sched_sleeping.store(true, Ordering::Release);
+                        drop(inner.wake.wait_timeout(s, Duration::from_millis(1)).unwrap_or_else(|e| e.into_inner()));
+                        inner.sched_sleeping.store(false, Ordering::Release);
+                    }
+                    b
                 };
                 active = Instant::now();
                 if let Some(b) = batch {
-                    let busy_until = inner.epoch.elapsed() + b.predicted;
-                    inner.busy_until.store(busy_until.as_nanos() as u64, Ordering::Release);
+                    if inner.persistent.is_none() {
+                        let busy_until = inner.epoch.elapsed() + b.predicted;
+                        inner.busy_until.store(busy_until.as_nanos() as u64, Ordering::Release);
+                    }
                     if tx.send(b).is_err() {
                         return;
                     }
@@ -396,16 +490,7 @@ fn spawn_executor(
         .spawn(move || {
             loop {
                 // Spin briefly for the next round (it is usually assembled already), then block.
-                let t = Instant::now();
-                let b = loop {
-                    match rx.try_recv() {
-                        Ok(b) => break Some(b),
-                        Err(std::sync::mpsc::TryRecvError::Disconnected) => break None,
-                        Err(std::sync::mpsc::TryRecvError::Empty) if t.elapsed() < spin() => std::hint::spin_loop(),
-                        Err(std::sync::mpsc::TryRecvError::Empty) => break rx.recv().ok(),
-                    }
-                };
-                match b {
+                match recv_spinning(&rx) {
                     Some(b) => {
                         if done.send(run_batch(&inner, b)).is_err() {
                             return;
@@ -467,30 +552,11 @@ fn complete(inner: &Inner, c: Completed) {
     }
     let mut per: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
     for (t, p) in b.reqs {
-        p.release();
         let e = per.entry(t.id).or_default();
         e.0 += p.ref_tiles;
         e.1 += 1;
-        let queued = start.saturating_duration_since(p.submitted);
-        {
-            let mut c = t.counters();
-            match &res {
-                Ok(_) => {
-                    c.completed += 1;
-                    c.ops += p.ops.len() as u64;
-                    c.tiles += p.ref_tiles as u64;
-                    c.tile_time_ns += p.cost_ns;
-                    c.record(queued, executed);
-                }
-                Err(_) => c.failed += 1,
-            }
-        }
-        t.inflight.fetch_sub(1, Ordering::AcqRel);
-        let out = match &res {
-            Ok(_) => Ok(Done { round: b.index, queued, executed }),
-            Err(e) => Err(Error::RoundFailed(e.to_string())),
-        };
-        p.resolver.resolve(out);
+        let err = res.as_ref().err().map(|e| e.to_string());
+        finish(inner, &t, p, err, b.index, start, executed);
     }
     info.tenants = per.into_iter().map(|(id, (tiles, reqs))| (id, tiles, reqs)).collect();
     {
@@ -501,6 +567,193 @@ fn complete(inner: &Inner, c: Completed) {
         log.push_back(info);
     }
     inner.notify_progress();
+}
+
+/// A request whose problems are in the ring.
+struct Flight {
+    tenant: Arc<TenantState>,
+    pending: Pending,
+    /// Ring sequence numbers of its problems.
+    seqs: Vec<u64>,
+    published: Instant,
+}
+
+/// Persistent mode's executor: writes each batch's problems into the ring (waiting for their
+/// slots) and publishes them; the device starts at once. On shutdown it waits for everything
+/// published to finish, then stops and joins the resident kernel.
+fn ring_writer(inner: &Inner, rx: Receiver<Batch>, flights: std::sync::mpsc::Sender<Vec<Flight>>) {
+    let (ring, engine) = inner.persistent.as_ref().expect("persistent mode");
+    let mut w = crate::persistent::RingWriter::new(ring.clone(), engine.clone());
+    while let Some(b) = recv_spinning(&rx) {
+        // The backend's own gate, as in round mode: every access inside the pool.
+        let checked = crate::round::check(&b.round, inner.device.pool()).map_err(|e| e.to_string());
+        let mut out = Vec::with_capacity(b.reqs.len());
+        let mut next = 0;
+        for (t, p) in b.reqs {
+            let n = p.ops.len();
+            if let Err(e) = &checked {
+                finish_flight(inner, t, p, Some(e.clone()), Instant::now());
+                continue;
+            }
+            let mut seqs = Vec::with_capacity(n);
+            for d in &b.round.problems[next..next + n] {
+                let mut spins = 0u32;
+                while !w.has_room() {
+                    // Let the device drain what is written before waiting on it.
+                    if let Err(e) = w.publish() {
+                        tracing::error!(error = %e, "publishing to the ring failed");
+                    }
+                    spins += 1;
+                    if spins > 1000 {
+                        std::thread::yield_now();
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+                seqs.push(w.write(*d));
+            }
+            next += n;
+            out.push(Flight { tenant: t, pending: p, seqs, published: Instant::now() });
+        }
+        if let Err(e) = w.publish() {
+            tracing::error!(error = %e, "publishing to the ring failed");
+        }
+        let now = Instant::now();
+        out.iter_mut().for_each(|f| f.published = now);
+        if flights.send(out).is_err() {
+            break;
+        }
+    }
+    drop(flights);
+    // Clean stop: everything published completes, then the kernel is told to stop.
+    inner.wait_until(|| (0..w.written()).rev().take(ring.slots() as usize).all(|s| ring.is_done(s)));
+    engine.request_stop();
+    if let Err(err) = engine.join() {
+        tracing::warn!(error = %err, "the resident kernel reported an error");
+    }
+}
+
+/// Persistent mode's completer: polls the ring's completion words for the requests in flight
+/// (spinning briefly after activity, then sleeping in short steps), resolves finished requests,
+/// and keeps the heartbeat going so the resident kernel knows the host is alive.
+fn ring_completer(inner: &Inner, rx: Receiver<Vec<Flight>>) {
+    let (ring, engine) = inner.persistent.as_ref().expect("persistent mode");
+    let mut flights: VecDeque<Flight> = VecDeque::new();
+    let mut active = Instant::now();
+    let mut connected = true;
+    let (mut beats, mut last_beat) = (0u64, Instant::now());
+    loop {
+        if last_beat.elapsed() > Duration::from_millis(20) {
+            beats += 1;
+            engine.beat(beats);
+            last_beat = Instant::now();
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(v) => {
+                    flights.extend(v);
+                    active = Instant::now();
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    connected = false;
+                    break;
+                }
+            }
+        }
+        let before = flights.len();
+        let mut i = 0;
+        while i < flights.len() {
+            if flights[i].seqs.iter().all(|&s| ring.is_done(s)) {
+                let f = flights.remove(i).expect("in range");
+                finish_flight(inner, f.tenant, f.pending, None, f.published);
+            } else {
+                i += 1;
+            }
+        }
+        if flights.len() != before {
+            active = Instant::now();
+            inner.notify_progress();
+            if inner.sched_sleeping.load(Ordering::Acquire) {
+                inner.wake.notify_all();
+            }
+        }
+        if flights.is_empty() {
+            if !connected {
+                return;
+            }
+            // Idle: spin for the next flight (it is on a waiter's critical path), then block,
+            // waking every 20 ms to keep the heartbeat.
+            if active.elapsed() < spin() {
+                std::hint::spin_loop();
+                continue;
+            }
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(v) => {
+                    flights.extend(v);
+                    active = Instant::now();
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => connected = false,
+            }
+        } else if active.elapsed() < spin().max(Duration::from_micros(20)) {
+            std::hint::spin_loop();
+        } else {
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    }
+}
+
+/// Finishes a persistent-mode request and frees its buffers for later requests of its tenant.
+fn finish_flight(inner: &Inner, t: Arc<TenantState>, p: Pending, err: Option<String>, published: Instant) {
+    {
+        let mut s = inner.sched.lock().unwrap_or_else(|e| e.into_inner());
+        for (b, w) in p.touches() {
+            if let Some(e) = s.inflight.get_mut(&b) {
+                if w {
+                    e.1 -= 1
+                } else {
+                    e.0 -= 1
+                }
+                if *e == (0, 0) {
+                    s.inflight.remove(&b);
+                }
+            }
+        }
+    }
+    finish(inner, &t, p, err, 0, published, published.elapsed());
+}
+
+/// Resolves one request that ran (`err`: why its round failed), with its statistics.
+fn finish(
+    inner: &Inner,
+    t: &TenantState,
+    p: Pending,
+    err: Option<String>,
+    round: u64,
+    start: Instant,
+    executed: Duration,
+) {
+    p.release();
+    let queued = start.saturating_duration_since(p.submitted);
+    {
+        let mut c = t.counters();
+        if err.is_none() {
+            c.completed += 1;
+            c.ops += p.ops.len() as u64;
+            c.tiles += p.ref_tiles as u64;
+            c.tile_time_ns += p.cost_ns;
+            c.record(queued, executed);
+        } else {
+            c.failed += 1;
+        }
+    }
+    t.inflight.fetch_sub(1, Ordering::AcqRel);
+    inner.outstanding.fetch_sub(p.ops.len() as u64, Ordering::AcqRel);
+    p.resolver.resolve(match err {
+        None => Ok(Done { round, queued, executed }),
+        Some(e) => Err(Error::RoundFailed(e)),
+    });
 }
 
 /// Fits the cost model to `device`: per tile kind, one round of identical tiles (one per CTA

@@ -382,3 +382,79 @@ impl ProblemDesc {
         }
     }
 }
+
+/// Persistent mode: the ring the host fills and the resident megakernel drains. Protocol and
+/// memory ordering: `kernels/src/QUEUE.md`.
+///
+/// Problem `q` (the q-th ever written) lives in slot `q % slots`; its tiles are `first_tile ..
+/// first_tile + tiles` of one global tile sequence. The host writes slots into pinned host
+/// memory, copies them to the device ring with the copy engine and then publishes with a
+/// stream memory operation, so the kernel only ever reads device memory; the one word it
+/// writes to host memory is each problem's completion.
+pub mod ring {
+    use super::ProblemDesc;
+    #[cfg(not(target_arch = "nvptx64"))]
+    use bytemuck::{Pod, Zeroable};
+
+    /// One problem of the ring.
+    #[repr(C, align(16))]
+    #[derive(Clone, Copy, Debug)]
+    #[cfg_attr(not(target_arch = "nvptx64"), derive(Pod, Zeroable))]
+    pub struct RingSlot {
+        /// Sequence number of the problem in this slot.
+        pub seq: u64,
+        /// Its first tile in the global tile sequence.
+        pub first_tile: u64,
+        /// Its tile count.
+        pub tiles: u32,
+        /// Reserved, zero.
+        pub _reserved: [u32; 3],
+        /// The problem (tile grid set, `k_splits == 1`, `completion` = slot index).
+        pub problem: ProblemDesc,
+    }
+
+    /// The resident kernel's control words, in device memory.
+    #[repr(C, align(16))]
+    #[derive(Clone, Copy, Debug)]
+    #[cfg_attr(not(target_arch = "nvptx64"), derive(Pod, Zeroable))]
+    pub struct DeviceState {
+        /// Next global tile index to claim (CTAs).
+        pub claim: u64,
+        /// Problems published: their slots are in the device ring (host, by stream memory op).
+        pub published: u64,
+        /// Host heartbeat (host, by stream memory op).
+        pub heartbeat: u64,
+        /// Nanoseconds without a heartbeat change after which the kernel stops by itself.
+        pub heartbeat_timeout_ns: u64,
+        /// Non-zero: stop once no published problem needs this CTA (host).
+        pub stop: u32,
+        /// First error (a [`super::status`] code) (CTAs).
+        pub status: u32,
+        /// Slots in the ring.
+        pub slots: u32,
+        /// Reserved, zero.
+        pub _reserved: u32,
+    }
+
+    /// Bytes of the host block for `slots` slots: the slot staging area, then the completion
+    /// words (the device writes `seq + 1` into word `q % slots` when problem `q` is done).
+    pub const fn host_bytes(slots: u32) -> usize {
+        slots as usize * (core::mem::size_of::<RingSlot>() + 8)
+    }
+
+    /// Byte offset of slot `i` (host block and device ring alike).
+    pub const fn slot_offset(i: u32) -> usize {
+        i as usize * core::mem::size_of::<RingSlot>()
+    }
+
+    /// Byte offset of completion word `i` in the host block.
+    pub const fn done_offset(slots: u32, i: u32) -> usize {
+        slots as usize * core::mem::size_of::<RingSlot>() + i as usize * 8
+    }
+
+    const _: () = {
+        assert!(core::mem::size_of::<RingSlot>() == 160);
+        assert!(core::mem::offset_of!(RingSlot, problem) == 32);
+        assert!(core::mem::size_of::<DeviceState>() == 48);
+    };
+}

@@ -23,6 +23,8 @@ mod gemv;
 #[cfg(target_arch = "nvptx64")]
 pub mod megakernel;
 #[cfg(target_arch = "nvptx64")]
+pub mod persistent;
+#[cfg(target_arch = "nvptx64")]
 mod problem;
 #[cfg(target_arch = "nvptx64")]
 mod sgemm;

@@ -56,7 +56,7 @@ unsafe fn report(status: u64, code: u32) {
 /// staging of `d`; descriptors come from a validated round; `smem` has
 /// `TileKind::megakernel_smem_bytes - SMEM_HEADER_BYTES` bytes.
 #[inline(always)]
-unsafe fn run_tile(d: Problem, t: TileDesc, smem: u32, status_addr: u64) -> Option<u32> {
+pub(crate) unsafe fn run_tile(d: Problem, t: TileDesc, smem: u32, status_addr: u64) -> Option<u32> {
     let fail = |code| {
         if thread_idx_x() == 0 {
             // SAFETY: the launch's status word.

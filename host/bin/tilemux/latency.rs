@@ -247,6 +247,16 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
     let descs = staged.descs(&cases);
     let rt_dev: Arc<dyn Device> = Arc::new(CudaDevice::new(&CudaConfig { pool_bytes: 4 << 30, ..Default::default() })?);
     let runtime = |policy| Runtime::with_device(rt_dev.clone(), RuntimeConfig { policy, ..Default::default() });
+    let persistent = || {
+        Runtime::with_device(
+            rt_dev.clone(),
+            RuntimeConfig {
+                policy: Policy::FairShare,
+                mode: tilemux::runtime::Mode::Persistent(Default::default()),
+                ..Default::default()
+            },
+        )
+    };
 
     // Capacity: closed loop, every tenant keeping 8 requests in flight, 1 s.
     let capacity = {
@@ -283,7 +293,8 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
     let mut summary =
         Table::new(&["load", "variant", "median_p99_us", "worst_p99_us", "spread_p99_max_over_min", "unfinished"]);
     let mut cdf: Vec<Series> = Vec::new();
-    let variants = ["tilemux EDF", "tilemux fair share", "stream per tenant", "serial"];
+    let variants =
+        ["tilemux EDF", "tilemux fair share", "tilemux persistent (fair share)", "stream per tenant", "serial"];
     for &load in &args.loads {
         let rates = vec![load * capacity / args.tenants as f64; args.tenants];
         for v in variants {
@@ -292,6 +303,11 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
                     let edf = v == "tilemux EDF";
                     let rt = runtime(if edf { Policy::Edf } else { Policy::FairShare })?;
                     let ts = rt_tenants(&rt, &cases, edf)?;
+                    run_runtime(&rt, &ts, &rates, args.seconds)?
+                }
+                "tilemux persistent (fair share)" => {
+                    let rt = persistent()?;
+                    let ts = rt_tenants(&rt, &cases, false)?;
                     run_runtime(&rt, &ts, &rates, args.seconds)?
                 }
                 "stream per tenant" => {
@@ -340,12 +356,17 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
     let base = vec![0.3 * capacity / args.tenants as f64; args.tenants];
     let mut loud = base.clone();
     loud[0] *= 10.0;
-    for v in ["tilemux EDF", "tilemux fair share", "stream per tenant"] {
+    for v in ["tilemux EDF", "tilemux fair share", "tilemux persistent (fair share)", "stream per tenant"] {
         let mut before_after = Vec::new();
         for rates in [&base, &loud] {
             let mut o = match v {
                 "stream per tenant" => {
                     run_cublas(&gpu, &descs, rates, args.seconds, args.tenants, Duration::from_secs(5))?
+                }
+                "tilemux persistent (fair share)" => {
+                    let rt = persistent()?;
+                    let ts = rt_tenants(&rt, &cases, false)?;
+                    run_runtime(&rt, &ts, rates, args.seconds)?
                 }
                 _ => {
                     let edf = v == "tilemux EDF";

@@ -2,6 +2,7 @@
 
 mod baselines;
 mod demo;
+mod dispatch;
 mod gpu;
 mod kernel;
 mod latency;
@@ -49,6 +50,9 @@ enum Bench {
     Latency(latency::LatencyArgs),
     /// Every tile kind and k-split for one shape next to cuBLAS; can write the tuning table.
     Tune(tune::TuneArgs),
+    /// Submit-to-result latency of single requests: persistent vs round mode vs cuBLAS; and
+    /// saturated throughput, persistent vs round mode.
+    Dispatch(dispatch::DispatchArgs),
     /// (internal) An MPS client process driven by `bench seed`.
     #[command(hide = true)]
     MpsClient(mps::ClientArgs),
@@ -87,5 +91,6 @@ fn main() -> Result<()> {
         Cmd::Bench(Bench::Scale(a)) => scale::run(a),
         Cmd::Bench(Bench::Latency(a)) => latency::run(a),
         Cmd::Bench(Bench::Tune(a)) => tune::run(&a),
+        Cmd::Bench(Bench::Dispatch(a)) => dispatch::run(a),
     }
 }

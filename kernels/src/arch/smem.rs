@@ -113,3 +113,13 @@ pub unsafe fn st_shared_v4_u32(addr: u32, v: [u32; 4]) {
             options(nostack))
     };
 }
+
+/// `st.shared.u64`.
+///
+/// # Safety
+/// `addr` is 8-byte aligned and lies in the launch's dynamic shared memory.
+#[inline(always)]
+pub unsafe fn st_shared_u64(addr: u32, v: u64) {
+    // SAFETY: the caller guarantees the address.
+    unsafe { asm!("st.shared.u64 [{0}], {1};", in(reg32) addr, in(reg64) v, options(nostack)) };
+}

@@ -1,0 +1,289 @@
+//! Persistent mode on every device: the ring protocol directly (CPU stand-in for the CTAs in CI,
+//! the resident kernel on a GPU), then the runtime in persistent mode: correctness under
+//! concurrency, hazards between requests in flight, ring-full behaviour, stop with work in
+//! flight, and a soak with exactly-once accounting.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::say;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tilemux::abi::TileKind;
+use tilemux::persistent::RingWriter;
+use tilemux::reference::{Case, Staged, random_dims};
+use tilemux::round::{CostModel, TileChooser};
+use tilemux::runtime::{Mat, Mode, Op, PersistentConfig, Policy, Runtime, RuntimeConfig, TenantSpec, WhenFull};
+use tilemux::{Device, Error};
+
+fn persistent(slots: u32, when_full: WhenFull) -> RuntimeConfig {
+    RuntimeConfig {
+        policy: Policy::FairShare,
+        calibrate: false,
+        mode: Mode::Persistent(PersistentConfig { slots, when_full, heartbeat_timeout: Duration::from_secs(10) }),
+        ..Default::default()
+    }
+}
+
+runtime_test!(ring_protocol, |d: Arc<dyn Device>, _gpu: bool| {
+    // Problems straight into a 3-slot ring: wrap-around many times, each completes exactly once.
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    let cases: Vec<Case> = (0..40)
+        .map(|i| {
+            let dims = if i % 3 == 0 { (100, 1, 77) } else { random_dims(&mut rng, 90) };
+            Case::random(&mut rng, dims)
+        })
+        .collect();
+    let staged = Staged::new(&*d, &mut common::arena(&*d), &cases).unwrap();
+    staged.poison(&*d, &cases).unwrap();
+    let chooser = TileChooser { no_split_k: true, ..Default::default() };
+    let round = chooser.build(&staged.descs(&cases), &[], &CostModel::default(), d.slots());
+    tilemux::round::check(&round, d.pool()).unwrap();
+    let (ring, engine) = d.start_persistent(3, Duration::from_secs(10)).unwrap();
+    let mut w = RingWriter::new(ring.clone(), engine.clone());
+    let mut seqs = Vec::new();
+    for p in &round.problems {
+        while !w.has_room() {
+            w.publish().unwrap();
+            std::thread::yield_now();
+        }
+        seqs.push(w.write(*p));
+        if seqs.len() % 2 == 0 {
+            w.publish().unwrap();
+        }
+    }
+    w.publish().unwrap();
+    let start = Instant::now();
+    while !seqs.iter().all(|&s| ring.is_done(s)) {
+        assert!(start.elapsed() < Duration::from_secs(60), "ring did not drain");
+        std::thread::yield_now();
+    }
+    engine.request_stop();
+    assert_eq!(engine.join().unwrap(), 0);
+    for (i, (c, got)) in cases.iter().zip(staged.read_c(&*d, &cases).unwrap()).enumerate() {
+        let want = c.reference();
+        let kind = TileKind::from_u32(round.problems[i].tile_kind).unwrap();
+        assert!(c.error(&got, &want) < 1e-4, "problem {i} ({}x{}x{}, {}) wrong", c.m, c.n, c.k, kind.name());
+    }
+    // Each slot's completion word holds the last sequence number that used it, plus one.
+    for s in 0..3u32 {
+        let last = seqs.iter().copied().filter(|q| q % 3 == s as u64).max().unwrap();
+        assert_eq!(ring.done_word(s).load(Ordering::Acquire), last + 1);
+    }
+});
+
+runtime_test!(concurrent_requests, |d: Arc<dyn Device>, gpu: bool| {
+    let rt = Runtime::with_device(d, persistent(64, WhenFull::Wait)).unwrap();
+    let tenants: Vec<_> =
+        (0..8).map(|i| rt.add_tenant(TenantSpec::new(format!("p{i}")).quota(8 << 20)).unwrap()).collect();
+    let per = if gpu { 400 } else { 150 };
+    let worst = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..16)
+            .map(|i| {
+                let (rt, t) = (&rt, &tenants[i % 8]);
+                s.spawn(move || {
+                    let mut rng = StdRng::seed_from_u64(rand::random());
+                    (0..per)
+                        .map(|_| {
+                            let dims = random_dims(&mut rng, 80);
+                            let c = Case::random(&mut rng, dims);
+                            let b = c.alloc(t).unwrap();
+                            c.upload(&b).unwrap();
+                            rt.submit(t, c.op(&b)).unwrap().wait().unwrap();
+                            c.error(&b.c.read().unwrap(), &c.reference())
+                        })
+                        .fold(0.0f64, f64::max)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).fold(0.0f64, f64::max)
+    });
+    assert!(worst < 1e-4, "worst error {worst:e}");
+    say(&format!(
+        "concurrent_requests (persistent) on {}: {} requests, worst error {worst:.1e}",
+        rt.device_name(),
+        16 * per
+    ));
+});
+
+runtime_test!(hazards_between_requests_in_flight, |d: Arc<dyn Device>, _gpu: bool| {
+    // Request 2 reads what request 1 writes; submitted back to back, it must see the result.
+    let rt = Runtime::with_device(d, persistent(64, WhenFull::Wait)).unwrap();
+    let t = rt.add_tenant(TenantSpec::new("chain").quota(16 << 20)).unwrap();
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    let n = 96;
+    let rand_vec = |rng: &mut StdRng, len: usize| (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>();
+    for _ in 0..20 {
+        let (a, b1, b2) = (rand_vec(&mut rng, n * n), rand_vec(&mut rng, n * n), rand_vec(&mut rng, n * n));
+        let (ba, bb1, bb2) = (t.upload(&a).unwrap(), t.upload(&b1).unwrap(), t.upload(&b2).unwrap());
+        let (c1, c2) = (t.alloc(n * n).unwrap(), t.alloc(n * n).unwrap());
+        let m = |b| Mat::new(b, n, n);
+        let t1 = rt.submit(&t, Op::gemm(m(&ba), m(&bb1), m(&c1))).unwrap();
+        let t2 = rt.submit(&t, Op::gemm(m(&c1), m(&bb2), m(&c2))).unwrap();
+        // And a write-after-read: overwrite request 2's input right behind it.
+        let t3 = rt.submit(&t, Op::gemm(m(&ba), m(&bb2), m(&c1))).unwrap();
+        t1.wait().unwrap();
+        t2.wait().unwrap();
+        t3.wait().unwrap();
+        let mut want = vec![0.0f64; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                let ab: Vec<f64> =
+                    (0..n).map(|k| (0..n).map(|l| a[i * n + l] as f64 * b1[l * n + k] as f64).sum()).collect();
+                want[i * n + j] = (0..n).map(|k| ab[k] * b2[k * n + j] as f64).sum();
+            }
+        }
+        let got = c2.read().unwrap();
+        let scale = want.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let err = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).powi(2)).sum::<f64>().sqrt() / scale;
+        assert!(err < 1e-4, "request 2 did not see request 1's output (error {err:e})");
+    }
+});
+
+runtime_test!(ring_full, |d: Arc<dyn Device>, _gpu: bool| {
+    let cfg = RuntimeConfig { start_paused: true, ..persistent(4, WhenFull::Error) };
+    let rt = Runtime::with_device(d.clone(), cfg).unwrap();
+    let t = rt.add_tenant(TenantSpec::new("full")).unwrap();
+    let a = t.upload(&vec![0.5; 64 * 64]).unwrap();
+    let op = |t: &tilemux::runtime::Tenant| {
+        Op::gemm(Mat::new(&a, 64, 64), Mat::new(&a, 64, 64), Mat::new(&t.alloc(64 * 64).unwrap(), 64, 64))
+    };
+    let tickets: Vec<_> = (0..4).map(|_| rt.submit(&t, op(&t)).unwrap()).collect();
+    match rt.submit(&t, op(&t)) {
+        Err(e @ Error::RingFull { outstanding: 4, requested: 1, slots: 4 }) => {
+            assert!(e.to_string().contains("do not fit"))
+        }
+        other => panic!("expected RingFull, got {other:?}"),
+    }
+    rt.resume();
+    for tk in tickets {
+        tk.wait().unwrap();
+    }
+    rt.submit(&t, op(&t)).unwrap().wait().expect("room again after completions");
+    drop(rt);
+    // Waiting instead: one thread pushes 10x the ring's size; every request completes.
+    let rt = Runtime::with_device(d, persistent(4, WhenFull::Wait)).unwrap();
+    let t = rt.add_tenant(TenantSpec::new("wait")).unwrap();
+    let a = t.upload(&vec![0.5; 64 * 64]).unwrap();
+    let op = |t: &tilemux::runtime::Tenant| {
+        Op::gemm(Mat::new(&a, 64, 64), Mat::new(&a, 64, 64), Mat::new(&t.alloc(64 * 64).unwrap(), 64, 64))
+    };
+    let tickets: Vec<_> = (0..40).map(|_| rt.submit(&t, op(&t)).unwrap()).collect();
+    for tk in tickets {
+        tk.wait().unwrap();
+    }
+});
+
+runtime_test!(stop_with_work_in_flight, |d: Arc<dyn Device>, _gpu: bool| {
+    let rt = Runtime::with_device(d, persistent(32, WhenFull::Wait)).unwrap();
+    let ts: Vec<_> = (0..4).map(|i| rt.add_tenant(TenantSpec::new(format!("s{i}"))).unwrap()).collect();
+    let mut tickets = Vec::new();
+    for t in &ts {
+        let a = t.upload(&vec![0.25; 128 * 128]).unwrap();
+        for _ in 0..8 {
+            tickets.push(
+                rt.submit(
+                    t,
+                    Op::gemm(
+                        Mat::new(&a, 128, 128),
+                        Mat::new(&a, 128, 128),
+                        Mat::new(&t.alloc(128 * 128).unwrap(), 128, 128),
+                    ),
+                )
+                .unwrap(),
+            );
+        }
+    }
+    rt.shutdown();
+    let (mut ok, mut closed) = (0, 0);
+    for mut t in tickets {
+        match t.wait_timeout(Duration::from_secs(30)) {
+            Ok(_) => ok += 1,
+            Err(Error::Closed) => closed += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(ok + closed, 32);
+    say(&format!("stop_with_work_in_flight: {ok} ran, {closed} closed"));
+});
+
+/// `requests` requests from `threads` threads over 16 tenants; every result checked (each
+/// request scales a known product by its own alpha, so no upload per request), every ticket
+/// resolved exactly once. Each thread keeps 8 requests in flight on 8 output buffers.
+fn soak(d: Arc<dyn Device>, threads: usize, requests: usize) {
+    let rt = Runtime::with_device(d, persistent(1024, WhenFull::Wait)).unwrap();
+    let tenants: Vec<_> =
+        (0..16).map(|i| rt.add_tenant(TenantSpec::new(format!("soak{i}")).quota(4 << 20)).unwrap()).collect();
+    let resolved = AtomicU64::new(0);
+    let start = Instant::now();
+    let worst = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|i| {
+                let (rt, t, resolved) = (&rt, &tenants[i % 16], &resolved);
+                s.spawn(move || {
+                    let mut rng = StdRng::seed_from_u64(i as u64 ^ rand::random::<u64>());
+                    let (m, n, k) = [(64usize, 1usize, 96usize), (48, 40, 24), (33, 65, 17)][i % 3];
+                    let case = Case::plain(&mut rng, (m as u32, n as u32, k as u32));
+                    let want = case.reference();
+                    let (a, b) = (t.upload(&case.a).unwrap(), t.upload(&case.b).unwrap());
+                    let outs: Vec<_> = (0..8).map(|_| t.alloc(m * n).unwrap()).collect();
+                    let mut seen = HashSet::new();
+                    let mut worst = 0.0f64;
+                    let mut window = std::collections::VecDeque::new();
+                    for r in 0..requests / threads {
+                        let alpha = rng.random_range(0.5f32..2.0);
+                        let slot = r % outs.len();
+                        let op =
+                            Op::gemm(Mat::new(&a, m, k), Mat::new(&b, k, n), Mat::new(&outs[slot], m, n)).alpha(alpha);
+                        window.push_back((r, slot, alpha, rt.submit(t, op).unwrap()));
+                        if window.len() == outs.len() {
+                            let (r, slot, alpha, tk) = window.pop_front().unwrap();
+                            tk.wait().unwrap();
+                            assert!(seen.insert(r), "request {r} resolved twice");
+                            resolved.fetch_add(1, Ordering::Relaxed);
+                            let got = outs[slot].read().unwrap();
+                            let num: f64 =
+                                got.iter().zip(&want.value).map(|(g, w)| (*g as f64 - alpha as f64 * w).powi(2)).sum();
+                            worst = worst.max(num.sqrt() / (alpha as f64 * want.scale));
+                        }
+                    }
+                    for (r, _, _, tk) in window {
+                        tk.wait().unwrap();
+                        assert!(seen.insert(r), "request {r} resolved twice");
+                        resolved.fetch_add(1, Ordering::Relaxed);
+                    }
+                    worst
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).fold(0.0f64, f64::max)
+    });
+    let total = (requests / threads * threads) as u64;
+    assert_eq!(resolved.load(Ordering::Relaxed), total, "every request resolved exactly once");
+    let completed: u64 = tenants.iter().map(|t| t.stats().completed).sum();
+    assert_eq!(completed, total);
+    assert!(worst < 1e-4, "worst error {worst:e}");
+    say(&format!(
+        "soak on {}: {total} requests from {threads} threads, 16 tenants, in {:.1?} ({:.0}/s); worst checked error {worst:.1e}",
+        rt.device_name(),
+        start.elapsed(),
+        total as f64 / start.elapsed().as_secs_f64()
+    ));
+}
+
+#[test]
+fn soak_cpu() {
+    soak(common::cpu(256 << 20), 32, 20_000);
+}
+
+#[test]
+fn soak_gpu() {
+    match common::gpu() {
+        Some((_lock, d)) => soak(d, 32, 1_000_000),
+        None => say("soak_gpu: skipped: no CUDA device"),
+    }
+}
