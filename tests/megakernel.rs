@@ -119,3 +119,63 @@ device_test!(split_k, 0, 0, |d: &dyn Device, _max: u32| {
     }
     say(&format!("split_k on {}: worst relative error {worst:.2e}", d.name()));
 });
+
+#[test]
+fn gpu_matches_cpu_backend() {
+    // The same cases and the same tile plans on both backends; outputs compared element by
+    // element (the CPU backend is the reference the GPU is diffed against).
+    let Some((_lock, g)) = common::gpu() else {
+        say("gpu_matches_cpu_backend: skipped: no CUDA device");
+        return;
+    };
+    let cpu = common::cpu(1 << 30);
+    let mut rng = rng();
+    let cases: Vec<Case> = (0..60)
+        .map(|_| {
+            let dims = random_dims(&mut rng, 400);
+            Case::random(&mut rng, dims)
+        })
+        .collect();
+    let devices: [&dyn Device; 2] = [&*g, &*cpu];
+    let mut outs = Vec::new();
+    let mut plans: Option<Vec<tilemux::round::Plan>> = None;
+    for d in devices {
+        let staged = tilemux::reference::Staged::new(d, &mut common::arena(d), &cases).unwrap();
+        staged.poison(d, &cases).unwrap();
+        // The GPU's plans, replayed on the CPU: same tile kinds, same k-splits.
+        let descs = staged.descs(&cases);
+        let overrides: Vec<Option<tilemux::round::Plan>> = match &plans {
+            None => vec![None; cases.len()],
+            Some(p) => p.iter().copied().map(Some).collect(),
+        };
+        let round = tilemux::round::TileChooser::default().build(
+            &descs,
+            &overrides,
+            &tilemux::round::CostModel::default(),
+            g.slots(),
+        );
+        plans.get_or_insert_with(|| {
+            round
+                .problems
+                .iter()
+                .map(|p| tilemux::round::Plan { kind: TileKind::from_u32(p.tile_kind).unwrap(), k_splits: p.k_splits })
+                .collect::<Vec<_>>()
+        });
+        d.run(&round).unwrap();
+        outs.push(staged.read_c(d, &cases).unwrap());
+    }
+    let mut worst = 0.0f64;
+    for (i, c) in cases.iter().enumerate() {
+        let want = c.reference();
+        let (gpu, cpu) = (&outs[0][i], &outs[1][i]);
+        let diff: f64 = gpu
+            .iter()
+            .zip(cpu)
+            .map(|(a, b)| if a.to_bits() == b.to_bits() { 0.0 } else { (*a as f64 - *b as f64).powi(2) })
+            .sum();
+        let e = diff.sqrt() / want.scale.max(f64::MIN_POSITIVE);
+        assert!(e < 1e-5, "case {i} ({}x{}x{}): GPU and CPU backend differ by {e:e}", c.m, c.n, c.k);
+        worst = worst.max(e);
+    }
+    say(&format!("gpu_matches_cpu_backend: 60 random problems, worst GPU-vs-CPU-backend difference {worst:.1e}"));
+}

@@ -16,7 +16,6 @@ use clap::Args;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Exp};
 use tilemux::Device;
-use tilemux::cuda::cublas::Cublas;
 use tilemux::cuda::{CudaConfig, CudaDevice, Stream};
 use tilemux::reference::{Case, SEED_MIX, Staged};
 use tilemux::runtime::{Buffer, Mat, Op, Policy, Runtime, RuntimeConfig, Tenant, TenantSpec};
@@ -74,13 +73,6 @@ fn arrivals(rate: f64, secs: f64, seed: u64) -> Vec<Duration> {
     }
 }
 
-fn sleep_until(t: Instant) {
-    let now = Instant::now();
-    if t > now {
-        std::thread::sleep(t - now);
-    }
-}
-
 /// One tenant of the runtime variants: weights, input, a ring of outputs.
 struct RtTenant {
     t: Tenant,
@@ -113,113 +105,216 @@ fn rt_tenants(rt: &Runtime, cases: &[Case], slos: bool) -> Result<Vec<RtTenant>>
         .collect()
 }
 
-/// Open-loop run through the runtime: per tenant a generator (submits at its arrival times)
-/// and a collector (waits the tickets in order).
+/// Every tenant's Poisson arrivals merged into one schedule `(offset, tenant)`.
+fn schedule(rates: &[f64], secs: f64) -> Vec<(Duration, usize)> {
+    let mut v: Vec<(Duration, usize)> = rates
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| **r > 0.0)
+        .flat_map(|(i, &r)| arrivals(r, secs, 1000 + i as u64).into_iter().map(move |t| (t, i)))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits until `t`: sleeps while it is far, spins the last 50 µs (arrivals must be on time).
+fn wait_until(t: Instant) {
+    loop {
+        let now = Instant::now();
+        if now >= t {
+            return;
+        }
+        if t - now > Duration::from_micros(200) {
+            std::thread::sleep(t - now - Duration::from_micros(150));
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// Open-loop run through the runtime: one thread submits the merged schedule on time, one
+/// collects. A request's latency is its submission delay (behind its scheduled arrival) plus
+/// the runtime's own submit-to-completion timestamps, so the collector may be lazy.
 fn run_runtime(rt: &Runtime, ts: &[RtTenant], rates: &[f64], secs: f64) -> Result<Outcome> {
     let start = Instant::now() + Duration::from_millis(20);
+    let (tx, rx) = mpsc::channel();
     let per_tenant = std::thread::scope(|s| -> Result<Vec<Vec<f64>>> {
-        let hs: Vec<_> = ts
-            .iter()
-            .zip(rates)
-            .enumerate()
-            .map(|(i, (t, &rate))| {
-                let (tx, rx) = mpsc::channel();
-                let arr = arrivals(rate, secs, 1000 + i as u64);
+        let collector = s.spawn(move || -> Result<Vec<Vec<f64>>> {
+            let mut lat = vec![Vec::new(); ts.len()];
+            let mut open: Vec<(usize, Duration, tilemux::runtime::Ticket<tilemux::runtime::Done>)> = Vec::new();
+            let mut connected = true;
+            while connected || !open.is_empty() {
+                loop {
+                    match rx.try_recv() {
+                        Ok(x) => open.push(x),
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        Err(mpsc::TryRecvError::Disconnected) => {
+                            connected = false;
+                            break;
+                        }
+                    }
+                }
+                let mut i = 0;
+                while i < open.len() {
+                    if open[i].2.is_done() {
+                        let (t, late, ticket) = open.swap_remove(i);
+                        let d = ticket.wait()?;
+                        lat[t].push((late + d.queued + d.executed).as_secs_f64() * 1e6);
+                    } else {
+                        i += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            Ok(lat)
+        });
+        // SUBMITTERS threads, each owning every SUBMITTERS-th tenant's arrivals.
+        let submitters: Vec<_> = (0..SUBMITTERS)
+            .map(|k| {
+                let tx = tx.clone();
+                let mine: Vec<f64> =
+                    rates.iter().enumerate().map(|(i, &r)| if i % SUBMITTERS == k { r } else { 0.0 }).collect();
                 s.spawn(move || -> Result<()> {
-                    for (j, off) in arr.into_iter().enumerate() {
+                    let mut counters = vec![0usize; ts.len()];
+                    for (off, i) in schedule(&mine, secs) {
                         let at = start + off;
-                        sleep_until(at);
-                        let sub = Instant::now();
-                        tx.send((at, sub, rt.submit(&t.t, t.ops[j % t.ops.len()].clone())?))?;
+                        wait_until(at);
+                        let late = at.elapsed();
+                        let t = &ts[i];
+                        let op = t.ops[counters[i] % t.ops.len()].clone();
+                        counters[i] += 1;
+                        tx.send((i, late, rt.submit(&t.t, op)?))?;
                     }
                     Ok(())
-                });
-                s.spawn(move || -> Result<Vec<f64>> {
-                    let mut lat = Vec::new();
-                    for (at, sub, ticket) in rx {
-                        let d = ticket.wait()?;
-                        lat.push(((sub - at) + d.queued + d.executed).as_secs_f64() * 1e6);
-                    }
-                    Ok(lat)
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().expect("collector")).collect()
+        drop(tx);
+        for h in submitters {
+            h.join().expect("submitter")?;
+        }
+        collector.join().expect("collector")
     })?;
     Ok(Outcome { per_tenant, unfinished: 0 })
 }
 
-/// Open-loop run through cuBLAS: `workers` threads, each with its own stream and handle;
-/// tenant `i` is served by worker `i % workers` in arrival order (one worker: serial; one per
-/// tenant: a stream per tenant). Requests still queued `drain` after the last arrival are
-/// abandoned and counted as unfinished.
+/// Threads that submit (runtime) or dispatch (cuBLAS) arrivals: enough for the offered rates,
+/// few enough to leave the runtime's threads their cores.
+const SUBMITTERS: usize = 4;
+
+/// Open-loop run through cuBLAS, driven as a server with `shards` dispatcher threads would
+/// drive streams: each thread owns every `shards`-th tenant, its own cuBLAS handle and its
+/// streams (one per tenant, or a single one); an arrival is launched on its stream with an
+/// event behind it, and completions are found by polling each stream's oldest event. Requests
+/// unfinished `drain` after the last arrival are counted, not waited for.
 fn run_cublas(
     gpu: &Gpu,
     descs: &[tilemux::abi::ProblemDesc],
     rates: &[f64],
     secs: f64,
-    workers: usize,
+    shards: usize,
+    per_tenant_streams: bool,
     drain: Duration,
 ) -> Result<Outcome> {
-    let start = Instant::now() + Duration::from_millis(20);
-    let deadline = start + Duration::from_secs_f64(secs) + drain;
-    let n = descs.len();
-    let (res_tx, res_rx) = mpsc::channel::<(usize, f64)>();
-    let mut unfinished = 0;
-    std::thread::scope(|s| -> Result<()> {
-        let mut txs = Vec::new();
-        let mut hs = Vec::new();
-        for _ in 0..workers {
-            let (tx, rx) = mpsc::channel::<(usize, Instant)>();
-            txs.push(tx);
-            let res_tx = res_tx.clone();
-            let g = gpu.dev.gpu().clone();
-            hs.push(s.spawn(move || -> Result<usize> {
-                g.bind()?;
-                let stream = Stream::new()?;
-                let blas = Cublas::new(&g, &stream)?;
-                let mut left = 0;
-                for (i, at) in rx {
-                    if Instant::now() > deadline {
-                        left += 1;
-                        continue;
-                    }
-                    // SAFETY: staged device matrices of tenant i.
-                    unsafe { blas.sgemm(&descs[i])? };
-                    stream.sync()?;
-                    let _ = res_tx.send((i, at.elapsed().as_secs_f64() * 1e6));
-                }
-                Ok(left)
-            }));
-        }
-        drop(res_tx);
-        let gens: Vec<_> = (0..n)
-            .map(|i| {
-                let tx = txs[i % workers].clone();
-                let arr = arrivals(rates[i], secs, 1000 + i as u64);
-                s.spawn(move || {
-                    for off in arr {
-                        let at = start + off;
-                        sleep_until(at);
-                        let _ = tx.send((i, at));
-                    }
-                })
+    let start = Instant::now() + Duration::from_millis(50);
+    let g = gpu.dev.gpu().clone();
+    let outs = std::thread::scope(|s| -> Result<Vec<(Vec<Vec<f64>>, usize)>> {
+        let hs: Vec<_> = (0..shards)
+            .map(|k| {
+                let mine: Vec<f64> =
+                    rates.iter().enumerate().map(|(i, &r)| if i % shards == k { r } else { 0.0 }).collect();
+                let g = g.clone();
+                s.spawn(move || dispatch_shard(g, descs, &mine, start, secs, per_tenant_streams, drain))
             })
             .collect();
-        drop(txs);
-        for g in gens {
-            g.join().expect("generator");
-        }
-        for h in hs {
-            unfinished += h.join().expect("worker")?;
-        }
-        Ok(())
+        hs.into_iter().map(|h| h.join().expect("dispatcher")).collect()
     })?;
-    let mut per_tenant = vec![Vec::new(); n];
-    for (i, us) in res_rx {
-        per_tenant[i].push(us);
+    let mut per_tenant = vec![Vec::new(); descs.len()];
+    let mut unfinished = 0;
+    for (lat, u) in outs {
+        unfinished += u;
+        for (i, v) in lat.into_iter().enumerate() {
+            per_tenant[i].extend(v);
+        }
     }
     Ok(Outcome { per_tenant, unfinished })
+}
+
+type EventQueue = std::collections::VecDeque<(usize, Instant, cudarc::driver::sys::CUevent)>;
+
+/// One dispatcher thread of [`run_cublas`].
+fn dispatch_shard(
+    g: Arc<tilemux::cuda::Gpu>,
+    descs: &[tilemux::abi::ProblemDesc],
+    rates: &[f64],
+    start: Instant,
+    secs: f64,
+    per_tenant_streams: bool,
+    drain: Duration,
+) -> Result<(Vec<Vec<f64>>, usize)> {
+    use cudarc::driver::sys;
+    g.bind()?;
+    let nstreams = if per_tenant_streams { descs.len() } else { 1 };
+    let ss: Vec<Stream> = (0..nstreams).map(|_| Stream::new()).collect::<Result<_, _>>()?;
+    let blas = tilemux::cuda::cublas::Cublas::new(&g, &ss[0])?;
+    let mut pool: Vec<sys::CUevent> = Vec::new();
+    let fresh = || -> Result<sys::CUevent> {
+        let mut e = std::ptr::null_mut();
+        // SAFETY: context bound; timing disabled (cheaper record/query).
+        unsafe { sys::cuEventCreate(&mut e, sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32) }.result()?;
+        Ok(e)
+    };
+    let sched = schedule(rates, secs);
+    let deadline = start + Duration::from_secs_f64(secs) + drain;
+    let mut open: Vec<EventQueue> = vec![Default::default(); nstreams];
+    let mut lat = vec![Vec::new(); descs.len()];
+    let mut next = 0;
+    let poll = |open: &mut Vec<EventQueue>, lat: &mut Vec<Vec<f64>>, pool: &mut Vec<sys::CUevent>| {
+        for q in open.iter_mut() {
+            while let Some(&(t, at, e)) = q.front() {
+                // SAFETY: a recorded event of this context.
+                if unsafe { sys::cuEventQuery(e) } != sys::CUresult::CUDA_SUCCESS {
+                    break;
+                }
+                lat[t].push(at.elapsed().as_secs_f64() * 1e6);
+                pool.push(e);
+                q.pop_front();
+            }
+        }
+    };
+    loop {
+        if next < sched.len() && Instant::now() >= start + sched[next].0 {
+            let (off, t) = sched[next];
+            next += 1;
+            let si = if per_tenant_streams { t } else { 0 };
+            blas.set_stream(&ss[si])?;
+            // SAFETY: staged device matrices of tenant t.
+            unsafe { blas.sgemm(&descs[t])? };
+            let e = match pool.pop() {
+                Some(e) => e,
+                None => fresh()?,
+            };
+            // SAFETY: valid event and stream.
+            unsafe { sys::cuEventRecord(e, ss[si].raw()) }.result()?;
+            open[si].push_back((t, start + off, e));
+            continue;
+        }
+        poll(&mut open, &mut lat, &mut pool);
+        let pending: usize = open.iter().map(|q| q.len()).sum();
+        if next == sched.len() && (pending == 0 || Instant::now() > deadline) {
+            for s in &ss {
+                s.sync()?;
+            }
+            for e in pool.into_iter().chain(open.into_iter().flatten().map(|x| x.2)) {
+                // SAFETY: events of this context with no pending record.
+                unsafe { sys::cuEventDestroy_v2(e) };
+            }
+            return Ok((lat, pending));
+        }
+        if next < sched.len() && start + sched[next].0 > Instant::now() + Duration::from_micros(200) {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
 }
 
 fn summarize(o: &mut Outcome) -> (Vec<(f64, f64, f64)>, f64) {
@@ -311,9 +406,9 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
                     run_runtime(&rt, &ts, &rates, args.seconds)?
                 }
                 "stream per tenant" => {
-                    run_cublas(&gpu, &descs, &rates, args.seconds, args.tenants, Duration::from_secs(5))?
+                    run_cublas(&gpu, &descs, &rates, args.seconds, SUBMITTERS, true, Duration::from_secs(5))?
                 }
-                _ => run_cublas(&gpu, &descs, &rates, args.seconds, 1, Duration::from_secs(5))?,
+                _ => run_cublas(&gpu, &descs, &rates, args.seconds, 1, false, Duration::from_secs(5))?,
             };
             let (ps, spread) = summarize(&mut o);
             for (i, p) in ps.iter().enumerate() {
@@ -361,7 +456,7 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
         for rates in [&base, &loud] {
             let mut o = match v {
                 "stream per tenant" => {
-                    run_cublas(&gpu, &descs, rates, args.seconds, args.tenants, Duration::from_secs(5))?
+                    run_cublas(&gpu, &descs, rates, args.seconds, SUBMITTERS, true, Duration::from_secs(5))?
                 }
                 "tilemux persistent (fair share)" => {
                     let rt = persistent()?;

@@ -33,6 +33,8 @@ enum Cmd {
     /// Benchmarks (GPU).
     #[command(subcommand)]
     Bench(Bench),
+    /// Redraw a `bench seed` / `bench mix` table's charts from its CSV.
+    Plot(tenants::PlotArgs),
 }
 
 #[derive(Subcommand)]
@@ -83,6 +85,7 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Demo(a) => demo::run(&a),
         Cmd::Info => info(),
+        Cmd::Plot(a) => tenants::replot(&a),
 
         Cmd::Bench(Bench::Kernel(a)) => kernel::run(&a),
         Cmd::Bench(Bench::Seed(a)) => tenants::run(a, false),

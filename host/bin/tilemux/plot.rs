@@ -22,8 +22,8 @@ const FONT_PATHS: [&str; 4] = [
     "/usr/lib/python3/dist-packages/matplotlib/mpl-data/fonts/ttf/DejaVuSans.ttf",
 ];
 
-/// Registers a font as "sans-serif" once; `false` when none was found.
-fn font() -> bool {
+/// Registers a font as "sans-serif" once; `false` when none was found (no charts can be drawn).
+pub fn has_font() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| {
         let mut paths: Vec<String> = std::env::var("TILEMUX_FONT").into_iter().collect();
@@ -42,7 +42,7 @@ fn font() -> bool {
 
 /// Draws `series` into `path` (log-scaled x when `log_x`). Prints and skips without a font.
 pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], log_x: bool) -> Result<()> {
-    if !font() {
+    if !has_font() {
         eprintln!("plot {}: skipped, no TrueType font found (set TILEMUX_FONT)", path.display());
         return Ok(());
     }
@@ -57,7 +57,20 @@ pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[S
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let mut b = ChartBuilder::on(&root);
     b.caption(title, ("sans-serif", 22)).margin(12).x_label_area_size(40).y_label_area_size(70);
-    let colors = [&BLUE, &RED, &GREEN, &MAGENTA, &CYAN, &BLACK, &RGBColor(255, 140, 0), &RGBColor(128, 0, 128)];
+    let colors = [
+        &BLUE,
+        &RED,
+        &GREEN,
+        &MAGENTA,
+        &CYAN,
+        &BLACK,
+        &RGBColor(255, 140, 0),
+        &RGBColor(128, 0, 128),
+        &RGBColor(128, 128, 0),
+        &RGBColor(0, 128, 128),
+        &RGBColor(160, 82, 45),
+        &RGBColor(112, 128, 144),
+    ];
     macro_rules! draw {
         ($chart:expr) => {{
             let mut chart = $chart;

@@ -2,12 +2,12 @@
 //! (heterogeneous tenants): tilemux against time-only, space-only and cuBLAS's batched calls,
 //! all in one process on the same inputs, outputs cross-checked before timing.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, anyhow, ensure};
 use clap::Args;
 use indicatif::ProgressBar;
 use rand::{Rng, SeedableRng};
@@ -360,64 +360,137 @@ pub fn run(mut args: TableArgs, mix: bool) -> Result<()> {
     pre += &format!("\n## Summary (speedup of tilemux)\n\n{}\n## All measurements\n", summary.markdown());
     table.finish(&pre, args.out.as_deref(), stem)?;
     if let Some(dir) = &args.out {
-        for (name, _) in &workloads {
-            let variants: Vec<String> = all
-                .keys()
-                .filter(|k| k.0 == *name)
-                .map(|k| k.2.clone())
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            let shapes = &workloads.iter().find(|w| w.0 == *name).expect("workload").1;
-            let tp: Vec<Series> = variants
-                .iter()
-                .map(|v| Series {
-                    name: v.clone(),
-                    points: args
-                        .rs
-                        .iter()
-                        .filter_map(|&r| {
-                            all.get(&(name.clone(), r, v.clone())).map(|&us| (r as f64, metric(&shapes[..r], us).0))
-                        })
-                        .collect(),
-                })
-                .collect();
-            let unit = metric(shapes, 1.0).1;
-            plot::lines(
-                &dir.join(format!("{stem}-{name}-throughput.png")),
-                &format!("{name}: throughput vs tenants"),
-                "tenants R",
-                unit,
-                &tp,
-                false,
-            )?;
-            let sp: Vec<Series> = variants
-                .iter()
-                .filter(|v| v.as_str() != RUNTIME)
-                .map(|v| Series {
-                    name: format!("vs {v}"),
-                    points: args
-                        .rs
-                        .iter()
-                        .filter_map(|&r| {
-                            Some((
-                                r as f64,
-                                all.get(&(name.clone(), r, v.clone()))?
-                                    / all.get(&(name.clone(), r, RUNTIME.to_string()))?,
-                            ))
-                        })
-                        .collect(),
-                })
-                .collect();
-            plot::lines(
-                &dir.join(format!("{stem}-{name}-speedup.png")),
-                &format!("{name}: speedup of the tilemux runtime"),
-                "tenants R",
-                "speedup (x)",
-                &sp,
-                false,
-            )?;
-        }
+        let rows: Vec<PlotRow> = all
+            .iter()
+            .map(|((name, r, v), &us)| {
+                let shapes = &workloads.iter().find(|w| w.0 == *name).expect("workload").1;
+                let (throughput, unit) = metric(&shapes[..*r], us);
+                PlotRow { workload: name.clone(), r: *r, variant: v.clone(), us, throughput, unit: unit.into() }
+            })
+            .collect();
+        plots(dir, stem, &rows)?;
     }
     Ok(())
+}
+
+/// One measurement of a seed or mix table, as its CSV holds it.
+pub struct PlotRow {
+    pub workload: String,
+    pub r: usize,
+    pub variant: String,
+    pub us: f64,
+    pub throughput: f64,
+    pub unit: String,
+}
+
+/// Per workload, `<stem>-<workload>-throughput.png` (every variant against R) and
+/// `<stem>-<workload>-speedup.png` (the runtime API's speedup over each other variant).
+pub fn plots(dir: &Path, stem: &str, rows: &[PlotRow]) -> Result<()> {
+    let workloads: BTreeSet<&str> = rows.iter().map(|p| p.workload.as_str()).collect();
+    for name in workloads {
+        let of: Vec<&PlotRow> = rows.iter().filter(|p| p.workload == name).collect();
+        let variants: BTreeSet<&str> = of.iter().map(|p| p.variant.as_str()).collect();
+        let runtime_us: BTreeMap<usize, f64> =
+            of.iter().filter(|p| p.variant == RUNTIME).map(|p| (p.r, p.us)).collect();
+        let series = |f: &dyn Fn(&PlotRow) -> Option<f64>, prefix: &str, skip: Option<&str>| -> Vec<Series> {
+            variants
+                .iter()
+                .filter(|v| Some(**v) != skip)
+                .map(|v| Series {
+                    name: format!("{prefix}{v}"),
+                    points: of.iter().filter(|p| p.variant == *v).filter_map(|p| Some((p.r as f64, f(p)?))).collect(),
+                })
+                .collect()
+        };
+        let tp = series(&|p| Some(p.throughput), "", None);
+        let unit = of.first().map_or("", |p| p.unit.as_str());
+        plot::lines(
+            &dir.join(format!("{stem}-{name}-throughput.png")),
+            &format!("{name}: throughput vs tenants"),
+            "tenants R",
+            unit,
+            &tp,
+            false,
+        )?;
+        let sp = series(&|p| Some(p.us / runtime_us.get(&p.r)?), "vs ", Some(RUNTIME));
+        plot::lines(
+            &dir.join(format!("{stem}-{name}-speedup.png")),
+            &format!("{name}: speedup of the tilemux runtime"),
+            "tenants R",
+            "speedup (x)",
+            &sp,
+            false,
+        )?;
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PlotArgs {
+    /// A `seed.csv` or `mix.csv` written by `bench seed` / `bench mix`.
+    pub csv: PathBuf,
+    /// Where the PNGs go (default: next to the CSV).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `tilemux plot`: redraws a seed or mix table's charts from its CSV (no GPU needed).
+pub fn replot(args: &PlotArgs) -> Result<()> {
+    let mut rd = csv::Reader::from_path(&args.csv)?;
+    let mut rows = Vec::new();
+    for rec in rd.records() {
+        let rec = rec?;
+        let field = |i: usize| rec.get(i).ok_or_else(|| anyhow!("{}: short row {rec:?}", args.csv.display()));
+        rows.push(PlotRow {
+            workload: field(0)?.into(),
+            r: field(1)?.parse()?,
+            variant: field(2)?.into(),
+            us: field(3)?.parse()?,
+            throughput: field(4)?.parse()?,
+            unit: field(5)?.into(),
+        });
+    }
+    ensure!(!rows.is_empty(), "{}: no rows", args.csv.display());
+    let stem = args.csv.file_stem().and_then(|s| s.to_str()).unwrap_or("table");
+    let dir = match &args.out {
+        Some(d) => d.clone(),
+        None => args.csv.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+    };
+    std::fs::create_dir_all(&dir)?;
+    plots(&dir, stem, &rows)?;
+    println!("wrote {stem}-*.png to {}", dir.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replot_reads_a_table_csv_and_draws_both_charts() {
+        let dir = std::env::temp_dir().join(format!("tilemux-replot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let csv = dir.join("seed.csv");
+        std::fs::write(
+            &csv,
+            "workload,R,variant,us,throughput,unit,tilemux_runtime_speedup\n\
+             rnn512,2,serial cuBLAS (time-only),20.2,0.104,TB/s,0.24\n\
+             rnn512,2,tilemux (runtime API),84.0,0.025,TB/s,1.00\n\
+             rnn512,10,serial cuBLAS (time-only),95.0,0.110,TB/s,0.50\n\
+             rnn512,10,tilemux (runtime API),190.0,0.055,TB/s,1.00\n",
+        )
+        .unwrap();
+        replot(&PlotArgs { csv: csv.clone(), out: None }).unwrap();
+        if plot::has_font() {
+            for chart in ["seed-rnn512-throughput.png", "seed-rnn512-speedup.png"] {
+                let bytes = std::fs::read(dir.join(chart)).unwrap();
+                assert_eq!(&bytes[1..4], b"PNG", "{chart} is not a PNG");
+            }
+        } else {
+            eprintln!("charts not drawn: no TrueType font on this machine");
+        }
+        std::fs::write(&csv, "workload,R,variant,us,throughput,unit\nrnn512,two,x,1,1,TB/s\n").unwrap();
+        assert!(replot(&PlotArgs { csv, out: None }).is_err(), "a malformed R must be an error");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
