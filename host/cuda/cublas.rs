@@ -50,18 +50,8 @@ fn ops(p: &ProblemDesc) -> (cb::cublasOperation_t, cb::cublasOperation_t) {
 impl Cublas {
     /// A handle on `gpu` issuing work to `stream`, FP32 math.
     pub fn new(gpu: &Gpu, stream: &Stream) -> Result<Cublas> {
-        if !cublas_present() {
-            return Err(Error::NoCudaDriver("libcublas.so not found".into()));
-        }
         gpu.bind()?;
-        let mut handle = std::ptr::null_mut();
-        // SAFETY: context bound; out-pointer valid.
-        unsafe {
-            ck("cublasCreate", cb::cublasCreate_v2(&mut handle))?;
-            ck("cublasSetStream", cb::cublasSetStream_v2(handle, stream.raw() as cb::cudaStream_t))?;
-            ck("cublasSetMathMode", cb::cublasSetMathMode(handle, cb::cublasMath_t::CUBLAS_DEFAULT_MATH))?;
-        }
-        Ok(Cublas { handle })
+        Cublas::in_current_context(stream)
     }
 
     /// A handle in whatever context is current on this thread (for per-tenant contexts).

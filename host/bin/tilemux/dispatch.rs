@@ -19,7 +19,7 @@ use tilemux::memory::Arena;
 use tilemux::persistent::RingWriter;
 use tilemux::reference::{Case, SEED_MIX, Staged};
 use tilemux::round::{CostModel, TileChooser};
-use tilemux::runtime::{Mat, Mode, Op, PersistentConfig, Policy, Runtime, RuntimeConfig, TenantSpec};
+use tilemux::runtime::{Mat, Mode, Op, PersistentConfig, Policy, Runtime, RuntimeConfig, Tenant, TenantSpec};
 
 use crate::gpu::{Gpu, percentile};
 use crate::report::Table;
@@ -85,7 +85,7 @@ fn runtime_latency(dev: Arc<dyn Device>, persistent: bool, case: &Case, n: usize
 fn saturated(dev: Arc<dyn Device>, persistent: bool, secs: f64) -> Result<f64> {
     let rt = Runtime::with_device(dev, mode(persistent))?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let tenants: Vec<(tilemux::runtime::Tenant, Vec<Op>)> = (0..24)
+    let tenants: Vec<(Tenant, Vec<Op>)> = (0..24)
         .map(|i| -> Result<_> {
             let (m, n, k) = SEED_MIX[i % 3];
             let c = Case::plain(&mut rng, (m, n, k));
@@ -104,18 +104,25 @@ fn saturated(dev: Arc<dyn Device>, persistent: bool, secs: f64) -> Result<f64> {
             Ok((t, ops))
         })
         .collect::<Result<_>>()?;
+    let tenants: Vec<(&Tenant, &[Op])> = tenants.iter().map(|(t, ops)| (t, &ops[..])).collect();
+    closed_loop(&rt, &tenants, 8, Duration::from_secs_f64(secs))
+}
+
+/// Requests per second when each tenant keeps `depth` requests in flight (cycling through its
+/// ops) for `dur`, one thread per tenant; any tenant's error is the result.
+pub fn closed_loop(rt: &Runtime, tenants: &[(&Tenant, &[Op])], depth: usize, dur: Duration) -> Result<f64> {
     let start = Instant::now();
     let done = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| -> Result<()> {
         let hs: Vec<_> = tenants
             .iter()
-            .map(|(t, ops)| {
-                let (rt, done) = (&rt, &done);
+            .map(|&(t, ops)| {
+                let done = &done;
                 s.spawn(move || -> Result<()> {
                     let mut q = std::collections::VecDeque::new();
                     let mut j = 0;
-                    while start.elapsed().as_secs_f64() < secs {
-                        while q.len() < ops.len() {
+                    while start.elapsed() < dur {
+                        while q.len() < depth {
                             q.push_back(rt.submit(t, ops[j % ops.len()].clone())?);
                             j += 1;
                         }

@@ -20,6 +20,7 @@ use tilemux::cuda::{CudaConfig, CudaDevice, Stream};
 use tilemux::reference::{Case, SEED_MIX, Staged};
 use tilemux::runtime::{Buffer, Mat, Op, Policy, Runtime, RuntimeConfig, Tenant, TenantSpec};
 
+use crate::dispatch;
 use crate::gpu::{Gpu, percentile};
 use crate::plot::{self, Series};
 use crate::report::Table;
@@ -357,30 +358,8 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
     let capacity = {
         let rt = runtime(Policy::FairShare)?;
         let ts = rt_tenants(&rt, &cases, false)?;
-        let start = Instant::now();
-        let done = std::sync::atomic::AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            for t in &ts {
-                let (rt, done) = (&rt, &done);
-                s.spawn(move || -> Result<()> {
-                    let mut q = std::collections::VecDeque::new();
-                    let mut j = 0;
-                    while start.elapsed() < Duration::from_secs(1) {
-                        while q.len() < 8 {
-                            q.push_back(rt.submit(&t.t, t.ops[j % t.ops.len()].clone())?);
-                            j += 1;
-                        }
-                        q.pop_front().expect("queued").wait()?;
-                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    for t in q {
-                        t.wait()?;
-                    }
-                    Ok(())
-                });
-            }
-        });
-        done.into_inner() as f64 / start.elapsed().as_secs_f64()
+        let ts: Vec<(&Tenant, &[Op])> = ts.iter().map(|t| (&t.t, &t.ops[..])).collect();
+        dispatch::closed_loop(&rt, &ts, 8, Duration::from_secs(1))?
     };
     println!("tilemux capacity (closed loop, 8 in flight per tenant): {capacity:.0} requests/s");
 
