@@ -456,30 +456,10 @@ fn tickets_are_futures() {
     let mut rng = StdRng::seed_from_u64(rand::random());
     let (case, bufs) = valid(&t, &mut rng);
     let ticket = rt.submit(&t, case.op(&bufs)).unwrap();
-    let done = futures_lite_block_on(ticket).unwrap();
+    let done = pollster::block_on(ticket).unwrap();
     assert!(done.round >= 1);
-    let out = futures_lite_block_on(bufs.c.read_async()).unwrap();
+    let out = pollster::block_on(bufs.c.read_async()).unwrap();
     assert!(case.error(&out, &case.reference()) < 1e-4);
-    futures_lite_block_on(bufs.c.write_async(vec![1.0; bufs.c.len()])).unwrap();
+    pollster::block_on(bufs.c.write_async(vec![1.0; bufs.c.len()])).unwrap();
     assert!(bufs.c.read().unwrap().iter().all(|&v| v == 1.0));
-}
-
-/// A minimal `block_on` (park/unpark waker), so the test needs no async runtime crate.
-fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
-    use std::task::{Context, Poll, Wake, Waker};
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park_timeout(Duration::from_millis(10));
-    }
 }

@@ -164,27 +164,6 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
             r.resolve(Ok("done"));
         });
-        assert_eq!(block_on(t).unwrap(), "done");
-    }
-
-    /// A minimal executor: polls, parks until woken.
-    pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
-        use std::task::Wake;
-        struct Unpark(std::thread::Thread);
-        impl Wake for Unpark {
-            fn wake(self: Arc<Self>) {
-                self.0.unpark();
-            }
-        }
-        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-        let mut cx = Context::from_waker(&waker);
-        let mut f = std::pin::pin!(f);
-
-        loop {
-            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                return v;
-            }
-            std::thread::park();
-        }
+        assert_eq!(pollster::block_on(t).unwrap(), "done");
     }
 }
