@@ -53,10 +53,45 @@ fn slo(shape: (u32, u32, u32)) -> Duration {
     }
 }
 
-/// Per-tenant latencies (µs) of one measurement, and requests not finished within the drain cap.
+/// Per-tenant latencies (µs) of one measurement, requests not finished within the drain cap,
+/// and (runtime variants) how the rounds looked.
 struct Outcome {
     per_tenant: Vec<Vec<f64>>,
     unfinished: usize,
+    rounds: String,
+    /// How late (µs) the generator submitted or launched each request behind its scheduled
+    /// arrival: a healthy measurement keeps this far below the latencies it reports.
+    lateness: Vec<f64>,
+}
+
+/// Round shape of the runtime's recent rounds: requests per round and host / kernel time per
+/// round (medians and 99th percentiles), the split between queueing and execution.
+fn round_note(rt: &Runtime, lat: &[Vec<f64>], late: &[f64]) -> String {
+    let rounds = rt.rounds();
+    let mut reqs: Vec<f64> = rounds.iter().map(|r| r.requests.len() as f64).collect();
+    let mut total: Vec<f64> = rounds.iter().map(|r| r.total.as_secs_f64() * 1e6).collect();
+    let mut kernel: Vec<f64> = rounds.iter().map(|r| r.measured.as_secs_f64() * 1e6).collect();
+    let mut all: Vec<f64> = lat.concat();
+    let mut late = late.to_vec();
+    if rounds.is_empty() {
+        return format!(
+            "persistent mode (no rounds); submit lateness p99 {:.0} µs; end-to-end p50 {:.0} µs",
+            percentile(&mut late, 0.99),
+            percentile(&mut all, 0.5)
+        );
+    }
+    format!(
+        "{} rounds: {:.0}/{:.0} requests, host {:.0}/{:.0} µs, kernel {:.0}/{:.0} µs (p50/p99); submit lateness p99 {:.0} µs; end-to-end p50 {:.0} µs",
+        rounds.len(),
+        percentile(&mut reqs, 0.5),
+        percentile(&mut reqs, 0.99),
+        percentile(&mut total, 0.5),
+        percentile(&mut total, 0.99),
+        percentile(&mut kernel, 0.5),
+        percentile(&mut kernel, 0.99),
+        percentile(&mut late, 0.99),
+        percentile(&mut all, 0.5),
+    )
 }
 
 /// Arrival offsets of a Poisson process of `rate` per second over `secs`.
@@ -139,9 +174,10 @@ fn wait_until(t: Instant) {
 fn run_runtime(rt: &Runtime, ts: &[RtTenant], rates: &[f64], secs: f64) -> Result<Outcome> {
     let start = Instant::now() + Duration::from_millis(20);
     let (tx, rx) = mpsc::channel();
-    let per_tenant = std::thread::scope(|s| -> Result<Vec<Vec<f64>>> {
-        let collector = s.spawn(move || -> Result<Vec<Vec<f64>>> {
+    let (per_tenant, lateness) = std::thread::scope(|s| -> Result<(Vec<Vec<f64>>, Vec<f64>)> {
+        let collector = s.spawn(move || -> Result<(Vec<Vec<f64>>, Vec<f64>)> {
             let mut lat = vec![Vec::new(); ts.len()];
+            let mut lateness = Vec::new();
             let mut open: Vec<(usize, Duration, tilemux::runtime::Ticket<tilemux::runtime::Done>)> = Vec::new();
             let mut connected = true;
             while connected || !open.is_empty() {
@@ -161,13 +197,14 @@ fn run_runtime(rt: &Runtime, ts: &[RtTenant], rates: &[f64], secs: f64) -> Resul
                         let (t, late, ticket) = open.swap_remove(i);
                         let d = ticket.wait()?;
                         lat[t].push((late + d.queued + d.executed).as_secs_f64() * 1e6);
+                        lateness.push(late.as_secs_f64() * 1e6);
                     } else {
                         i += 1;
                     }
                 }
                 std::thread::sleep(Duration::from_micros(50));
             }
-            Ok(lat)
+            Ok((lat, lateness))
         });
         // SUBMITTERS threads, each owning every SUBMITTERS-th tenant's arrivals.
         let submitters: Vec<_> = (0..SUBMITTERS)
@@ -196,7 +233,8 @@ fn run_runtime(rt: &Runtime, ts: &[RtTenant], rates: &[f64], secs: f64) -> Resul
         }
         collector.join().expect("collector")
     })?;
-    Ok(Outcome { per_tenant, unfinished: 0 })
+    let rounds = round_note(rt, &per_tenant, &lateness);
+    Ok(Outcome { per_tenant, unfinished: 0, rounds, lateness })
 }
 
 /// Threads that submit (runtime) or dispatch (cuBLAS) arrivals: enough for the offered rates,
@@ -219,7 +257,7 @@ fn run_cublas(
 ) -> Result<Outcome> {
     let start = Instant::now() + Duration::from_millis(50);
     let g = gpu.dev.gpu().clone();
-    let outs = std::thread::scope(|s| -> Result<Vec<(Vec<Vec<f64>>, usize)>> {
+    let outs = std::thread::scope(|s| -> Result<Vec<Outcome>> {
         let hs: Vec<_> = (0..shards)
             .map(|k| {
                 let mine: Vec<f64> =
@@ -231,14 +269,15 @@ fn run_cublas(
         hs.into_iter().map(|h| h.join().expect("dispatcher")).collect()
     })?;
     let mut per_tenant = vec![Vec::new(); descs.len()];
-    let mut unfinished = 0;
-    for (lat, u) in outs {
-        unfinished += u;
-        for (i, v) in lat.into_iter().enumerate() {
+    let (mut unfinished, mut lateness) = (0, Vec::new());
+    for o in outs {
+        unfinished += o.unfinished;
+        lateness.extend(o.lateness);
+        for (i, v) in o.per_tenant.into_iter().enumerate() {
             per_tenant[i].extend(v);
         }
     }
-    Ok(Outcome { per_tenant, unfinished })
+    Ok(Outcome { per_tenant, unfinished, rounds: String::new(), lateness })
 }
 
 type EventQueue = std::collections::VecDeque<(usize, Instant, cudarc::driver::sys::CUevent)>;
@@ -252,7 +291,7 @@ fn dispatch_shard(
     secs: f64,
     per_tenant_streams: bool,
     drain: Duration,
-) -> Result<(Vec<Vec<f64>>, usize)> {
+) -> Result<Outcome> {
     use cudarc::driver::sys;
     g.bind()?;
     let nstreams = if per_tenant_streams { descs.len() } else { 1 };
@@ -269,6 +308,7 @@ fn dispatch_shard(
     let deadline = start + Duration::from_secs_f64(secs) + drain;
     let mut open: Vec<EventQueue> = vec![Default::default(); nstreams];
     let mut lat = vec![Vec::new(); descs.len()];
+    let mut lateness = Vec::with_capacity(sched.len());
     let mut next = 0;
     let poll = |open: &mut Vec<EventQueue>, lat: &mut Vec<Vec<f64>>, pool: &mut Vec<sys::CUevent>| {
         for q in open.iter_mut() {
@@ -287,6 +327,7 @@ fn dispatch_shard(
         if next < sched.len() && Instant::now() >= start + sched[next].0 {
             let (off, t) = sched[next];
             next += 1;
+            lateness.push((start + off).elapsed().as_secs_f64() * 1e6);
             let si = if per_tenant_streams { t } else { 0 };
             blas.set_stream(&ss[si])?;
             // SAFETY: staged device matrices of tenant t.
@@ -310,7 +351,7 @@ fn dispatch_shard(
                 // SAFETY: events of this context with no pending record.
                 unsafe { sys::cuEventDestroy_v2(e) };
             }
-            return Ok((lat, pending));
+            return Ok(Outcome { per_tenant: lat, unfinished: pending, rounds: String::new(), lateness });
         }
         if next < sched.len() && start + sched[next].0 > Instant::now() + Duration::from_micros(200) {
             std::thread::sleep(Duration::from_micros(50));
@@ -362,11 +403,26 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
         dispatch::closed_loop(&rt, &ts, 8, Duration::from_secs(1))?
     };
     println!("tilemux capacity (closed loop, 8 in flight per tenant): {capacity:.0} requests/s");
+    // Serial cuBLAS's own ceiling on this mix: one request per tenant back to back, GPU time only
+    // (an upper bound: it leaves out the launch cost on the host).
+    let serial_capacity = {
+        let us = gpu.time(3, 20, || crate::baselines::serial(&gpu, &descs))?;
+        descs.len() as f64 / us * 1e6
+    };
+    println!("serial cuBLAS GPU-time ceiling: {serial_capacity:.0} requests/s");
 
     let mut table = Table::new(&["load", "variant", "tenant", "shape", "p50_us", "p99_us", "p999_us"]);
-    let mut summary =
-        Table::new(&["load", "variant", "median_p99_us", "worst_p99_us", "spread_p99_max_over_min", "unfinished"]);
+    let mut summary = Table::new(&[
+        "load",
+        "variant",
+        "median_p99_us",
+        "worst_p99_us",
+        "spread_p99_max_over_min",
+        "unfinished",
+        "generator_late_p99_us",
+    ]);
     let mut cdf: Vec<Series> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     let variants =
         ["tilemux EDF", "tilemux fair share", "tilemux persistent (fair share)", "stream per tenant", "serial"];
     for &load in &args.loads {
@@ -410,6 +466,7 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
                 format!("{:.0}", percentile(&mut p99s, 1.0)),
                 format!("{spread:.2}"),
                 o.unfinished.to_string(),
+                format!("{:.0}", percentile(&mut o.lateness, 0.99)),
             ]);
             if (load - args.loads[args.loads.len() / 2]).abs() < 1e-9 {
                 let mut all: Vec<f64> = o.per_tenant.concat();
@@ -422,16 +479,20 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
                 cdf.push(Series { name: v.into(), points: pts });
             }
             eprintln!("load {load:.1} {v}: p99 spread {spread:.2}");
+            if !o.rounds.is_empty() {
+                notes.push(format!("- load {load:.1}, {v}: {}", o.rounds));
+            }
         }
     }
 
     // Noisy neighbour: tenant 0's rate ×10 at 30% load.
     let mut noisy = Table::new(&["variant", "tenant", "shape", "p99_before_us", "p99_after_us"]);
+    let mut noisy_late = Table::new(&["variant", "generator_late_p99_before_us", "generator_late_p99_after_us"]);
     let base = vec![0.3 * capacity / args.tenants as f64; args.tenants];
     let mut loud = base.clone();
     loud[0] *= 10.0;
     for v in ["tilemux EDF", "tilemux fair share", "tilemux persistent (fair share)", "stream per tenant"] {
-        let mut before_after = Vec::new();
+        let (mut before_after, mut late) = (Vec::new(), Vec::new());
         for rates in [&base, &loud] {
             let mut o = match v {
                 "stream per tenant" => {
@@ -450,7 +511,9 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
                 }
             };
             before_after.push(summarize(&mut o).0);
+            late.push(format!("{:.0}", percentile(&mut o.lateness, 0.99)));
         }
+        noisy_late.row(vec![v.into(), late[0].clone(), late[1].clone()]);
         for i in 1..args.tenants {
             let s = shapes[i];
             noisy.row(vec![
@@ -464,10 +527,13 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
     }
     ensure!(capacity > 0.0, "no capacity measured");
     let pre = format!(
-        "{describe}\n{} tenants round-robin over 512x1x512, 256x128x1152, 256x256x256; Poisson arrivals, {} s per measurement; tilemux capacity {capacity:.0} requests/s. EDF SLOs: GEMV 0.5 ms, conv 2 ms, square 1 ms. Baselines abandon requests still queued 5 s after the last arrival (unfinished).\n\n## Summary\n\n{}\n## Noisy neighbour (tenant 0 at 10x its rate, 30% load)\n\n{}\n## Per tenant\n",
+        "{describe}\n{} tenants round-robin over 512x1x512, 256x128x1152, 256x256x256; Poisson arrivals, {} s per measurement; tilemux capacity {capacity:.0} requests/s (closed loop); serial cuBLAS GPU-time ceiling {serial_capacity:.0} requests/s, so load L offers serial L × {:.1} of its ceiling. EDF SLOs: GEMV 0.5 ms, conv 2 ms, square 1 ms. Baselines abandon requests still queued 5 s after the last arrival (unfinished). `generator_late_p99_us`: how far behind its Poisson schedule the load generator submitted (runtime) or launched (cuBLAS) the 99th-percentile request; latency counts from the scheduled arrival, so a variant whose generator falls behind is overloaded on the host.\n\n## Summary\n\n{}\nRounds of the runtime variants:\n\n{}\n\n## Noisy neighbour (tenant 0 at 10x its rate, 30% load)\n\n{}\n{}\n## Per tenant\n",
         args.tenants,
         args.seconds,
+        capacity / serial_capacity,
         summary.markdown(),
+        notes.join("\n"),
+        noisy_late.markdown(),
         noisy.markdown()
     );
     table.finish(&pre, args.out.as_deref(), "latency")?;
@@ -482,4 +548,80 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ops::Range;
+    use tilemux::cpu::CpuDevice;
+    use tilemux::device::{BackendKind, RoundReport};
+    use tilemux::round::Round;
+
+    /// A backend with a known service time: memory on the CPU, every round takes `round` of
+    /// wall time and computes nothing.
+    struct Paced {
+        mem: CpuDevice,
+        round: Duration,
+    }
+
+    impl Device for Paced {
+        fn name(&self) -> String {
+            format!("paced ({:?} per round)", self.round)
+        }
+        fn kind(&self) -> BackendKind {
+            BackendKind::Cpu
+        }
+        fn pool(&self) -> Range<u64> {
+            self.mem.pool()
+        }
+        fn slots(&self) -> usize {
+            264
+        }
+        fn write(&self, addr: u64, data: &[f32]) -> tilemux::Result<()> {
+            self.mem.write(addr, data)
+        }
+        fn read(&self, addr: u64, out: &mut [f32]) -> tilemux::Result<()> {
+            self.mem.read(addr, out)
+        }
+        fn zero(&self, addr: u64, bytes: u64) -> tilemux::Result<()> {
+            self.mem.zero(addr, bytes)
+        }
+        fn run(&self, round: &Round) -> tilemux::Result<RoundReport> {
+            tilemux::round::check(round, self.pool())?;
+            let t0 = Instant::now();
+            wait_until(t0 + self.round);
+            Ok(RoundReport { kernel: self.round, total: t0.elapsed(), tiles: round.tiles.len() })
+        }
+        fn start_persistent(
+            &self,
+            slots: u32,
+            heartbeat_timeout: Duration,
+        ) -> tilemux::Result<(Arc<tilemux::persistent::RingMemory>, Arc<dyn tilemux::persistent::Engine>)> {
+            self.mem.start_persistent(slots, heartbeat_timeout)
+        }
+    }
+
+    /// The harness against a backend of known latency: at low load a request waits for at most
+    /// the round in flight and its own, so p50 and p99 must sit within a few round times.
+    #[test]
+    fn harness_measures_a_known_service_time() {
+        let round = Duration::from_millis(1);
+        let dev: Arc<dyn Device> = Arc::new(Paced { mem: CpuDevice::new(1600 << 20).unwrap(), round });
+        let rt = Runtime::with_device(dev, RuntimeConfig { calibrate: false, ..Default::default() }).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let cases: Vec<Case> = (0..24).map(|_| Case::plain(&mut rng, (64, 1, 64))).collect();
+        let ts = rt_tenants(&rt, &cases, false).unwrap();
+        let rates = vec![300.0 / 24.0; 24];
+        let mut o = run_runtime(&rt, &ts, &rates, 1.0).unwrap();
+        let mut all: Vec<f64> = o.per_tenant.concat();
+        let (p50, p99) = (percentile(&mut all, 0.5), percentile(&mut all, 0.99));
+        eprintln!("paced {round:?}/round, 300 requests/s: {} requests, p50 {p50:.0} µs, p99 {p99:.0} µs", all.len());
+        eprintln!("{}", o.rounds);
+        let _ = summarize(&mut o);
+        let r = round.as_secs_f64() * 1e6;
+        assert!(all.len() > 220, "{} requests", all.len());
+        assert!(p50 >= r && p50 < 3.0 * r, "p50 {p50:.0} µs for {r:.0} µs rounds");
+        assert!(p99 < 5.0 * r, "p99 {p99:.0} µs for {r:.0} µs rounds");
+    }
 }
