@@ -40,6 +40,14 @@ pub trait Device: Send + Sync {
     fn pool(&self) -> Range<u64>;
     /// Tiles that execute at once (CTA slots of the persistent grid, CPU threads).
     fn slots(&self) -> usize;
+    /// Tiles that execute at once when a round holds a [`TileKind::is_wide`] kind (the wide build
+    /// of the megakernel: one CTA per SM); `None` where wide rounds have no build of their own
+    /// (they still run, as on the CPU backend).
+    ///
+    /// [`TileKind::is_wide`]: crate::abi::TileKind::is_wide
+    fn wide_slots(&self) -> Option<usize> {
+        None
+    }
     /// Copies `data` to device address `addr`.
     fn write(&self, addr: u64, data: &[f32]) -> Result<()>;
     /// Copies from device address `addr` into `out`.

@@ -43,6 +43,12 @@ impl Round {
         idx
     }
 
+    /// Whether some problem runs a [`TileKind::is_wide`] kind: then the whole round runs on the
+    /// wide build of the megakernel (one CTA per SM, [`crate::device::Device::wide_slots`]).
+    pub fn is_wide(&self) -> bool {
+        self.problems.iter().any(|p| TileKind::from_u32(p.tile_kind).is_some_and(TileKind::is_wide))
+    }
+
     /// Orders tiles longest first by `cost` (LPT list scheduling): long tiles start early, short
     /// ones fill the tail. Stable, so equal tiles keep problem order.
     pub fn order_longest_first(&mut self, cost: &CostModel) {
@@ -330,16 +336,21 @@ pub struct CostModel {
 impl Default for CostModel {
     fn default() -> Self {
         // Per-CTA-slot rates on an H100 with 2 CTAs per SM: ~254 GFLOP/s of FMA peak and
-        // ~11 GB/s of DRAM bandwidth per slot, at the efficiencies the tiles reach.
+        // ~11 GB/s of DRAM bandwidth per slot, at the efficiencies the tiles reach. A slot of the
+        // wide build is a whole SM (twice the peak).
         let flops_ns = |bm: f64, bn: f64, eff: f64| 2.0 * bm * bn / (eff * 254.0);
         CostModel {
-            fixed_ns: [2000.0, 1500.0, 1000.0, 1500.0, 2000.0],
+            // The wide kind: fitted to 120 × conv2_2 and 120 × 256³ on the H100 relative to the
+            // 128×128 kind (`docs/results/`): a slightly faster k-step, but a large per-tile cost
+            // (prologue and a 128 KB epilogue that no second CTA on the SM overlaps).
+            fixed_ns: [2000.0, 1500.0, 1000.0, 1500.0, 2000.0, 16_400.0],
             per_unit_ns: [
                 flops_ns(128.0, 128.0, 0.70),
                 flops_ns(128.0, 64.0, 0.62),
                 flops_ns(64.0, 64.0, 0.50),
                 1.0 / 9.5,
                 1.0 / 9.5,
+                flops_ns(256.0, 128.0, 0.77) / 2.0,
             ],
             scale: 1.0,
             round_overhead_ns: 8000.0,
@@ -441,17 +452,24 @@ impl CostModel {
         self.scale
     }
 
-    /// Refits every kind from timed rounds: `time(kind, k)` must run one round of `n` identical
-    /// tiles of `kind` with depth `k` (for GEMV, `k` columns of 64-row tiles) and return its
-    /// duration; two depths per kind give the fixed and per-unit terms.
+    /// Refits every kind from timed rounds: `time(kind, k, n)` must run one round of `n`
+    /// identical tiles of `kind` with depth `k` (for GEMV, `k` columns of 64-row tiles) and return
+    /// its duration; two depths per kind give the fixed and per-unit terms. The wide kinds are
+    /// timed with `wide_slots` tiles, and kept at their defaults when that is `None`.
     pub fn calibrate(
         &mut self,
         slots: usize,
+        wide_slots: Option<usize>,
         mut time: impl FnMut(TileKind, u32, usize) -> crate::Result<Duration>,
     ) -> crate::Result<()> {
         let overhead = time(TileKind::Gemv32, 4, 1)?.as_nanos() as f64;
         self.round_overhead_ns = overhead;
         for kind in TileKind::ALL {
+            let slots = match (kind.is_wide(), wide_slots) {
+                (false, _) => slots,
+                (true, Some(w)) => w,
+                (true, None) => continue,
+            };
             let (k1, k2) = if kind.is_gemv() { (256u32, 4096u32) } else { (64u32, 1024u32) };
             // One full wave of tiles per slot: the round time is one tile's time.
             let t1 = (time(kind, k1, slots)?.as_nanos() as f64 - overhead).max(1.0);
@@ -499,8 +517,9 @@ impl Plan {
 /// GEMV-shaped problems (`n == 1`, no `TRANS_A`) take the GEMV kind; the GEMM problems of a round
 /// all take the SGEMM kind and split count whose predicted makespan on `slots` CTA slots is
 /// shortest: big tiles when there are many problems, small ones and split-K when few problems
-/// must spread over all SMs. A per-problem override (from the op, or a tuning table) wins whenever
-/// it supports the problem.
+/// must spread over all SMs. Where the device has a wide build (`wide_slots`), the 256×128 kind on
+/// one CTA per SM competes too (it needs enough tiles for every SM). A per-problem override (from
+/// the op, or a tuning table) wins whenever it supports the problem.
 #[derive(Clone, Debug, Default)]
 pub struct TileChooser {
     /// Tuning-table entries `(m, n, k) → plan` that win over the heuristic for exact shapes
@@ -508,7 +527,16 @@ pub struct TileChooser {
     pub table: Vec<((u32, u32, u32), Plan)>,
     /// Never split k (persistent mode has no split-K workspace).
     pub no_split_k: bool,
+    /// Never run [`TileKind::is_wide`] kinds, not even when an override or the table names one
+    /// (persistent mode: the resident kernel is the narrow build).
+    pub no_wide: bool,
+    /// CTA slots of the wide build ([`crate::device::Device::wide_slots`]): when set, the
+    /// heuristic also weighs running the round wide, its GEMMs in [`WIDE_KIND`] tiles.
+    pub wide_slots: Option<usize>,
 }
+
+/// The SGEMM kind the chooser weighs for rounds on the wide build.
+pub const WIDE_KIND: TileKind = TileKind::Sgemm256x128;
 
 /// SGEMM kinds the chooser considers for GEMM problems, largest first.
 const GEMM_KINDS: [TileKind; 3] = [TileKind::Sgemm128x128, TileKind::Sgemm128x64, TileKind::Sgemm64x64];
@@ -525,12 +553,11 @@ impl TileChooser {
         cost: &CostModel,
         slots: usize,
     ) -> Vec<Plan> {
+        let usable = |k: TileKind, p: &ProblemDesc| k.supports(p.n, p.flags) && !(self.no_wide && k.is_wide());
         let fixed = |i: usize, p: &ProblemDesc| -> Option<Plan> {
-            let o = overrides.get(i).copied().flatten().filter(|o| o.kind.supports(p.n, p.flags));
-            o.or_else(|| {
-                self.table.iter().find(|(s, k)| *s == (p.m, p.n, p.k) && k.kind.supports(p.n, p.flags)).map(|e| e.1)
-            })
-            .map(|o| Plan { kind: o.kind, k_splits: o.k_splits.clamp(1, max_splits(o.kind, p)) })
+            let o = overrides.get(i).copied().flatten().filter(|o| usable(o.kind, p));
+            o.or_else(|| self.table.iter().find(|(s, k)| *s == (p.m, p.n, p.k) && usable(k.kind, p)).map(|e| e.1))
+                .map(|o| Plan { kind: o.kind, k_splits: o.k_splits.clamp(1, max_splits(o.kind, p)) })
         };
         let mut plans: Vec<Option<Plan>> = problems
             .iter()
@@ -541,7 +568,10 @@ impl TileChooser {
             .collect();
 
         if plans.iter().any(|k| k.is_none()) {
-            let makespan = |g: TileKind, splits: u32| {
+            // A fixed wide plan puts the whole round on the wide build.
+            let forced_wide = plans.iter().flatten().any(|p| p.kind.is_wide());
+            let wide_slots = self.wide_slots.filter(|_| !self.no_wide);
+            let makespan = |g: TileKind, splits: u32, slots: usize| {
                 let mut groups: Vec<(f64, usize)> = problems
                     .iter()
                     .zip(&plans)
@@ -557,8 +587,22 @@ impl TileChooser {
                 CostModel::makespan_groups(&mut groups, slots)
             };
 
-            let mut best = (f64::INFINITY, Plan::new(TileKind::Sgemm64x64));
+            // Candidates, largest tile first: the wide kind on the wide build's slots, then every
+            // narrow kind on the round's slots (on the wide build's when a fixed plan forces it).
+            // A later candidate (smaller tile, or larger split) must win by 3%: it costs claims,
+            // workspace traffic and epilogues that the model blurs.
+            let mut candidates: Vec<(TileKind, usize)> = Vec::new();
+            if let Some(w) = wide_slots {
+                candidates.push((WIDE_KIND, w));
+            }
             for g in GEMM_KINDS {
+                match (forced_wide, wide_slots) {
+                    (true, Some(w)) => candidates.push((g, w)),
+                    _ => candidates.push((g, slots)),
+                }
+            }
+            let mut best = (f64::INFINITY, Plan::new(TileKind::Sgemm64x64));
+            for (g, slots) in candidates {
                 let sh = g.shape();
                 let tiles: usize = problems
                     .iter()
@@ -567,10 +611,9 @@ impl TileChooser {
                     .map(|(p, _)| (p.m.div_ceil(sh.bm) * p.n.div_ceil(sh.bn)) as usize)
                     .sum();
                 // Splitting only pays while the output tiles alone leave slots idle.
-                let candidates = if tiles < 2 * slots && !self.no_split_k { &SPLITS[..] } else { &SPLITS[..1] };
-                for &sp in candidates {
-                    let t = makespan(g, sp);
-                    // A larger split must win by 3%: it costs workspace traffic the model blurs.
+                let splits = if tiles < 2 * slots && !self.no_split_k { &SPLITS[..] } else { &SPLITS[..1] };
+                for &sp in splits {
+                    let t = makespan(g, sp, slots);
                     if t < best.0 * 0.97 || (best.0.is_infinite()) {
                         best = (t, Plan { kind: g, k_splits: sp });
                     }
@@ -583,6 +626,24 @@ impl TileChooser {
             }
         }
         plans.into_iter().map(|k| k.unwrap_or(Plan::new(TileKind::Sgemm64x64))).collect()
+    }
+
+    /// CTA slots a round planned by this chooser runs on: the wide build's for a wide round.
+    pub fn round_slots(&self, round: &Round, slots: usize) -> usize {
+        match self.wide_slots {
+            Some(w) if round.is_wide() => w,
+            _ => slots,
+        }
+    }
+
+    /// The chooser for rounds on `device`: it weighs the wide build where the device has one.
+    pub fn for_device(device: &dyn crate::device::Device) -> TileChooser {
+        TileChooser { wide_slots: device.wide_slots(), ..TileChooser::default() }
+    }
+
+    /// The chooser for persistent mode: no split-K workspace and only the narrow build's kinds.
+    pub fn persistent() -> TileChooser {
+        TileChooser { no_split_k: true, no_wide: true, ..TileChooser::default() }
     }
 
     /// Reads a tuning table: one `m n k kind k_splits` line per shape (`#` starts a comment).
@@ -604,7 +665,7 @@ impl TileChooser {
             let kind = TileKind::ALL.into_iter().find(|k| k.name() == w[3]).ok_or_else(bad)?;
             table.push(((num(w[0])?, num(w[1])?, num(w[2])?), Plan { kind, k_splits: num(w[4])?.max(1) }));
         }
-        Ok(TileChooser { table, no_split_k: false })
+        Ok(TileChooser { table, ..TileChooser::default() })
     }
 
     /// Writes the tuning table in the format [`TileChooser::load`] reads.
@@ -638,6 +699,46 @@ pub use abi::TileShape;
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    fn conv2_2(n: usize) -> Vec<ProblemDesc> {
+        let p = problem((0, 0, 0, 0), (256, 128, 1152), (1152, 128, 128), (1.0, 0.0), 0, Activation::None, BiasMode::None);
+        vec![p; n]
+    }
+
+    /// The wide kind is weighed only where the device has a wide build, wins for a big batch of
+    /// large GEMMs, loses to split-K tiles for a single problem, and never runs in persistent mode.
+    #[test]
+    fn chooser_weighs_the_wide_build() {
+        let cost = CostModel::default();
+        let narrow_only = TileChooser::default().build(&conv2_2(120), &[], &cost, 264);
+        assert!(!narrow_only.is_wide());
+        let wide = TileChooser { wide_slots: Some(132), ..TileChooser::default() };
+        let big = wide.build(&conv2_2(120), &[], &cost, 264);
+        assert!(big.is_wide(), "120 × conv2_2 should run wide: {:?}", big.problems[0].tile_kind);
+        assert_eq!(wide.round_slots(&big, 264), 132);
+        // 120 × 256³ has short tiles: the wide build's per-tile cost loses to 128×128 there.
+        let sq = problem((0, 0, 0, 0), (256, 256, 256), (256, 256, 256), (1.0, 0.0), 0, Activation::None, BiasMode::None);
+        assert!(!wide.build(&vec![sq; 120], &[], &cost, 264).is_wide());
+        let one = wide.build(&conv2_2(1), &[], &cost, 264);
+        assert!(!one.is_wide() && one.problems[0].k_splits > 1, "one problem wants split-K tiles");
+        assert_eq!(wide.round_slots(&one, 264), 264);
+
+        // An override to the wide kind is honoured, except by the persistent chooser.
+        let o = [Some(Plan::new(TileKind::Sgemm256x128))];
+        assert!(TileChooser::default().build(&conv2_2(1), &o, &cost, 264).is_wide());
+        let p = TileChooser { wide_slots: Some(132), ..TileChooser::persistent() };
+        for r in [p.build(&conv2_2(1), &o, &cost, 264), p.build(&conv2_2(120), &[], &cost, 264)] {
+            assert!(!r.is_wide() && r.problems.iter().all(|q| q.k_splits == 1));
+        }
+        // A wide table entry puts the whole round on the wide build; the other GEMMs are planned
+        // for its slots.
+        let mut t = TileChooser { wide_slots: Some(132), ..TileChooser::default() };
+        t.table.push(((256, 128, 1152), Plan::new(TileKind::Sgemm256x128)));
+        let mut mixed = conv2_2(1);
+        mixed.push(problem((0, 0, 0, 0), (64, 64, 64), (64, 64, 64), (1.0, 0.0), 0, Activation::None, BiasMode::None));
+        let r = t.build(&mixed, &[], &cost, 264);
+        assert!(r.is_wide() && r.problems[0].tile_kind == TileKind::Sgemm256x128 as u32);
+    }
 
     /// The O(groups) makespan stays within one tile of the exact longest-first list schedule.
     #[test]

@@ -119,3 +119,27 @@ fn split_ranges_cover_k_once() {
         }
     }
 }
+
+/// Each build of the megakernel JITs only its entry points, from one embedded PTX.
+#[test]
+fn ptx_builds_keep_only_their_entries() {
+    let entries = |ptx: &str| -> Vec<String> {
+        ptx.lines()
+            .filter_map(|l| l.strip_prefix(".visible .entry "))
+            .map(|r| r.split('(').next().unwrap_or("").to_string())
+            .collect()
+    };
+    let all = entries(tilemux::cuda::PTX);
+    assert_eq!(all.len(), 3, "{all:?}");
+    let narrow = tilemux::cuda::ptx_with_entries(&["tilemux_round", "tilemux_persistent"]);
+    let wide = tilemux::cuda::ptx_with_entries(&["tilemux_round_wide"]);
+    let mut n = entries(&narrow);
+    n.sort();
+    assert_eq!(n, ["tilemux_persistent", "tilemux_round"]);
+    assert_eq!(entries(&wide), ["tilemux_round_wide"]);
+    for p in [&narrow, &wide] {
+        assert!(p.contains(".extern .shared") && p.contains(".version"));
+        assert_eq!(p.matches('{').count(), p.matches('}').count(), "unbalanced braces");
+    }
+    assert!(narrow.len() + wide.len() < tilemux::cuda::PTX.len() + 4096);
+}

@@ -7,7 +7,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tilemux::abi::{TileDesc, TileKind, flags};
 use tilemux::reference::{Case, Staged};
-use tilemux::round::{CostModel, Round, TileChooser};
+use tilemux::round::{CostModel, Plan, Round, TileChooser};
 use tilemux::{DescriptorError, Device, Error};
 
 /// A valid three-problem round and its staging.
@@ -157,5 +157,45 @@ fn gpu_status_path() {
     d.run(&round).unwrap();
     for (c, got) in cases.iter().zip(staged.read_c(d, &cases).unwrap()) {
         assert!(c.error(&got, &c.reference()) < 1e-4);
+    }
+}
+
+#[test]
+fn gpu_wide_kind_without_wide_build() {
+    // A device loaded without the wide build reports a wide tile kind through the status word
+    // (NEEDS_WIDE) and runs none of its tiles; the same round runs on a device that has it.
+    let Some((_lock, g)) = common::gpu() else {
+        say("gpu_wide_kind_without_wide_build: skipped: no CUDA device");
+        return;
+    };
+    let narrow = tilemux::cuda::CudaDevice::with_gpu(
+        g.gpu().clone(),
+        &tilemux::cuda::CudaConfig { pool_bytes: 256 << 20, wide: false, ..Default::default() },
+    )
+    .unwrap();
+    assert!(narrow.wide_slots().is_none() && g.wide_slots().is_some());
+    for d in [&narrow as &dyn Device, &*g] {
+        let mut rng = rand::rng();
+        let cases = vec![Case::random(&mut rng, (300, 200, 77))];
+        let staged = Staged::new(d, &mut common::arena(d), &cases).unwrap();
+        staged.poison(d, &cases).unwrap();
+        let plan = Some(Plan::new(TileKind::Sgemm256x128));
+        let round = TileChooser::default().build(&staged.descs(&cases), &[plan], &CostModel::default(), d.slots());
+        assert!(round.is_wide());
+        // C as staged: NaN, or its initial values where beta != 0 reads them.
+        let before = staged.read_c(d, &cases).unwrap();
+        match d.run(&round) {
+            Err(Error::DeviceStatus { code, .. }) if d.wide_slots().is_none() => {
+                assert_eq!(code, tilemux::abi::status::NEEDS_WIDE);
+                let got = staged.read_c(d, &cases).unwrap();
+                let same = got[0].iter().zip(&before[0]).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "a tile of the wide kind ran on the narrow build");
+            }
+            Ok(_) if d.wide_slots().is_some() => {
+                let got = staged.read_c(d, &cases).unwrap();
+                assert!(cases[0].error(&got[0], &cases[0].reference()) < 1e-4);
+            }
+            other => panic!("unexpected result {other:?} (wide build: {:?})", d.wide_slots()),
+        }
     }
 }

@@ -40,7 +40,7 @@ runtime_test!(ring_protocol, |d: Arc<dyn Device>, _gpu: bool| {
         .collect();
     let staged = Staged::new(&*d, &mut common::arena(&*d), &cases).unwrap();
     staged.poison(&*d, &cases).unwrap();
-    let chooser = TileChooser { no_split_k: true, ..Default::default() };
+    let chooser = TileChooser::persistent();
     let round = chooser.build(&staged.descs(&cases), &[], &CostModel::default(), d.slots());
     tilemux::round::check(&round, d.pool()).unwrap();
     let (ring, engine) = d.start_persistent(3, Duration::from_secs(10)).unwrap();

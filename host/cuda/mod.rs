@@ -39,11 +39,17 @@ pub struct CudaConfig {
     pub max_registers: u32,
     /// CTAs per SM of the persistent grid; `None`: what the occupancy API allows.
     pub ctas_per_sm: Option<u32>,
+    /// Also load the wide build (`tilemux_round_wide`, no register cap, one CTA per SM) for rounds
+    /// with [`TileKind::is_wide`] tiles; without it such rounds fail with `NEEDS_WIDE`. Default:
+    /// on, unless the environment sets `TILEMUX_WIDE=0`.
+    pub wide: bool,
 }
 
 impl Default for CudaConfig {
     fn default() -> Self {
-        CudaConfig { pool_bytes: 1 << 30, max_registers: 128, ctas_per_sm: None }
+        let wide = std::env::var("TILEMUX_WIDE").map_or(true, |v| v != "0");
+        let max_registers = std::env::var("TILEMUX_MAX_REGISTERS").ok().and_then(|v| v.parse().ok()).unwrap_or(128);
+        CudaConfig { pool_bytes: 1 << 30, max_registers, ctas_per_sm: None, wide }
     }
 }
 
@@ -65,6 +71,80 @@ pub struct Megakernel {
     pub(crate) persistent_func: sys::CUfunction,
     /// CTAs of the resident kernel (one doorbell, the rest workers).
     pub persistent_grid: u32,
+    /// The wide build, where loaded.
+    pub wide: Option<WideKernel>,
+}
+
+/// The wide build of the round kernel: its own JIT of the same PTX without a register cap, so
+/// the [`TileKind::is_wide`] kinds keep their accumulators in registers.
+pub struct WideKernel {
+    module: Module,
+    func: sys::CUfunction,
+    /// Registers per thread.
+    pub registers: i32,
+    /// Local memory per thread (spills) in bytes.
+    pub local_bytes: i32,
+    /// CTAs resident per SM.
+    pub ctas_per_sm: u32,
+    /// Grid size: `ctas_per_sm × SMs`.
+    pub grid: u32,
+    /// Dynamic shared memory per CTA in bytes.
+    pub smem_bytes: u32,
+}
+
+impl WideKernel {
+    /// ptxas's info log from loading the wide module.
+    pub fn jit_log(&self) -> &str {
+        &self.module.log
+    }
+}
+
+/// The embedded PTX without the entry points not in `keep`, so that each build JITs only its own
+/// kernels: the narrow build's register cap would make the wide entry spill kilobytes per thread
+/// (and the context reserve local memory for it), the uncapped wide build would waste JIT time on
+/// the narrow entries.
+pub fn ptx_with_entries(keep: &[&str]) -> String {
+    let mut out = String::with_capacity(PTX.len());
+    let mut skipping = false;
+    for line in PTX.split_inclusive('\n') {
+        if let Some(rest) = line.strip_prefix(".visible .entry ") {
+            skipping = !keep.iter().any(|k| rest.strip_prefix(k).is_some_and(|r| r.starts_with('(')));
+        }
+        if !skipping {
+            out.push_str(line);
+        } else if line.trim_end() == "}" {
+            skipping = false;
+        }
+    }
+    out
+}
+
+/// Loads `entry` of the PTX `ptx` with `max_registers`, raises its shared memory limit and
+/// returns `(module, function, registers, local bytes, CTAs per SM)`.
+fn load_entry(
+    ptx: &str,
+    entry: &str,
+    max_registers: u32,
+    smem_bytes: u32,
+) -> Result<(Module, sys::CUfunction, i32, i32, u32)> {
+    use sys::CUfunction_attribute::*;
+    let module = Module::load(ptx, max_registers)?;
+    let func = module.function(entry)?;
+    // SAFETY: valid function; the limit is within the device's opt-in maximum for any tile
+    // configuration the ABI defines.
+    ck("cuFuncSetAttribute", unsafe {
+        sys::cuFuncSetAttribute(func, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem_bytes as i32)
+    })?;
+    // SAFETY: `func` belongs to `module`, alive here.
+    let (registers, local_bytes) = unsafe {
+        (driver::func_attr(func, CU_FUNC_ATTRIBUTE_NUM_REGS)?, driver::func_attr(func, CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?)
+    };
+    let mut occ = 0;
+    // SAFETY: valid function, block size and shared memory size.
+    ck("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
+        sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut occ, func, crate::abi::BLOCK_THREADS as i32, smem_bytes as usize)
+    })?;
+    Ok((module, func, registers, local_bytes, occ.max(0) as u32))
 }
 
 // SAFETY: the function handle belongs to `module`, usable from any thread with the context bound.
@@ -76,34 +156,22 @@ impl Megakernel {
     /// JIT-loads the embedded PTX on `gpu` and sizes the persistent grid.
     pub fn load(gpu: &Gpu, cfg: &CudaConfig) -> Result<Megakernel> {
         gpu.bind()?;
-        let module = Module::load(PTX, cfg.max_registers)?;
-        let func = module.function("tilemux_round")?;
         use sys::CUfunction_attribute::*;
         let smem_bytes = TileKind::megakernel_smem_bytes();
-        // SAFETY: valid function; the limit is within the device's opt-in maximum for any
-        // tile configuration the ABI defines.
-        ck("cuFuncSetAttribute", unsafe {
-            sys::cuFuncSetAttribute(func, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem_bytes as i32)
-        })?;
-        // SAFETY: `func` belongs to `module`, alive here.
-        let (registers, local_bytes) = unsafe {
-            (
-                driver::func_attr(func, CU_FUNC_ATTRIBUTE_NUM_REGS)?,
-                driver::func_attr(func, CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?,
-            )
+        let narrow = ptx_with_entries(&["tilemux_round", "tilemux_persistent"]);
+        let (module, func, registers, local_bytes, occ) =
+            load_entry(&narrow, "tilemux_round", cfg.max_registers, smem_bytes)?;
+        let ctas_per_sm = cfg.ctas_per_sm.map_or(occ, |c| c.min(occ)).max(1);
+        let wide = if cfg.wide {
+            let wide = ptx_with_entries(&["tilemux_round_wide"]);
+            let smem_bytes = TileKind::wide_smem_bytes();
+            let (module, func, registers, local_bytes, occ) = load_entry(&wide, "tilemux_round_wide", 0, smem_bytes)?;
+            let ctas_per_sm = occ.max(1);
+            let grid = ctas_per_sm * gpu.sm_count;
+            Some(WideKernel { module, func, registers, local_bytes, ctas_per_sm, grid, smem_bytes })
+        } else {
+            None
         };
-
-        let mut occ = 0;
-        // SAFETY: valid function, block size and shared memory size.
-        ck("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
-            sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
-                &mut occ,
-                func,
-                crate::abi::BLOCK_THREADS as i32,
-                smem_bytes as usize,
-            )
-        })?;
-        let ctas_per_sm = cfg.ctas_per_sm.map_or(occ as u32, |c| c.min(occ as u32)).max(1);
         let persistent_func = module.function("tilemux_persistent")?;
         let mut pocc = 0;
         // SAFETY: valid function; same block and shared memory sizes as the round kernel.
@@ -136,6 +204,7 @@ impl Megakernel {
             smem_bytes,
             ctas_per_sm,
             grid: ctas_per_sm * gpu.sm_count,
+            wide,
         })
     }
 
@@ -221,6 +290,7 @@ fn status_meaning(code: u32) -> &'static str {
         status::BAD_PROBLEM => "tile names a missing problem",
         status::BAD_TILE_COORD => "tile outside its problem's grid",
         status::BAD_EPILOGUE => "unknown activation or bias mode",
+        status::NEEDS_WIDE => "tile kind needs the wide build, which is not loaded",
         _ => "unknown status",
     }
 }
@@ -346,20 +416,26 @@ impl CudaDevice {
             &mut a_done as *mut u64 as *mut c_void,
             &mut a_status as *mut u64 as *mut c_void,
         ];
+        // A round with a wide tile kind runs on the wide build (when loaded; else the narrow one
+        // reports NEEDS_WIDE and runs nothing of those tiles).
+        let (func, grid, smem) = match &self.kernel.wide {
+            Some(w) if round.is_wide() => (w.func, w.grid, w.smem_bytes),
+            _ => (self.kernel.func, self.kernel.grid, self.kernel.smem_bytes),
+        };
         st.start.record(&st.stream)?;
-        // SAFETY: the parameters match `tilemux_round`'s signature; the round passed check()
-        // against the pool, so every address the kernel derives is inside the pool or the round
-        // buffer.
+        // SAFETY: the parameters match `tilemux_round`'s (and `tilemux_round_wide`'s) signature;
+        // the round passed check() against the pool, so every address the kernel derives is
+        // inside the pool or the round buffer.
         let launched = ck("cuLaunchKernel", unsafe {
             sys::cuLaunchKernel(
-                self.kernel.func,
-                self.kernel.grid,
+                func,
+                grid,
                 1,
                 1,
                 crate::abi::BLOCK_THREADS,
                 1,
                 1,
-                self.kernel.smem_bytes,
+                smem,
                 st.stream.0,
                 params.as_mut_ptr(),
                 std::ptr::null_mut(),
@@ -387,7 +463,7 @@ impl CudaDevice {
             st.queue_base = 0;
             return Err(e);
         }
-        st.queue_base += t as u64 + self.kernel.grid as u64;
+        st.queue_base += t as u64 + grid as u64;
 
         // SAFETY: the copy completed; offsets inside readback; u32-aligned.
         let (code, done) = unsafe {
@@ -435,6 +511,10 @@ impl Device for CudaDevice {
 
     fn slots(&self) -> usize {
         self.kernel.grid as usize
+    }
+
+    fn wide_slots(&self) -> Option<usize> {
+        self.kernel.wide.as_ref().map(|w| w.grid as usize)
     }
 
     fn write(&self, addr: u64, data: &[f32]) -> Result<()> {

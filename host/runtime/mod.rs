@@ -477,13 +477,14 @@ impl Runtime {
             Some(p) => TileChooser::load(&p)?,
             None => TileChooser::default(),
         };
+        chooser.wide_slots = device.wide_slots();
         let persistent = match &cfg.mode {
             Mode::Rounds => None,
             Mode::Persistent(p) => {
                 if p.slots == 0 {
                     return Err(Error::Config("persistent mode needs at least one ring slot".into()));
                 }
-                chooser.no_split_k = true;
+                chooser = TileChooser { table: chooser.table, ..TileChooser::persistent() };
                 let (ring, engine) = device.start_persistent(p.slots, p.heartbeat_timeout)?;
                 Some((ring, engine))
             }

@@ -334,7 +334,7 @@ fn assemble(inner: &Inner, s: &mut SchedState) -> Option<Batch> {
     }
     let chooser = inner.chooser.read().unwrap_or_else(|e| e.into_inner());
     let round = chooser.build(&descs, &overrides, &cost, inner.device.slots());
-    let predicted = cost.predict(&round, inner.device.slots());
+    let predicted = cost.predict(&round, chooser.round_slots(&round, inner.device.slots()));
     s.rounds += 1;
     Some(Batch { index: s.rounds, round, reqs: taken, predicted })
 }
@@ -770,16 +770,18 @@ pub(crate) fn calibrate(device: &dyn Device, cost: &mut CostModel) -> Result<()>
     };
     let a = scratch((data.len() * 4) as u64)?;
     let b = scratch((data.len() * 4) as u64)?;
-    let c = scratch(slots as u64 * 128 * 128 * 4)?;
+    // One output tile per slot, at most 256 × 128 each.
+    let tile_bytes = 256 * 128 * 4;
+    let c = scratch(slots.max(device.wide_slots().unwrap_or(0)) as u64 * tile_bytes)?;
     device.write(a, &data)?;
     device.write(b, &data)?;
-    cost.calibrate(slots, |kind, k, n| {
+    cost.calibrate(slots, device.wide_slots(), |kind: TileKind, k: u32, n: usize| {
         let s = kind.shape();
         let mut round = Round::default();
         for i in 0..n {
             let (pm, pn) = if kind.is_gemv() { (s.bm, 1) } else { (s.bm, s.bn) };
             let p = problem(
-                (a, b, c + (i as u64) * 128 * 128 * 4, 0),
+                (a, b, c + (i as u64) * tile_bytes, 0),
                 (pm, pn, k),
                 (k, pn, pn),
                 (1.0, 0.0),

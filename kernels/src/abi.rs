@@ -64,6 +64,9 @@ pub mod status {
     pub const BAD_TILE_COORD: u32 = 3;
     /// A problem's activation or bias mode is not defined.
     pub const BAD_EPILOGUE: u32 = 4;
+    /// A problem's tile kind runs only in the wide build ([`super::TileKind::is_wide`]) but the
+    /// launch was of the narrow one.
+    pub const NEEDS_WIDE: u32 = 5;
 }
 
 /// The activation applied last in the epilogue.
@@ -141,6 +144,10 @@ pub enum TileKind {
     /// Matrix-vector with 64 rows per tile, 8 rows per warp: fewer, longer tiles (less claim
     /// overhead) for tall matrices.
     Gemv64 = 4,
+    /// 256×128 output tile, BK = 8, 16×8 outputs per thread (128 accumulators): the highest
+    /// arithmetic intensity, for rounds of large GEMMs. Needs about 200 registers, so it runs only
+    /// in the wide build (one CTA per SM, see [`TileKind::is_wide`]).
+    Sgemm256x128 = 5,
 }
 
 /// Output tile extent of a [`TileKind`]: `bm` rows by `bn` columns of `C`.
@@ -154,8 +161,14 @@ pub struct TileShape {
 
 impl TileKind {
     /// Every tile kind, in code order.
-    pub const ALL: [TileKind; 5] =
-        [TileKind::Sgemm128x128, TileKind::Sgemm128x64, TileKind::Sgemm64x64, TileKind::Gemv32, TileKind::Gemv64];
+    pub const ALL: [TileKind; 6] = [
+        TileKind::Sgemm128x128,
+        TileKind::Sgemm128x64,
+        TileKind::Sgemm64x64,
+        TileKind::Gemv32,
+        TileKind::Gemv64,
+        TileKind::Sgemm256x128,
+    ];
 
     /// Decodes a raw descriptor field.
     #[inline(always)]
@@ -166,6 +179,7 @@ impl TileKind {
             2 => Some(TileKind::Sgemm64x64),
             3 => Some(TileKind::Gemv32),
             4 => Some(TileKind::Gemv64),
+            5 => Some(TileKind::Sgemm256x128),
             _ => None,
         }
     }
@@ -179,6 +193,7 @@ impl TileKind {
             TileKind::Sgemm64x64 => TileShape { bm: 64, bn: 64 },
             TileKind::Gemv32 => TileShape { bm: 32, bn: 1 },
             TileKind::Gemv64 => TileShape { bm: 64, bn: 1 },
+            TileKind::Sgemm256x128 => TileShape { bm: 256, bn: 128 },
         }
     }
 
@@ -186,6 +201,13 @@ impl TileKind {
     #[inline(always)]
     pub const fn is_gemv(self) -> bool {
         matches!(self, TileKind::Gemv32 | TileKind::Gemv64)
+    }
+
+    /// Whether this kind runs only in the wide build of the megakernel (`tilemux_round_wide`: one
+    /// CTA per SM, no register cap), which every other kind runs in too.
+    #[inline(always)]
+    pub const fn is_wide(self) -> bool {
+        matches!(self, TileKind::Sgemm256x128)
     }
 
     /// Whether this kind can run a problem of these dimensions and flags.
@@ -206,14 +228,25 @@ impl TileKind {
         }
     }
 
-    /// Dynamic shared memory of the megakernel: its header plus the largest tile routine's need.
+    /// Dynamic shared memory of the megakernel's narrow build (`tilemux_round`,
+    /// `tilemux_persistent`): its header plus the largest need of the kinds it runs.
     #[inline]
     pub const fn megakernel_smem_bytes() -> u32 {
+        Self::smem_of_build(false)
+    }
+
+    /// Dynamic shared memory of the wide build (`tilemux_round_wide`), which runs every kind.
+    #[inline]
+    pub const fn wide_smem_bytes() -> u32 {
+        Self::smem_of_build(true)
+    }
+
+    const fn smem_of_build(wide: bool) -> u32 {
         let mut max = 0;
         let mut i = 0;
         while i < Self::ALL.len() {
             let b = Self::ALL[i].smem_bytes();
-            if b > max {
+            if b > max && (wide || !Self::ALL[i].is_wide()) {
                 max = b;
             }
             i += 1;
@@ -230,6 +263,7 @@ impl TileKind {
             TileKind::Sgemm64x64 => "sgemm_64x64x8",
             TileKind::Gemv32 => "gemv_rows32",
             TileKind::Gemv64 => "gemv_rows64",
+            TileKind::Sgemm256x128 => "sgemm_256x128x8",
         }
     }
 }

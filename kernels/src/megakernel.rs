@@ -50,13 +50,14 @@ unsafe fn report(status: u64, code: u32) {
 
 /// Runs one tile of the staged problem `d`. Returns its completion slot, or `None` (after
 /// reporting) when the descriptors are not runnable; then nothing is read or written for it.
+/// `WIDE`: this is the wide build, which also runs the [`TileKind::is_wide`] kinds.
 ///
 /// # Safety
 /// All threads of the CTA call this with the same arguments after a barrier that follows the
 /// staging of `d`; descriptors come from a validated round; `smem` has
 /// `TileKind::megakernel_smem_bytes - SMEM_HEADER_BYTES` bytes.
 #[inline(always)]
-pub(crate) unsafe fn run_tile(d: Problem, t: TileDesc, smem: u32, status_addr: u64) -> Option<u32> {
+pub(crate) unsafe fn run_tile<const WIDE: bool>(d: Problem, t: TileDesc, smem: u32, status_addr: u64) -> Option<u32> {
     let fail = |code| {
         if thread_idx_x() == 0 {
             // SAFETY: the launch's status word.
@@ -77,11 +78,13 @@ pub(crate) unsafe fn run_tile(d: Problem, t: TileDesc, smem: u32, status_addr: u
     // SAFETY (every arm): the problem is validated and `supports` its kind (host-side chooser);
     // `smem` is sized for the largest routine.
     match kind {
-        Some(TileKind::Sgemm128x128) => unsafe { sgemm_tile::<128, 128, 8, 8, 8>(d, tm, tn, ks, smem) },
-        Some(TileKind::Sgemm128x64) => unsafe { sgemm_tile::<128, 64, 8, 8, 4>(d, tm, tn, ks, smem) },
-        Some(TileKind::Sgemm64x64) => unsafe { sgemm_tile::<64, 64, 8, 4, 4>(d, tm, tn, ks, smem) },
+        Some(TileKind::Sgemm128x128) => unsafe { sgemm_tile::<128, 128, 8, 8, 8, 1, 1>(d, tm, tn, ks, smem) },
+        Some(TileKind::Sgemm128x64) => unsafe { sgemm_tile::<128, 64, 8, 8, 4, 1, 1>(d, tm, tn, ks, smem) },
+        Some(TileKind::Sgemm64x64) => unsafe { sgemm_tile::<64, 64, 8, 4, 4, 1, 1>(d, tm, tn, ks, smem) },
         Some(TileKind::Gemv32) => unsafe { gemv_tile::<4>(d, tm) },
         Some(TileKind::Gemv64) => unsafe { gemv_tile::<8>(d, tm) },
+        Some(TileKind::Sgemm256x128) if WIDE => unsafe { sgemm_tile::<256, 128, 8, 16, 8, 2, 1>(d, tm, tn, ks, smem) },
+        Some(TileKind::Sgemm256x128) => return fail(status::NEEDS_WIDE),
         None => return fail(status::BAD_TILE_KIND),
     }
     Some(d.completion())
@@ -104,13 +107,55 @@ unsafe fn claim(queue: u64, base: u64) -> u32 {
 /// launch moves the queue head by exactly `num_tiles + gridDim.x`.
 ///
 /// `done[slot]` counts finished tiles per completion slot (release increments); `status` receives
-/// the first error code.
+/// the first error code. The host JIT-caps this build's registers (two CTAs per SM); a tile of a
+/// [`TileKind::is_wide`] kind reports `status::NEEDS_WIDE`.
 ///
 /// # Safety
 /// The addresses are the round's device buffers as the host backend laid them out, holding
 /// validated descriptors.
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn tilemux_round(
+    problems: u64,
+    num_problems: u32,
+    tiles: u64,
+    num_tiles: u32,
+    queue: u64,
+    queue_base: u64,
+    done: u64,
+    status_addr: u64,
+) {
+    // SAFETY: this entry point's contract.
+    unsafe { round::<false>(problems, num_problems, tiles, num_tiles, queue, queue_base, done, status_addr) }
+}
+
+/// The wide build of [`tilemux_round`]: the same protocol and parameters, every tile kind
+/// including the [`TileKind::is_wide`] ones, `TileKind::wide_smem_bytes()` of dynamic shared
+/// memory. The host loads it without a register cap and launches one CTA per SM.
+///
+/// # Safety
+/// As [`tilemux_round`].
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn tilemux_round_wide(
+    problems: u64,
+    num_problems: u32,
+    tiles: u64,
+    num_tiles: u32,
+    queue: u64,
+    queue_base: u64,
+    done: u64,
+    status_addr: u64,
+) {
+    // SAFETY: this entry point's contract.
+    unsafe { round::<true>(problems, num_problems, tiles, num_tiles, queue, queue_base, done, status_addr) }
+}
+
+/// The body of both round entry points.
+///
+/// # Safety
+/// As [`tilemux_round`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn round<const WIDE: bool>(
     problems: u64,
     num_problems: u32,
     tiles: u64,
@@ -150,7 +195,7 @@ pub unsafe extern "ptx-kernel" fn tilemux_round(
         sync_threads(); // descriptor staged; every thread has read the claim slot
         let slot = if valid {
             // SAFETY: staged above; the rest per this kernel's contract.
-            unsafe { run_tile(desc, t, smem, status_addr) }
+            unsafe { run_tile::<WIDE>(desc, t, smem, status_addr) }
         } else {
             if tid == 0 {
                 // SAFETY: the launch's status word.
@@ -197,9 +242,10 @@ mod probes {
             }
         };
     }
-    probe!(probe_sgemm_128x128x8, |d, tm, tn, s| sgemm_tile::<128, 128, 8, 8, 8>(d, tm, tn, 0, s));
-    probe!(probe_sgemm_128x64x8, |d, tm, tn, s| sgemm_tile::<128, 64, 8, 8, 4>(d, tm, tn, 0, s));
-    probe!(probe_sgemm_64x64x8, |d, tm, tn, s| sgemm_tile::<64, 64, 8, 4, 4>(d, tm, tn, 0, s));
+    probe!(probe_sgemm_128x128x8, |d, tm, tn, s| sgemm_tile::<128, 128, 8, 8, 8, 1, 1>(d, tm, tn, 0, s));
+    probe!(probe_sgemm_128x64x8, |d, tm, tn, s| sgemm_tile::<128, 64, 8, 8, 4, 1, 1>(d, tm, tn, 0, s));
+    probe!(probe_sgemm_64x64x8, |d, tm, tn, s| sgemm_tile::<64, 64, 8, 4, 4, 1, 1>(d, tm, tn, 0, s));
     probe!(probe_gemv_rows32, |d, tm, _tn, _s| gemv_tile::<4>(d, tm));
     probe!(probe_gemv_rows64, |d, tm, _tn, _s| gemv_tile::<8>(d, tm));
+    probe!(probe_sgemm_256x128x8, |d, tm, tn, s| sgemm_tile::<256, 128, 8, 16, 8, 2, 1>(d, tm, tn, 0, s));
 }

@@ -7,8 +7,8 @@
 //! slice, each thread holds the next slice's 16 bytes in registers and stores them into the other
 //! stage afterwards (one barrier per slice).
 //!
-//! Each thread owns one 4-element chunk of each panel slice. Its address advances by a fixed step
-//! per slice; while the chunk lies inside the operand and is 16-byte aligned (the interior), it is
+//! Each thread owns one 4-element chunk of each panel slice (two of the wide tile's 256-row A
+//! panel). A chunk's address advances by a fixed step per slice; while the chunk lies inside the operand and is 16-byte aligned (the interior), it is
 //! one `ld.global.nc.v4`. Chunks on an edge take a predicated scalar path that reads the operand's
 //! bounds from the staged descriptor, so no bounds live in registers across the loop.
 //!
@@ -50,13 +50,14 @@ struct Chunk {
 }
 
 impl Chunk {
-    /// This thread's chunk of the `MN × BK` slices of an operand at `base` with leading dimension
-    /// `ld` and mn extent `mn_lim`, for the tile starting at `mn0`.
+    /// Chunk `idx` (`thread + c · BLOCK_THREADS` for the thread's `c`-th chunk) of the `MN × BK`
+    /// slices of an operand at `base` with leading dimension `ld` and mn extent `mn_lim`, for the
+    /// tile starting at `mn0`.
     #[inline(always)]
-    fn new<const MN: u32, const BK: u32>(tid: u32, base: u64, ld: u32, k_contig: bool, mn0: u32, mn_lim: u32) -> Chunk {
-        let active = tid < MN * BK / 4;
+    fn new<const MN: u32, const BK: u32>(idx: u32, base: u64, ld: u32, k_contig: bool, mn0: u32, mn_lim: u32) -> Chunk {
+        let active = idx < MN * BK / 4;
         let (dmn, kq) =
-            if k_contig { (tid / (BK / 4), tid % (BK / 4) * 4) } else { (tid % (MN / 4) * 4, tid / (MN / 4)) };
+            if k_contig { (idx / (BK / 4), idx % (BK / 4) * 4) } else { (idx % (MN / 4) * 4, idx / (MN / 4)) };
         let mn = mn0 + dmn;
         let (r, c, step) = if k_contig {
             (mn as u64, kq as u64, BK as u64 * 4)
@@ -125,14 +126,23 @@ impl Chunk {
 
 /// Computes k-slice `split` of output tile `(tile_m, tile_n)` of the staged problem `d`; the
 /// slice that completes the tile runs its epilogue.
-/// `TM × TN` outputs per thread; `BM / TM == BN / TN == 16`.
+/// `TM × TN` outputs per thread; `BM / TM == BN / TN == 16`; `CA`/`CB` chunks of the A/B slices
+/// per thread (`ceil(BM · BK / 1024)`, `ceil(BN · BK / 1024)`).
 ///
 /// # Safety
 /// Called by all 256 threads of the CTA with the same arguments; the problem was validated on the
 /// host (operands span their shapes, `C` does not overlap A or B); `smem` points at
 /// `TileKind::smem_bytes` of 16-byte aligned dynamic shared memory.
 #[inline(always)]
-pub unsafe fn sgemm_tile<const BM: u32, const BN: u32, const BK: u32, const TM: usize, const TN: usize>(
+pub unsafe fn sgemm_tile<
+    const BM: u32,
+    const BN: u32,
+    const BK: u32,
+    const TM: usize,
+    const TN: usize,
+    const CA: usize,
+    const CB: usize,
+>(
     d: Problem,
     tile_m: u32,
     tile_n: u32,
@@ -142,15 +152,20 @@ pub unsafe fn sgemm_tile<const BM: u32, const BN: u32, const BK: u32, const TM: 
     const {
         assert!(BM / TM as u32 == 16 && BN / TN as u32 == 16);
         assert!(TM % 4 == 0 && TN % 4 == 0 && BK % 4 == 0);
-        assert!(BM * BK / 4 <= BLOCK_THREADS && BN * BK / 4 <= BLOCK_THREADS);
+        assert!(CA as u32 == (BM * BK / 4).div_ceil(BLOCK_THREADS));
+        assert!(CB as u32 == (BN * BK / 4).div_ceil(BLOCK_THREADS));
     }
     let tid = thread_idx_x();
     let (tx, ty) = (tid % 16, tid / 16);
     let (m0, n0) = (tile_m * BM, tile_n * BN);
     let fl = d.flags();
     let k = d.k();
-    let a = Chunk::new::<BM, BK>(tid, d.a(), d.lda(), fl & flags::TRANS_A == 0, m0, d.m());
-    let b = Chunk::new::<BN, BK>(tid, d.b(), d.ldb(), fl & flags::TRANS_B != 0, n0, d.n());
+    let a: [Chunk; CA] = core::array::from_fn(|c| {
+        Chunk::new::<BM, BK>(tid + c as u32 * BLOCK_THREADS, d.a(), d.lda(), fl & flags::TRANS_A == 0, m0, d.m())
+    });
+    let b: [Chunk; CB] = core::array::from_fn(|c| {
+        Chunk::new::<BN, BK>(tid + c as u32 * BLOCK_THREADS, d.b(), d.ldb(), fl & flags::TRANS_B != 0, n0, d.n())
+    });
     let splits = d.k_splits();
     // Slices [kt0, kt1) of BK; slices below `full` lie wholly inside k.
     let (kt0, kt1, full) = if splits > 1 {
@@ -168,23 +183,23 @@ pub unsafe fn sgemm_tile<const BM: u32, const BN: u32, const BK: u32, const TM: 
 
     let mut acc = [[0.0f32; TN]; TM]; // (TM, TN)
 
-    // SAFETY (loads, stores): per `Chunk::load` / `Chunk::store`; the problem is validated and
+    // SAFETY (`load`, `store`): per `Chunk::load` / `Chunk::store`; the problem is validated and
     // the stages are inside `smem`.
-    unsafe {
-        let (ra, rb) = (a.load::<BK>(d, 0, kt0, full), b.load::<BK>(d, 1, kt0, full));
-        a.store::<BM>(smem, m0, ra);
-        b.store::<BN>(smem + a_stage, n0, rb);
-    }
+    let load = |kt: u32| unsafe { (a.map(|c| c.load::<BK>(d, 0, kt, full)), b.map(|c| c.load::<BK>(d, 1, kt, full))) };
+    let store = |stage: u32, v: ([[f32; 4]; CA], [[f32; 4]; CB])| unsafe {
+        for c in 0..CA {
+            a[c].store::<BM>(stage, m0, v.0[c]);
+        }
+        for c in 0..CB {
+            b[c].store::<BN>(stage + a_stage, n0, v.1[c]);
+        }
+    };
+    store(smem, load(kt0));
     sync_threads();
     for kt in kt0..kt1 {
         let stage = smem + ((kt - kt0) & 1) * stage_bytes;
         let more = kt + 1 < kt1;
-        // SAFETY: as above.
-        let next = if more {
-            unsafe { (a.load::<BK>(d, 0, kt + 1, full), b.load::<BK>(d, 1, kt + 1, full)) }
-        } else {
-            ([0.0; 4], [0.0; 4])
-        };
+        let next = if more { load(kt + 1) } else { ([[0.0; 4]; CA], [[0.0; 4]; CB]) };
 
         let a_base = stage + ty * 16;
         let b_base = stage + a_stage + tx * 16;
@@ -210,12 +225,7 @@ pub unsafe fn sgemm_tile<const BM: u32, const BN: u32, const BK: u32, const TM: 
 
         if more {
             // The other stage was last read before the previous barrier: free to overwrite.
-            let other = smem + ((kt + 1 - kt0) & 1) * stage_bytes;
-            // SAFETY: as above.
-            unsafe {
-                a.store::<BM>(other, m0, next.0);
-                b.store::<BN>(other + a_stage, n0, next.1);
-            }
+            store(smem + ((kt + 1 - kt0) & 1) * stage_bytes, next);
         }
         sync_threads();
     }

@@ -188,7 +188,7 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
         let pool = dev.pool();
         let mut arena = Arena::new(pool.start, pool.end - pool.start);
         let staged = Staged::new(&*dev, &mut arena, std::slice::from_ref(&case))?;
-        let chooser = TileChooser { no_split_k: true, ..Default::default() };
+        let chooser = TileChooser::persistent();
         let round = chooser.build(&staged.descs(std::slice::from_ref(&case)), &[], &CostModel::default(), dev.slots());
         tilemux::round::check(&round, dev.pool())?;
         let (ring, engine) = dev.start_persistent(64, Duration::from_secs(10))?;

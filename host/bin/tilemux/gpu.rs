@@ -35,7 +35,7 @@ pub struct Gpu {
 impl Gpu {
     /// Opens GPU 0 with a pool of `pool_bytes`.
     pub fn open(pool_bytes: usize, max_registers: u32) -> Result<Gpu> {
-        let dev = CudaDevice::new(&CudaConfig { pool_bytes, max_registers, ctas_per_sm: None })
+        let dev = CudaDevice::new(&CudaConfig { pool_bytes, max_registers, ..CudaConfig::default() })
             .context("this mode needs a CUDA GPU")?;
         dev.gpu().bind()?;
         let stream = Stream::new()?;
@@ -47,8 +47,11 @@ impl Gpu {
     pub fn describe(&self) -> String {
         let g = self.dev.gpu();
         let k = self.dev.kernel();
+        let wide = k.wide.as_ref().map_or(String::new(), |w| {
+            format!("; wide build {} regs, {} B local, {} CTA/SM, grid {}", w.registers, w.local_bytes, w.ctas_per_sm, w.grid)
+        });
         format!(
-            "{} (SM {}.{}, {} SMs), CUDA driver {}.{}; megakernel {} regs, {} B local, {} CTAs/SM, grid {}; {}",
+            "{} (SM {}.{}, {} SMs), CUDA driver {}.{}; megakernel {} regs, {} B local, {} CTAs/SM, grid {}{wide}; {}",
             g.name,
             g.cc.0,
             g.cc.1,

@@ -112,7 +112,7 @@ pub fn rounds(dev: &dyn Device, sets: &[Set], kind: Option<TileKind>) -> Vec<Rou
     sets.iter()
         .map(|s| {
             let descs = s.staged.descs(&s.cases);
-            TileChooser::default().build(
+            TileChooser::for_device(dev).build(
                 &descs,
                 &vec![kind.map(Plan::new); descs.len()],
                 &CostModel::default(),

@@ -71,6 +71,13 @@ fn info() -> Result<()> {
                 k.registers, k.local_bytes, k.smem_bytes, k.ctas_per_sm, k.grid
             );
             println!("JIT log:\n{}", k.jit_log());
+            if let Some(w) = &k.wide {
+                println!(
+                    "wide build: {} registers, {} B local, {} CTA/SM, grid {}",
+                    w.registers, w.local_bytes, w.ctas_per_sm, w.grid
+                );
+                println!("JIT log:\n{}", w.jit_log());
+            }
         }
         Err(e) => println!("backend: CPU ({e})"),
     }

@@ -207,7 +207,7 @@ pub fn run(mut args: TableArgs, mix: bool) -> Result<()> {
             let (garr, gr) = grouped(dev, &mut arena, &set, &idx)?;
             let graph = Graph::capture(&gpu.stream, || baselines::serial(&gpu, &descs))?;
             let round =
-                [TileChooser::default().build(&set.staged.descs(cases), &[], &CostModel::default(), dev.slots())];
+                [TileChooser::for_device(dev).build(&set.staged.descs(cases), &[], &CostModel::default(), dev.slots())];
 
             // Cross-check every variant against serial cuBLAS, and cuBLAS against f64.
             let poison = |gpu: &Gpu| -> Result<()> {

@@ -61,7 +61,7 @@ pub fn run(args: &TuneArgs) -> Result<()> {
         sets.iter()
             .map(|s| {
                 let d = s.staged.descs(&s.cases);
-                TileChooser::default().build(&d, &vec![plan; d.len()], &CostModel::default(), dev.slots())
+                TileChooser::for_device(dev).build(&d, &vec![plan; d.len()], &CostModel::default(), dev.slots())
             })
             .collect()
     };
