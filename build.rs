@@ -167,8 +167,12 @@ fn compile(tc: &Toolchain, root: &Path, out_dir: &Path, sm: &str, isa: Option<&s
         .arg(format!("--emit=asm={}", ptx.display()))
         // One codegen unit: one PTX file. No debug info: stable, small PTX. The unroll threshold
         // makes LLVM fully unroll the register-blocked loops, keeping accumulator arrays in
-        // registers (check_ptx rejects local memory).
-        .args(["-C", "codegen-units=1", "-C", "debuginfo=0", "-C", "llvm-args=-unroll-threshold=8000"]);
+        // registers (check_ptx rejects local memory). No jump tables: with this toolchain a
+        // `match` lowered to `brx.idx` made the resident kernel compute wrong SGEMM results on
+        // an H100 (deterministically; the same match as a compare chain is correct), so
+        // switches stay compare chains (check_ptx rejects `brx.idx`).
+        .args(["-C", "codegen-units=1", "-C", "debuginfo=0"])
+        .args(["-C", "llvm-args=-unroll-threshold=8000", "-C", "llvm-args=-min-jump-table-entries=1000"]);
     let out = cmd.output().map_err(|e| format!("running {}: {e}", tc.cargo.display()))?;
     if !out.status.success() {
         return Err(format!(
@@ -191,6 +195,11 @@ fn check_ptx(ptx: &str) -> Result<(), String> {
     if ptx.contains("__local_depot") {
         return Err("the PTX uses local memory (`__local_depot`): a register array is indexed at run time \
              or a loop was not unrolled"
+            .into());
+    }
+    if ptx.contains("brx.idx") {
+        return Err("the PTX has a jump table (`brx.idx`), which miscompiled the resident kernel: \
+             build with -min-jump-table-entries=1000"
             .into());
     }
     if !ptx.contains(".entry tilemux_round") || !ptx.contains("fma.rn.f32") {

@@ -17,6 +17,6 @@ mkdir -p "$out"
 env -u CARGO -u RUSTC -u RUSTFLAGS -u CARGO_TARGET_DIR RUSTC_BOOTSTRAP=1 RUSTC=${TILEMUX_KERNEL_RUSTC:-/usr/bin/rustc} \
   RUSTFLAGS="-C target-cpu=$sm" ${TILEMUX_KERNEL_CARGO:-/usr/bin/cargo} rustc --release --quiet -p tilemux-kernels \
   --features probes --target nvptx64-nvidia-cuda -Zbuild-std=core --target-dir target/tilemux-kernels-probes -- \
-  --emit=asm="$out/probes.ptx" -C codegen-units=1 -C debuginfo=0 -C llvm-args=-unroll-threshold=8000
+  --emit=asm="$out/probes.ptx" -C codegen-units=1 -C debuginfo=0 -C llvm-args=-unroll-threshold=8000 -C llvm-args=-min-jump-table-entries=1000
 "$ptxas" -arch=sm_90 -v --maxrregcount="$regs" "$out/probes.ptx" -o "$out/probes.cubin" 2>&1 |
   awk -F"'" '/Compiling entry/ {name=$2} /Used/ || /spill/ {sub(/^ptxas[^:]*: */, ""); sub(/^ptxas *\. */, ""); printf "%-24s %s\n", name, $0}'

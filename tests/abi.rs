@@ -64,9 +64,12 @@ fn enum_codes_round_trip() {
         assert_eq!(TileKind::from_u32(*k as u32), Some(*k));
         let s = k.shape();
         assert!(s.bm > 0 && s.bn > 0);
-        assert!(k.smem_bytes() + SMEM_HEADER_BYTES <= TileKind::megakernel_smem_bytes());
+        let build = if k.is_wide() { TileKind::wide_smem_bytes() } else { TileKind::megakernel_smem_bytes() };
+        assert!(k.smem_bytes() + SMEM_HEADER_BYTES <= build, "{k:?} fits its build's shared memory");
     }
     assert_eq!(TileKind::from_u32(TileKind::ALL.len() as u32), None);
+    assert!(TileKind::megakernel_smem_bytes() <= TileKind::wide_smem_bytes());
+    assert!(TileKind::ALL.iter().any(|k| k.is_wide()) && !TileKind::Sgemm128x128.is_wide());
     for a in Activation::ALL {
         assert_eq!(Activation::from_u32(a as u32), Some(a));
     }
