@@ -701,7 +701,8 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     fn conv2_2(n: usize) -> Vec<ProblemDesc> {
-        let p = problem((0, 0, 0, 0), (256, 128, 1152), (1152, 128, 128), (1.0, 0.0), 0, Activation::None, BiasMode::None);
+        let p =
+            problem((0, 0, 0, 0), (256, 128, 1152), (1152, 128, 128), (1.0, 0.0), 0, Activation::None, BiasMode::None);
         vec![p; n]
     }
 
@@ -717,7 +718,8 @@ mod tests {
         assert!(big.is_wide(), "120 × conv2_2 should run wide: {:?}", big.problems[0].tile_kind);
         assert_eq!(wide.round_slots(&big, 264), 132);
         // 120 × 256³ has short tiles: the wide build's per-tile cost loses to 128×128 there.
-        let sq = problem((0, 0, 0, 0), (256, 256, 256), (256, 256, 256), (1.0, 0.0), 0, Activation::None, BiasMode::None);
+        let sq =
+            problem((0, 0, 0, 0), (256, 256, 256), (256, 256, 256), (1.0, 0.0), 0, Activation::None, BiasMode::None);
         assert!(!wide.build(&vec![sq; 120], &[], &cost, 264).is_wide());
         let one = wide.build(&conv2_2(1), &[], &cost, 264);
         assert!(!one.is_wide() && one.problems[0].k_splits > 1, "one problem wants split-K tiles");

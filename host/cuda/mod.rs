@@ -137,12 +137,20 @@ fn load_entry(
     })?;
     // SAFETY: `func` belongs to `module`, alive here.
     let (registers, local_bytes) = unsafe {
-        (driver::func_attr(func, CU_FUNC_ATTRIBUTE_NUM_REGS)?, driver::func_attr(func, CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?)
+        (
+            driver::func_attr(func, CU_FUNC_ATTRIBUTE_NUM_REGS)?,
+            driver::func_attr(func, CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?,
+        )
     };
     let mut occ = 0;
     // SAFETY: valid function, block size and shared memory size.
     ck("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
-        sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut occ, func, crate::abi::BLOCK_THREADS as i32, smem_bytes as usize)
+        sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
+            &mut occ,
+            func,
+            crate::abi::BLOCK_THREADS as i32,
+            smem_bytes as usize,
+        )
     })?;
     Ok((module, func, registers, local_bytes, occ.max(0) as u32))
 }

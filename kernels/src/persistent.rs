@@ -167,7 +167,8 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
         let tiles_n = desc.tiles_n();
         let (tm, tn) = if tiles_n == 0 { (u32::MAX, 0) } else { (tile / tiles_n, tile % tiles_n) };
         // SAFETY: the staged, validated problem; `run_tile` rejects bad coordinates.
-        let _ = unsafe { run_tile::<false>(desc, TileDesc { problem: 0, tile_m: tm, tile_n: tn, split: 0 }, smem, status) };
+        let _ =
+            unsafe { run_tile::<false>(desc, TileDesc { problem: 0, tile_m: tm, tile_n: tn, split: 0 }, smem, status) };
         sync_threads(); // the tile's stores are issued; descriptor and stages are free
         if tid == 0 {
             fence_acq_rel_gpu();

@@ -48,7 +48,10 @@ impl Gpu {
         let g = self.dev.gpu();
         let k = self.dev.kernel();
         let wide = k.wide.as_ref().map_or(String::new(), |w| {
-            format!("; wide build {} regs, {} B local, {} CTA/SM, grid {}", w.registers, w.local_bytes, w.ctas_per_sm, w.grid)
+            format!(
+                "; wide build {} regs, {} B local, {} CTA/SM, grid {}",
+                w.registers, w.local_bytes, w.ctas_per_sm, w.grid
+            )
         });
         format!(
             "{} (SM {}.{}, {} SMs), CUDA driver {}.{}; megakernel {} regs, {} B local, {} CTAs/SM, grid {}{wide}; {}",
