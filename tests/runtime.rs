@@ -438,13 +438,19 @@ runtime_test!(calibration_and_prediction, |d: Arc<dyn Device>, gpu: bool| {
     }
     let r = rt.rounds();
     let last = r.last().unwrap();
-    assert!(last.measured > Duration::ZERO && last.predicted > Duration::ZERO);
-    let ratio = last.measured.as_secs_f64() / last.predicted.as_secs_f64();
+    assert!(r.iter().all(|x| x.measured > Duration::ZERO && x.predicted > Duration::ZERO));
+    // The median over the last rounds: one round hit by a stall of a loaded CI machine (other
+    // tests run beside this one) must not decide.
+    let mut ratios: Vec<f64> =
+        r.iter().rev().take(9).map(|x| x.measured.as_secs_f64() / x.predicted.as_secs_f64()).collect();
+    ratios.sort_by(f64::total_cmp);
+    let ratio = ratios[ratios.len() / 2];
     say(&format!(
-        "calibration on {}: last round predicted {:?}, measured {:?} (ratio {ratio:.2})",
+        "calibration on {}: last round predicted {:?}, measured {:?}; median ratio of the last {} rounds {ratio:.2}",
         rt.device_name(),
         last.predicted,
-        last.measured
+        last.measured,
+        ratios.len()
     ));
     assert!((0.2..5.0).contains(&ratio), "prediction within 5x after calibration and drift tracking");
 });

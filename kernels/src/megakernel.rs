@@ -101,53 +101,54 @@ unsafe fn claim(queue: u64, base: u64) -> u32 {
     if ticket > u32::MAX as u64 { u32::MAX } else { ticket as u32 }
 }
 
-/// Round-per-launch entry point. Launch with `BLOCK_THREADS` threads, any grid (the host sizes it
-/// from occupancy to fill every SM once) and `TileKind::megakernel_smem_bytes()` of dynamic shared
-/// memory. Every CTA claims tile indices `queue - queue_base` until one is past `num_tiles`, so a
-/// launch moves the queue head by exactly `num_tiles + gridDim.x`.
-///
-/// `done[slot]` counts finished tiles per completion slot (release increments); `status` receives
-/// the first error code. The host JIT-caps this build's registers (two CTAs per SM); a tile of a
-/// [`TileKind::is_wide`] kind reports `status::NEEDS_WIDE`.
-///
-/// # Safety
-/// The addresses are the round's device buffers as the host backend laid them out, holding
-/// validated descriptors.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn tilemux_round(
-    problems: u64,
-    num_problems: u32,
-    tiles: u64,
-    num_tiles: u32,
-    queue: u64,
-    queue_base: u64,
-    done: u64,
-    status_addr: u64,
-) {
-    // SAFETY: this entry point's contract.
-    unsafe { round::<false>(problems, num_problems, tiles, num_tiles, queue, queue_base, done, status_addr) }
+/// Defines a round entry point that runs [`round`] with the given `WIDE`.
+macro_rules! round_entry {
+    ($(#[$doc:meta])* $name:ident, $wide:expr) => {
+        $(#[$doc])*
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(
+            problems: u64,
+            num_problems: u32,
+            tiles: u64,
+            num_tiles: u32,
+            queue: u64,
+            queue_base: u64,
+            done: u64,
+            status_addr: u64,
+        ) {
+            // SAFETY: this entry point's contract.
+            unsafe { round::<$wide>(problems, num_problems, tiles, num_tiles, queue, queue_base, done, status_addr) }
+        }
+    };
 }
 
-/// The wide build of [`tilemux_round`]: the same protocol and parameters, every tile kind
-/// including the [`TileKind::is_wide`] ones, `TileKind::wide_smem_bytes()` of dynamic shared
-/// memory. The host loads it without a register cap and launches one CTA per SM.
-///
-/// # Safety
-/// As [`tilemux_round`].
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn tilemux_round_wide(
-    problems: u64,
-    num_problems: u32,
-    tiles: u64,
-    num_tiles: u32,
-    queue: u64,
-    queue_base: u64,
-    done: u64,
-    status_addr: u64,
-) {
-    // SAFETY: this entry point's contract.
-    unsafe { round::<true>(problems, num_problems, tiles, num_tiles, queue, queue_base, done, status_addr) }
-}
+round_entry!(
+    /// Round-per-launch entry point. Launch with `BLOCK_THREADS` threads, any grid (the host sizes
+    /// it from occupancy to fill every SM once) and `TileKind::megakernel_smem_bytes()` of dynamic
+    /// shared memory. Every CTA claims tile indices `queue - queue_base` until one is past
+    /// `num_tiles`, so a launch moves the queue head by exactly `num_tiles + gridDim.x`.
+    ///
+    /// `done[slot]` counts finished tiles per completion slot (release increments); `status`
+    /// receives the first error code. The host JIT-caps this build's registers (two CTAs per SM);
+    /// a tile of a [`TileKind::is_wide`] kind reports `status::NEEDS_WIDE`.
+    ///
+    /// # Safety
+    /// The addresses are the round's device buffers as the host backend laid them out, holding
+    /// validated descriptors.
+    tilemux_round,
+    false
+);
+
+round_entry!(
+    /// The wide build of [`tilemux_round`]: the same protocol and parameters, every tile kind
+    /// including the [`TileKind::is_wide`] ones, `TileKind::wide_smem_bytes()` of dynamic shared
+    /// memory. The host loads it without a register cap and launches one CTA per SM.
+    ///
+    /// # Safety
+    /// As [`tilemux_round`].
+    tilemux_round_wide,
+    true
+);
 
 /// The body of both round entry points.
 ///
