@@ -1,28 +1,30 @@
 //! Persistent mode, host side: the ring (layout in [`crate::abi::ring`], protocol in
 //! `kernels/src/QUEUE.md`) and the engines that drain it: the resident CUDA kernel
-//! ([`crate::cuda::persistent`]) or CPU threads standing in for its CTAs ([`CpuEngine`]), which
-//! follow the same claim/find/complete protocol.
+//! ([`crate::cuda::persistent`]) or CPU threads standing in for its worker CTAs ([`CpuEngine`]),
+//! which follow the same claim/find/complete protocol.
 //!
-//! One thread writes ([`RingWriter`]: fill slots in host memory, then [`Engine::publish`] makes
-//! them visible to the device side), one thread watches completions ([`RingMemory::is_done`]);
+//! One thread writes ([`RingWriter`]: fill slots in host memory, then one release store of the
+//! header's `published` word publishes them; no driver call), one thread watches completions
+//! ([`RingMemory::is_done`]);
 //! a slot is reused only after the problem that held it is done. Slot words are accessed with
 //! atomics on the host, so a CPU engine reading a slot the writer is refilling is never a data
 //! race (the protocol discards such a read).
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::abi::ProblemDesc;
-use crate::abi::ring::{RingSlot, done_offset, host_bytes, slot_offset};
+use crate::abi::ring::{HostHeader, RingSlot, done_offset, host_bytes, host_slot_offset};
 use crate::error::{Error, Result};
 
-/// Host memory of a ring: `slots` slot images (written by the host, copied to the device ring
-/// on publish), then `slots` completion words (written by the device side). 64-byte aligned,
-/// zeroed. For CUDA it is pinned and device-mapped.
+/// Host memory of a ring: the [`HostHeader`] (published count, heartbeat, stop), `slots` slot
+/// images (written by the host, copied to the device ring by the forwarder CTA), then `slots`
+/// completion words (written by the device side). 64-byte aligned, zeroed. For CUDA it is
+/// pinned and device-mapped.
 pub struct RingMemory {
     base: NonNull<u8>,
     slots: u32,
@@ -73,12 +75,6 @@ impl RingMemory {
         }
     }
 
-    /// Host address of slot `i`'s image.
-    pub(crate) fn slot_ptr(&self, i: u32) -> *const u8 {
-        // SAFETY: in bounds for i < slots.
-        unsafe { self.base.as_ptr().add(slot_offset(i)) }
-    }
-
     /// Slots in the ring.
     pub fn slots(&self) -> u32 {
         self.slots
@@ -99,6 +95,33 @@ impl RingMemory {
         self.u64_at(done_offset(self.slots, i))
     }
 
+    /// Publishes problems `..to` (their slots written): one release store, which the device
+    /// side's acquire of the word pairs with.
+    pub fn publish(&self, to: u64) {
+        self.u64_at(std::mem::offset_of!(HostHeader, published)).store(to, Ordering::Release);
+    }
+
+    /// Problems published.
+    pub fn published(&self) -> u64 {
+        self.u64_at(std::mem::offset_of!(HostHeader, published)).load(Ordering::Acquire)
+    }
+
+    /// Tells the device side the host is alive (it stops by itself after its timeout without a
+    /// change).
+    pub fn beat(&self, n: u64) {
+        self.u64_at(std::mem::offset_of!(HostHeader, heartbeat)).store(n, Ordering::Relaxed);
+    }
+
+    /// Asks the device side to stop once nothing published needs it (after the last publish).
+    pub fn request_stop(&self) {
+        self.u64_at(std::mem::offset_of!(HostHeader, stop)).store(1, Ordering::Release);
+    }
+
+    /// Whether a stop was requested.
+    pub fn stop_requested(&self) -> bool {
+        self.u64_at(std::mem::offset_of!(HostHeader, stop)).load(Ordering::Acquire) != 0
+    }
+
     /// Whether problem `seq` is done.
     pub fn is_done(&self, seq: u64) -> bool {
         self.done_word((seq % self.slots as u64) as u32).load(Ordering::Acquire) > seq
@@ -108,7 +131,7 @@ impl RingMemory {
     fn store_slot(&self, i: u32, s: &RingSlot) {
         let words: &[u32] = bytemuck::cast_slice(bytemuck::bytes_of(s));
         for (j, w) in words.iter().enumerate() {
-            self.u32_at(slot_offset(i) + 4 * j).store(*w, Ordering::Relaxed);
+            self.u32_at(host_slot_offset(i) + 4 * j).store(*w, Ordering::Relaxed);
         }
     }
 
@@ -116,44 +139,44 @@ impl RingMemory {
     fn load_slot(&self, i: u32) -> RingSlot {
         let mut words = [0u32; size_of::<RingSlot>() / 4];
         for (j, w) in words.iter_mut().enumerate() {
-            *w = self.u32_at(slot_offset(i) + 4 * j).load(Ordering::Relaxed);
+            *w = self.u32_at(host_slot_offset(i) + 4 * j).load(Ordering::Relaxed);
         }
         bytemuck::pod_read_unaligned(bytemuck::cast_slice::<u32, u8>(&words))
     }
 }
 
-/// The device side of a ring.
+/// The device side of a ring (it learns of work, heartbeats and the stop request through the
+/// ring's header: [`RingMemory::publish`], [`RingMemory::beat`], [`RingMemory::request_stop`]).
 pub trait Engine: Send + Sync {
-    /// Makes the slots of problems `from..to` (written, in order) visible to the device side,
-    /// then publishes `to` problems.
-    fn publish(&self, mem: &RingMemory, from: u64, to: u64) -> Result<()>;
-    /// Tells the device side the host is alive (it stops by itself after the timeout).
-    fn beat(&self, n: u64);
-    /// Asks the device side to stop once nothing published needs it.
-    fn request_stop(&self);
-    /// Waits for the device side to stop; returns the first device error code (0: none).
+    /// Waits for the device side to stop (after [`RingMemory::request_stop`] or its heartbeat
+    /// timeout); returns the first device error code (0: none).
     fn join(&self) -> Result<u32>;
 }
 
 /// The ring's single writer.
 pub struct RingWriter {
     mem: Arc<RingMemory>,
-    engine: Arc<dyn Engine>,
     next_seq: u64,
     next_tile: u64,
     published: u64,
 }
 
 impl RingWriter {
-    /// A writer for a fresh ring and its engine.
-    pub fn new(mem: Arc<RingMemory>, engine: Arc<dyn Engine>) -> RingWriter {
-        RingWriter { mem, engine, next_seq: 0, next_tile: 0, published: 0 }
+    /// A writer for a fresh ring.
+    pub fn new(mem: Arc<RingMemory>) -> RingWriter {
+        RingWriter { mem, next_seq: 0, next_tile: 0, published: 0 }
     }
 
     /// Whether the slot the next problem needs is free (its previous problem is done).
     pub fn has_room(&self) -> bool {
         let n = self.mem.slots as u64;
         self.next_seq < n || self.mem.is_done(self.next_seq - n)
+    }
+
+    /// Whether the slots the next `n` problems need are all free.
+    pub fn has_room_for(&self, n: u64) -> bool {
+        let slots = self.mem.slots as u64;
+        n <= slots && (self.next_seq..self.next_seq + n).all(|q| q < slots || self.mem.is_done(q - slots))
     }
 
     /// Writes `p` (tile grid set, `k_splits == 1`) into the next slot without publishing it.
@@ -175,13 +198,11 @@ impl RingWriter {
     }
 
     /// Publishes every written problem.
-    pub fn publish(&mut self) -> Result<()> {
+    pub fn publish(&mut self) {
         if self.published < self.next_seq {
-            fence(Ordering::Release);
-            self.engine.publish(&self.mem, self.published, self.next_seq)?;
+            self.mem.publish(self.next_seq);
             self.published = self.next_seq;
         }
-        Ok(())
     }
 
     /// Problems written so far.
@@ -190,20 +211,21 @@ impl RingWriter {
     }
 }
 
-/// CPU threads running the resident kernel's protocol (the stand-in for CTAs in CI).
+/// CPU threads running the resident kernel's worker protocol (the stand-in for CTAs in CI): they
+/// read the host block directly, so the forwarder's copy is the identity.
 pub struct CpuEngine {
-    state: Arc<CpuState>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 struct CpuState {
     claim: AtomicU64,
-    published: AtomicU64,
-    stop: AtomicBool,
     /// Per slot: `seq + 1` of its last finished problem (the device-side done words).
     dev_done: Vec<AtomicU64>,
     done_ctr: Vec<AtomicU32>,
 }
+
+/// Problems a worker looks through at once (the kernel's block size).
+const WINDOW: u64 = crate::abi::BLOCK_THREADS as u64;
 
 impl CpuEngine {
     /// Starts `workers` threads on `mem` (its problems' addresses point into a CPU pool).
@@ -211,8 +233,6 @@ impl CpuEngine {
         let n = mem.slots as usize;
         let state = Arc::new(CpuState {
             claim: AtomicU64::new(0),
-            published: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
             dev_done: (0..n).map(|_| AtomicU64::new(0)).collect(),
             done_ctr: (0..n).map(|_| AtomicU32::new(0)).collect(),
         });
@@ -225,23 +245,11 @@ impl CpuEngine {
                     .expect("spawning a CPU CTA")
             })
             .collect();
-        CpuEngine { state, threads: Mutex::new(threads) }
+        CpuEngine { threads: Mutex::new(threads) }
     }
 }
 
 impl Engine for CpuEngine {
-    fn publish(&self, _mem: &RingMemory, _from: u64, to: u64) -> Result<()> {
-        // The CPU side reads the host slots directly: the release store is the whole copy.
-        self.state.published.store(to, Ordering::Release);
-        Ok(())
-    }
-
-    fn beat(&self, _n: u64) {}
-
-    fn request_stop(&self) {
-        self.state.stop.store(true, Ordering::Release);
-    }
-
     fn join(&self) -> Result<u32> {
         let threads: Vec<_> = self.threads.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
         for t in threads {
@@ -251,44 +259,51 @@ impl Engine for CpuEngine {
     }
 }
 
-/// One CPU "CTA": the loop of `kernels/src/persistent.rs`, step for step.
+/// Waits until more than `cursor` problems are published; `None` once a stop was requested and
+/// none past `cursor` will come (the worker's `wait_published`).
+fn cpu_wait_published(mem: &RingMemory, cursor: u64) -> Option<u64> {
+    let idle = Instant::now();
+    loop {
+        let p = mem.published();
+        if p > cursor {
+            return Some(p);
+        }
+        if mem.stop_requested() && mem.published() <= cursor {
+            return None;
+        }
+        if idle.elapsed() > Duration::from_micros(50) {
+            std::thread::sleep(Duration::from_micros(50));
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// One CPU "CTA": the worker loop of `kernels/src/persistent.rs`, step for step (the window of
+/// candidates the kernel's threads check at once is checked in a loop here).
 fn cpu_cta(mem: &RingMemory, st: &CpuState) {
     let slots = mem.slots as u64;
     let mut cursor = 0u64;
     loop {
         let g = st.claim.fetch_add(1, Ordering::Relaxed);
-        let mut idle = Instant::now();
-        let found = loop {
-            let q = cursor;
-            if st.published.load(Ordering::Acquire) <= q {
-                if st.stop.load(Ordering::Acquire) && st.published.load(Ordering::Acquire) <= q {
-                    break None;
+        let found = 'find: loop {
+            let Some(p) = cpu_wait_published(mem, cursor) else { break None };
+            let end = p.min(cursor + WINDOW);
+            for q in cursor..end {
+                let i = (q % slots) as usize;
+                let slot = mem.load_slot(i as u32);
+                if slot.seq == q && slot.first_tile <= g && g < slot.first_tile + slot.tiles as u64 {
+                    // Finished while we read: the writer may be refilling the slot.
+                    fence(Ordering::Acquire);
+                    if st.dev_done[i].load(Ordering::Acquire) <= q {
+                        break 'find Some((q, slot, (g - slot.first_tile) as u32));
+                    }
                 }
-                if idle.elapsed() > Duration::from_micros(50) {
-                    std::thread::sleep(Duration::from_micros(50));
-                } else {
-                    std::hint::spin_loop();
-                }
-                continue;
             }
-            idle = Instant::now();
-            let i = (q % slots) as usize;
-            if st.dev_done[i].load(Ordering::Acquire) > q {
-                cursor += 1;
-                continue;
-            }
-            let slot = mem.load_slot(i as u32);
-            fence(Ordering::Acquire);
-            if st.dev_done[i].load(Ordering::Acquire) > q || slot.seq != q {
-                cursor += 1; // finished while we read: the writer may be refilling the slot
-                continue;
-            }
-            if g < slot.first_tile + slot.tiles as u64 {
-                break Some((q, slot, (g - slot.first_tile) as u32));
-            }
-            cursor += 1;
+            cursor = end;
         };
         let Some((seq, slot, tile)) = found else { return };
+        cursor = seq;
         let p = slot.problem;
         let t = crate::abi::TileDesc {
             problem: 0,

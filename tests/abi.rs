@@ -133,16 +133,18 @@ fn ptx_builds_keep_only_their_entries() {
             .collect()
     };
     let all = entries(tilemux::cuda::PTX);
-    assert_eq!(all.len(), 3, "{all:?}");
+    assert_eq!(all.len(), 4, "{all:?}");
     let narrow = tilemux::cuda::ptx_with_entries(&["tilemux_round", "tilemux_persistent"]);
     let wide = tilemux::cuda::ptx_with_entries(&["tilemux_round_wide"]);
+    let probe = tilemux::cuda::ptx_with_entries(&["tilemux_echo"]);
     let mut n = entries(&narrow);
     n.sort();
     assert_eq!(n, ["tilemux_persistent", "tilemux_round"]);
     assert_eq!(entries(&wide), ["tilemux_round_wide"]);
-    for p in [&narrow, &wide] {
+    assert_eq!(entries(&probe), ["tilemux_echo"]);
+    for p in [&narrow, &wide, &probe] {
         assert!(p.contains(".extern .shared") && p.contains(".version"));
         assert_eq!(p.matches('{').count(), p.matches('}').count(), "unbalanced braces");
     }
-    assert!(narrow.len() + wide.len() < tilemux::cuda::PTX.len() + 4096);
+    assert!(narrow.len() + wide.len() + probe.len() < tilemux::cuda::PTX.len() + 4096);
 }

@@ -8,6 +8,7 @@
 pub mod cublas;
 pub mod driver;
 pub mod persistent;
+pub mod probe;
 
 use std::ffi::c_void;
 use std::ops::Range;

@@ -378,10 +378,12 @@ pub(crate) struct Inner {
     pub(crate) submitted: AtomicU64,
     /// The scheduler is blocked on `wake` (submitters notify only then).
     pub(crate) sched_sleeping: AtomicBool,
-    /// Persistent mode's ring and engine.
-    pub(crate) persistent: Option<(Arc<crate::persistent::RingMemory>, Arc<dyn crate::persistent::Engine>)>,
+    /// Persistent mode's ring, engine and writer.
+    pub(crate) persistent: Option<scheduler::Ring>,
     /// Problems accepted and not finished (persistent mode's admission control).
     pub(crate) outstanding: AtomicU64,
+    /// Threads in `wait_until` (`notify_progress` skips the wake-up when there are none).
+    progress_sleepers: AtomicU32,
     pub(crate) epoch: Instant,
 }
 
@@ -392,15 +394,23 @@ impl Inner {
 
     /// Blocks until `done()` holds, re-checking after every round and at least every 5 ms.
     pub(crate) fn wait_until(&self, done: impl Fn() -> bool) {
+        self.progress_sleepers.fetch_add(1, Ordering::SeqCst);
         let mut g = self.progress.lock().unwrap_or_else(|e| e.into_inner());
         while !done() {
             g = self.progress_cv.wait_timeout(g, Duration::from_millis(5)).unwrap_or_else(|e| e.into_inner()).0;
         }
+        drop(g);
+        self.progress_sleepers.fetch_sub(1, Ordering::SeqCst);
     }
 
     pub(crate) fn notify_progress(&self) {
-        let _g = self.progress.lock().unwrap_or_else(|e| e.into_inner());
-        self.progress_cv.notify_all();
+        // Waiters count themselves before they check: a change made before this fence is seen
+        // by their check, or they are counted here (and re-check every 5 ms regardless).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.progress_sleepers.load(Ordering::SeqCst) > 0 {
+            let _g = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+            self.progress_cv.notify_all();
+        }
     }
 
     fn transfer(&self, job: Job) {
@@ -486,7 +496,7 @@ impl Runtime {
                 }
                 chooser = TileChooser { table: chooser.table, ..TileChooser::persistent() };
                 let (ring, engine) = device.start_persistent(p.slots, p.heartbeat_timeout)?;
-                Some((ring, engine))
+                Some(scheduler::Ring::new(ring, engine))
             }
         };
         let (ttx, trx) = mpsc::channel::<Job>();
@@ -510,6 +520,7 @@ impl Runtime {
             sched_sleeping: AtomicBool::new(false),
             persistent,
             outstanding: AtomicU64::new(0),
+            progress_sleepers: AtomicU32::new(0),
             epoch: Instant::now(),
             device,
             cfg,

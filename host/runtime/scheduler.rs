@@ -32,10 +32,13 @@ use crate::validate::{Checked, CheckedOp, check_request};
 /// How long the scheduler, the executor and ticket waiters spin before they block: short enough
 /// to cost nothing when idle, long enough to skip a sleeping thread's wake-up (tens of µs) on
 /// the critical path of a request. Zero on machines with fewer than 8 cores, where spinning
-/// threads would take the cores the callers need.
+/// threads would take the cores the callers need. `TILEMUX_SPIN_US` overrides it.
 pub(crate) fn spin() -> Duration {
     static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
     *SPIN.get_or_init(|| {
+        if let Some(us) = std::env::var("TILEMUX_SPIN_US").ok().and_then(|v| v.parse().ok()) {
+            return Duration::from_micros(us);
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         if cores >= 8 { Duration::from_micros(100) } else { Duration::ZERO }
     })
@@ -83,14 +86,11 @@ pub(crate) struct SchedState {
     queues: BTreeMap<u32, Queue>,
     seq: u64,
     rounds: u64,
-    /// Persistent mode: buffers of requests on the device, `(readers, writers)` per buffer id.
-    /// Consecutive batches overlap there, so a request must not touch what they write.
-    inflight: std::collections::HashMap<u64, (u32, u32)>,
 }
 
 impl SchedState {
     pub(crate) fn new(paused: bool) -> SchedState {
-        SchedState { open: true, paused, queues: BTreeMap::new(), seq: 0, rounds: 0, inflight: Default::default() }
+        SchedState { open: true, paused, queues: BTreeMap::new(), seq: 0, rounds: 0 }
     }
 
     fn has_work(&self) -> bool {
@@ -104,6 +104,48 @@ struct Batch {
     round: Round,
     reqs: Vec<(Arc<TenantState>, Pending)>,
     predicted: Duration,
+}
+
+/// Persistent mode's ring: its memory, the engine draining it, its one writer and the way to
+/// the completer.
+pub(crate) struct Ring {
+    pub(crate) mem: Arc<crate::persistent::RingMemory>,
+    engine: Arc<dyn crate::persistent::Engine>,
+    /// The ring's single writer: the ring-writer thread's for scheduled batches, or a
+    /// submitting thread's for a request that finds nothing queued (the fast path).
+    writer: std::sync::Mutex<crate::persistent::RingWriter>,
+    /// Written requests on their way to the completer; `None` once the writer thread is done.
+    flights: std::sync::Mutex<Option<std::sync::mpsc::Sender<Vec<Flight>>>>,
+    /// Buffers of requests on the device, `(readers, writers)` per buffer id: requests overlap
+    /// there, so one must not touch what another in flight writes. Taken after the scheduler
+    /// lock where both are needed; the completer needs only this one.
+    inflight: std::sync::Mutex<Inflight>,
+    /// Fast paths between taking a request (under the scheduler lock, runtime open) and
+    /// handing it to the completer; shutdown waits for none.
+    fast_writers: std::sync::atomic::AtomicU32,
+}
+
+type Inflight = std::collections::HashMap<u64, (u32, u32)>;
+
+fn book(inflight: &mut Inflight, p: &Pending) {
+    for (b, w) in p.touches() {
+        let e = inflight.entry(b).or_default();
+        if w { e.1 += 1 } else { e.0 += 1 }
+    }
+}
+
+impl Ring {
+    pub(crate) fn new(mem: Arc<crate::persistent::RingMemory>, engine: Arc<dyn crate::persistent::Engine>) -> Ring {
+        let writer = std::sync::Mutex::new(crate::persistent::RingWriter::new(mem.clone()));
+        Ring {
+            mem,
+            engine,
+            writer,
+            flights: std::sync::Mutex::new(None),
+            inflight: Default::default(),
+            fast_writers: Default::default(),
+        }
+    }
 }
 
 /// Persistent mode's admission control: at most `slots` problems accepted and unfinished. Takes
@@ -214,12 +256,61 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
     s.queues.get_mut(&tenant.id).and_then(|q| q.pending.back_mut()).expect("pushed").seq = seq;
     tenant.inflight.fetch_add(1, Ordering::AcqRel);
     tenant.counters().submitted += 1;
-    drop(s);
+    if fast_path(inner, s, tenant.id) {
+        return Ok(t);
+    }
     inner.submitted.fetch_add(1, Ordering::AcqRel);
     if inner.sched_sleeping.load(Ordering::Acquire) {
         inner.wake.notify_all();
     }
     Ok(t)
+}
+
+/// Persistent mode's fast path: a request that finds nothing else queued (and the runtime not
+/// paused, nothing in flight it conflicts with) goes into the ring on the submitting thread
+/// rather than through the scheduler and writer threads: the policy has nothing to choose
+/// between. Under the scheduler lock it takes the request (fair-share time and hazards booked as
+/// `assemble` would); after releasing it, it plans and writes the request under the ring's writer
+/// lock and hands it to the completer. Returns whether it took the request; the scheduler lock
+/// is released either way.
+fn fast_path(inner: &Inner, mut s: std::sync::MutexGuard<'_, SchedState>, tenant: u32) -> bool {
+    let Some(ring) = &inner.persistent else { return false };
+    let SchedState { queues, paused, .. } = &mut *s;
+    if *paused || !queues.iter().all(|(id, q)| q.pending.len() == usize::from(*id == tenant)) {
+        return false;
+    }
+    let Some(q) = queues.get_mut(&tenant) else { return false };
+    let Some(head) = q.pending.front() else { return false };
+    {
+        let mut inflight = ring.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        let conflict = head.touches().any(|(b, w)| {
+            let (r, wr) = inflight.get(&b).copied().unwrap_or((0, 0));
+            wr > 0 || (w && r > 0)
+        });
+        if conflict {
+            return false;
+        }
+        book(&mut inflight, head);
+    }
+    let p = q.pending.pop_front().expect("non-empty");
+    q.vt += p.cost_ns / q.tenant.spec.weight;
+    let t = q.tenant.clone();
+    // Counted while the runtime is open (under the lock): a shutdown waits for it.
+    ring.fast_writers.fetch_add(1, Ordering::AcqRel);
+    drop(s);
+    let (descs, overrides): (Vec<_>, Vec<_>) = p.ops.iter().map(|o| (o.get().desc, o.get().plan)).unzip();
+    let round = {
+        let cost = inner.cost.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        inner.chooser.read().unwrap_or_else(|e| e.into_inner()).build(&descs, &overrides, &cost, inner.device.slots())
+    };
+    let batch = Batch { index: 0, round, reqs: vec![(t, p)], predicted: Duration::ZERO };
+    let (flights, failed) = write_batch(inner, &mut ring.writer.lock().unwrap_or_else(|e| e.into_inner()), batch);
+    if let Some(tx) = ring.flights.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        let _ = tx.send(flights);
+    }
+    ring.fast_writers.fetch_sub(1, Ordering::AcqRel);
+    finish_failed(inner, failed);
+    true
 }
 
 /// Resolves every queued request of `tenant` (or of all tenants) with `err()`.
@@ -277,6 +368,7 @@ fn assemble(inner: &Inner, s: &mut SchedState) -> Option<Batch> {
     let mut exhausted = HashSet::new();
     let mut per_tenant: BTreeMap<u32, (usize, HashSet<(u64, bool)>)> = BTreeMap::new();
     let (mut tiles, mut sum_ns) = (0usize, 0.0f64);
+    let mut inflight = inner.persistent.as_ref().map(|r| r.inflight.lock().unwrap_or_else(|e| e.into_inner()));
     while let Some(id) = pick(cfg.policy, s, &exhausted) {
         let q = s.queues.get_mut(&id).expect("picked");
         let head = q.pending.front().expect("non-empty");
@@ -289,9 +381,8 @@ fn assemble(inner: &Inner, s: &mut SchedState) -> Option<Batch> {
             exhausted.insert(id);
             continue;
         }
-        let busy = &s.inflight;
         let conflict = head.touches().any(|(b, w)| {
-            let (r, wr) = busy.get(&b).copied().unwrap_or((0, 0));
+            let (r, wr) = inflight.as_ref().and_then(|m| m.get(&b)).copied().unwrap_or((0, 0));
             entry.1.contains(&(b, true)) || (w && entry.1.contains(&(b, false))) || wr > 0 || (w && r > 0)
         });
         if conflict {
@@ -305,11 +396,8 @@ fn assemble(inner: &Inner, s: &mut SchedState) -> Option<Batch> {
             }
         }
         let p = q.pending.pop_front().expect("non-empty");
-        if inner.persistent.is_some() {
-            for (b, w) in p.touches() {
-                let e = s.inflight.entry(b).or_default();
-                if w { e.1 += 1 } else { e.0 += 1 }
-            }
+        if let Some(m) = inflight.as_mut() {
+            book(m, &p);
         }
         q.vt += p.cost_ns / q.tenant.spec.weight;
         entry.0 += p.ref_tiles;
@@ -342,8 +430,9 @@ fn assemble(inner: &Inner, s: &mut SchedState) -> Option<Batch> {
 /// Starts the scheduler and executor threads, connected by a rendezvous channel.
 pub(crate) fn spawn(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
     let (tx, rx) = std::sync::mpsc::sync_channel(0);
-    if inner.persistent.is_some() {
+    if let Some(ring) = &inner.persistent {
         let (ftx, frx) = std::sync::mpsc::channel();
+        *ring.flights.lock().unwrap_or_else(|e| e.into_inner()) = Some(ftx.clone());
         let (a, b) = (inner.clone(), inner.clone());
         let thread = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -570,7 +659,7 @@ fn complete(inner: &Inner, c: Completed) {
 }
 
 /// A request whose problems are in the ring.
-struct Flight {
+pub(crate) struct Flight {
     tenant: Arc<TenantState>,
     pending: Pending,
     /// Ring sequence numbers of its problems.
@@ -578,57 +667,76 @@ struct Flight {
     published: Instant,
 }
 
-/// Persistent mode's executor: writes each batch's problems into the ring (waiting for their
-/// slots) and publishes them; the device starts at once. On shutdown it waits for everything
-/// published to finish, then stops and joins the resident kernel.
-fn ring_writer(inner: &Inner, rx: Receiver<Batch>, flights: std::sync::mpsc::Sender<Vec<Flight>>) {
-    let (ring, engine) = inner.persistent.as_ref().expect("persistent mode");
-    let mut w = crate::persistent::RingWriter::new(ring.clone(), engine.clone());
-    while let Some(b) = recv_spinning(&rx) {
-        // The backend's own gate, as in round mode: every access inside the pool.
-        let checked = crate::round::check(&b.round, inner.device.pool()).map_err(|e| e.to_string());
-        let mut out = Vec::with_capacity(b.reqs.len());
-        let mut next = 0;
-        for (t, p) in b.reqs {
-            let n = p.ops.len();
-            if let Err(e) = &checked {
-                finish_flight(inner, t, p, Some(e.clone()), Instant::now());
-                continue;
-            }
-            let mut seqs = Vec::with_capacity(n);
-            for d in &b.round.problems[next..next + n] {
-                let mut spins = 0u32;
-                while !w.has_room() {
-                    // Let the device drain what is written before waiting on it.
-                    if let Err(e) = w.publish() {
-                        tracing::error!(error = %e, "publishing to the ring failed");
-                    }
-                    spins += 1;
-                    if spins > 1000 {
-                        std::thread::yield_now();
-                    } else {
-                        std::hint::spin_loop();
-                    }
+/// Writes a batch's problems into the ring (waiting for their slots) and publishes them; the
+/// device starts at once. Returns the requests written, for the completer, and those that failed
+/// the backend's check with why, for [`finish_failed`] once the writer lock is released.
+fn write_batch(inner: &Inner, w: &mut crate::persistent::RingWriter, b: Batch) -> (Vec<Flight>, Vec<(Flight, String)>) {
+    // The backend's own gate, as in round mode: every access inside the pool.
+    let checked = crate::round::check(&b.round, inner.device.pool()).map_err(|e| e.to_string());
+    let mut out = Vec::with_capacity(b.reqs.len());
+    let mut failed = Vec::new();
+    let mut next = 0;
+    for (t, p) in b.reqs {
+        let n = p.ops.len();
+        if let Err(e) = &checked {
+            failed.push((Flight { tenant: t, pending: p, seqs: Vec::new(), published: Instant::now() }, e.clone()));
+            continue;
+        }
+        let mut seqs = Vec::with_capacity(n);
+        for d in &b.round.problems[next..next + n] {
+            let mut spins = 0u32;
+            while !w.has_room() {
+                // Let the device drain what is written before waiting on it.
+                w.publish();
+                spins += 1;
+                if spins > 1000 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
                 }
-                seqs.push(w.write(*d));
             }
-            next += n;
-            out.push(Flight { tenant: t, pending: p, seqs, published: Instant::now() });
+            seqs.push(w.write(*d));
         }
-        if let Err(e) = w.publish() {
-            tracing::error!(error = %e, "publishing to the ring failed");
-        }
-        let now = Instant::now();
-        out.iter_mut().for_each(|f| f.published = now);
+        next += n;
+        out.push(Flight { tenant: t, pending: p, seqs, published: Instant::now() });
+    }
+    w.publish();
+    let now = Instant::now();
+    out.iter_mut().for_each(|f| f.published = now);
+    (out, failed)
+}
+
+/// Resolves requests that failed the backend's check (and frees their buffers).
+fn finish_failed(inner: &Inner, failed: Vec<(Flight, String)>) {
+    for (f, e) in failed {
+        finish_flights(inner, vec![f], Some(e));
+    }
+}
+
+/// Persistent mode's executor: writes each scheduled batch into the ring. On shutdown it waits
+/// for everything published to finish, then stops and joins the resident kernel.
+fn ring_writer(inner: &Inner, rx: Receiver<Batch>, flights: std::sync::mpsc::Sender<Vec<Flight>>) {
+    let ring = inner.persistent.as_ref().expect("persistent mode");
+    while let Some(b) = recv_spinning(&rx) {
+        let (out, failed) = write_batch(inner, &mut ring.writer.lock().unwrap_or_else(|e| e.into_inner()), b);
+        finish_failed(inner, failed);
         if flights.send(out).is_err() {
             break;
         }
     }
+    // The scheduler is gone, so the runtime is closed and no new fast path starts; those that
+    // started finish handing their requests to the completer. The completer stops once what is
+    // in flight resolves.
     drop(flights);
+    while ring.fast_writers.load(Ordering::Acquire) > 0 {
+        std::thread::yield_now();
+    }
+    ring.flights.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let written = ring.writer.lock().unwrap_or_else(|e| e.into_inner()).written();
     // Clean stop: everything published completes, then the kernel is told to stop.
-    inner.wait_until(|| (0..w.written()).rev().take(ring.slots() as usize).all(|s| ring.is_done(s)));
-    engine.request_stop();
-    if let Err(err) = engine.join() {
+    inner.wait_until(|| (0..written).rev().take(ring.mem.slots() as usize).all(|s| ring.mem.is_done(s)));
+    ring.mem.request_stop();
+    if let Err(err) = ring.engine.join() {
         tracing::warn!(error = %err, "the resident kernel reported an error");
     }
 }
@@ -637,7 +745,7 @@ fn ring_writer(inner: &Inner, rx: Receiver<Batch>, flights: std::sync::mpsc::Sen
 /// (spinning briefly after activity, then sleeping in short steps), resolves finished requests,
 /// and keeps the heartbeat going so the resident kernel knows the host is alive.
 fn ring_completer(inner: &Inner, rx: Receiver<Vec<Flight>>) {
-    let (ring, engine) = inner.persistent.as_ref().expect("persistent mode");
+    let ring = &inner.persistent.as_ref().expect("persistent mode").mem;
     let mut flights: VecDeque<Flight> = VecDeque::new();
     let mut active = Instant::now();
     let mut connected = true;
@@ -645,7 +753,7 @@ fn ring_completer(inner: &Inner, rx: Receiver<Vec<Flight>>) {
     loop {
         if last_beat.elapsed() > Duration::from_millis(20) {
             beats += 1;
-            engine.beat(beats);
+            ring.beat(beats);
             last_beat = Instant::now();
         }
         loop {
@@ -661,17 +769,17 @@ fn ring_completer(inner: &Inner, rx: Receiver<Vec<Flight>>) {
                 }
             }
         }
-        let before = flights.len();
+        let mut done = Vec::new();
         let mut i = 0;
         while i < flights.len() {
             if flights[i].seqs.iter().all(|&s| ring.is_done(s)) {
-                let f = flights.remove(i).expect("in range");
-                finish_flight(inner, f.tenant, f.pending, None, f.published);
+                done.push(flights.swap_remove_back(i).expect("in range"));
             } else {
                 i += 1;
             }
         }
-        if flights.len() != before {
+        if !done.is_empty() {
+            finish_flights(inner, done, None);
             active = Instant::now();
             inner.notify_progress();
             if inner.sched_sleeping.load(Ordering::Acquire) {
@@ -704,24 +812,27 @@ fn ring_completer(inner: &Inner, rx: Receiver<Vec<Flight>>) {
     }
 }
 
-/// Finishes a persistent-mode request and frees its buffers for later requests of its tenant.
-fn finish_flight(inner: &Inner, t: Arc<TenantState>, p: Pending, err: Option<String>, published: Instant) {
-    {
-        let mut s = inner.sched.lock().unwrap_or_else(|e| e.into_inner());
-        for (b, w) in p.touches() {
-            if let Some(e) = s.inflight.get_mut(&b) {
+/// Finishes persistent-mode requests (one lock of the in-flight map for all of them) and frees
+/// their buffers for later requests of their tenants.
+fn finish_flights(inner: &Inner, done: Vec<Flight>, err: Option<String>) {
+    if let Some(ring) = &inner.persistent {
+        let mut inflight = ring.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        for (b, w) in done.iter().flat_map(|f| f.pending.touches()) {
+            if let Some(e) = inflight.get_mut(&b) {
                 if w {
                     e.1 -= 1
                 } else {
                     e.0 -= 1
                 }
                 if *e == (0, 0) {
-                    s.inflight.remove(&b);
+                    inflight.remove(&b);
                 }
             }
         }
     }
-    finish(inner, &t, p, err, 0, published, published.elapsed());
+    for f in done {
+        finish(inner, &f.tenant, f.pending, err.clone(), 0, f.published, f.published.elapsed());
+    }
 }
 
 /// Resolves one request that ran (`err`: why its round failed), with its statistics.

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -20,6 +20,9 @@ struct Shared<T> {
     cv: Condvar,
     /// Set once the slot holds a result (lets waiters spin without the lock).
     ready: AtomicBool,
+    /// Threads blocked on `cv` (changed under `slot`'s lock): the resolver skips the wake-up
+    /// system call when there are none, the usual case (waiters spin first).
+    sleepers: AtomicU32,
 }
 
 /// A pending result. Resolves exactly once: with the work's outcome, or with an error when the
@@ -37,8 +40,12 @@ pub(crate) struct Resolver<T> {
 
 /// A connected ticket and resolver.
 pub(crate) fn ticket<T>() -> (Ticket<T>, Resolver<T>) {
-    let shared =
-        Arc::new(Shared { slot: Mutex::new(Slot::Pending(None)), cv: Condvar::new(), ready: AtomicBool::new(false) });
+    let shared = Arc::new(Shared {
+        slot: Mutex::new(Slot::Pending(None)),
+        cv: Condvar::new(),
+        ready: AtomicBool::new(false),
+        sleepers: AtomicU32::new(0),
+    });
     (Ticket { shared: shared.clone() }, Resolver { shared: Some(shared) })
 }
 
@@ -55,7 +62,9 @@ impl<T> Resolver<T> {
                 w.wake();
             }
             s.ready.store(true, Ordering::Release);
-            s.cv.notify_all();
+            if s.sleepers.load(Ordering::Relaxed) > 0 {
+                s.cv.notify_all();
+            }
         }
     }
 }
@@ -101,7 +110,9 @@ impl<T> Ticket<T> {
             if let Some(r) = Self::take(&mut slot) {
                 return r;
             }
+            self.shared.sleepers.fetch_add(1, Ordering::Relaxed);
             slot = self.shared.cv.wait(slot).unwrap_or_else(|e| e.into_inner());
+            self.shared.sleepers.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -118,7 +129,9 @@ impl<T> Ticket<T> {
             if now >= deadline {
                 return Err(Error::Timeout(timeout));
             }
+            self.shared.sleepers.fetch_add(1, Ordering::Relaxed);
             slot = self.shared.cv.wait_timeout(slot, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            self.shared.sleepers.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

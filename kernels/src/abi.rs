@@ -421,10 +421,12 @@ impl ProblemDesc {
 /// memory ordering: `kernels/src/QUEUE.md`.
 ///
 /// Problem `q` (the q-th ever written) lives in slot `q % slots`; its tiles are `first_tile ..
-/// first_tile + tiles` of one global tile sequence. The host writes slots into pinned host
-/// memory, copies them to the device ring with the copy engine and then publishes with a
-/// stream memory operation, so the kernel only ever reads device memory; the one word it
-/// writes to host memory is each problem's completion.
+/// first_tile + tiles` of one global tile sequence. The host writes slots into pinned,
+/// device-mapped host memory and publishes them with a release store of
+/// [`HostHeader::published`]; one CTA of the resident kernel (the forwarder) polls that word
+/// across the bus, copies new slots into the device ring and publishes them to the other CTAs
+/// in device memory, so only the forwarder reads host memory. The one word the workers write
+/// to host memory is each problem's completion.
 pub mod ring {
     use super::ProblemDesc;
     #[cfg(not(target_arch = "nvptx64"))]
@@ -439,7 +441,7 @@ pub mod ring {
         pub seq: u64,
         /// Its first tile in the global tile sequence.
         pub first_tile: u64,
-        /// Its tile count.
+        /// Its tile count (at least 1).
         pub tiles: u32,
         /// Reserved, zero.
         pub _reserved: [u32; 3],
@@ -447,20 +449,40 @@ pub mod ring {
         pub problem: ProblemDesc,
     }
 
+    /// The host's control words, at the start of the host block (written by the host only).
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy, Debug)]
+    #[cfg_attr(not(target_arch = "nvptx64"), derive(Pod, Zeroable))]
+    pub struct HostHeader {
+        /// Problems published (release store after their slots).
+        pub published: u64,
+        /// Host heartbeat: changes at least every heartbeat period while the host side lives.
+        pub heartbeat: u64,
+        /// Non-zero: stop once everything published is done (release store after the last
+        /// publish).
+        pub stop: u64,
+        /// Reserved, zero.
+        pub _reserved: [u64; 5],
+    }
+
     /// The resident kernel's control words, in device memory.
     #[repr(C, align(16))]
     #[derive(Clone, Copy, Debug)]
     #[cfg_attr(not(target_arch = "nvptx64"), derive(Pod, Zeroable))]
     pub struct DeviceState {
-        /// Next global tile index to claim (CTAs).
+        /// Next global tile index to claim (workers).
         pub claim: u64,
-        /// Problems published: their slots are in the device ring (host, by stream memory op).
+        /// Problems forwarded: their slots are in the device ring (forwarder).
         pub published: u64,
-        /// Host heartbeat (host, by stream memory op).
-        pub heartbeat: u64,
-        /// Nanoseconds without a heartbeat change after which the kernel stops by itself.
+        /// Tiles of the forwarded problems (`first_tile + tiles` of the last one): a worker
+        /// whose claim is below it knows its problem is forwarded (forwarder, released after
+        /// `published`).
+        pub tiles_published: u64,
+        /// Nanoseconds without a heartbeat change after which the kernel stops by itself (0:
+        /// never).
         pub heartbeat_timeout_ns: u64,
-        /// Non-zero: stop once no published problem needs this CTA (host).
+        /// Non-zero: stop once no published problem needs this CTA (forwarder, after its last
+        /// `tiles_published`).
         pub stop: u32,
         /// First error (a [`super::status`] code) (CTAs).
         pub status: u32,
@@ -470,25 +492,34 @@ pub mod ring {
         pub _reserved: u32,
     }
 
-    /// Bytes of the host block for `slots` slots: the slot staging area, then the completion
+    /// Bytes of the header at the start of the host block.
+    pub const HOST_HEADER_BYTES: usize = core::mem::size_of::<HostHeader>();
+
+    /// Bytes of the host block for `slots` slots: the header, the slots, then the completion
     /// words (the device writes `seq + 1` into word `q % slots` when problem `q` is done).
     pub const fn host_bytes(slots: u32) -> usize {
-        slots as usize * (core::mem::size_of::<RingSlot>() + 8)
+        HOST_HEADER_BYTES + slots as usize * (core::mem::size_of::<RingSlot>() + 8)
     }
 
-    /// Byte offset of slot `i` (host block and device ring alike).
+    /// Byte offset of slot `i` in the device ring.
     pub const fn slot_offset(i: u32) -> usize {
         i as usize * core::mem::size_of::<RingSlot>()
     }
 
+    /// Byte offset of slot `i` in the host block.
+    pub const fn host_slot_offset(i: u32) -> usize {
+        HOST_HEADER_BYTES + slot_offset(i)
+    }
+
     /// Byte offset of completion word `i` in the host block.
     pub const fn done_offset(slots: u32, i: u32) -> usize {
-        slots as usize * core::mem::size_of::<RingSlot>() + i as usize * 8
+        host_slot_offset(slots) + i as usize * 8
     }
 
     const _: () = {
         assert!(core::mem::size_of::<RingSlot>() == 160);
         assert!(core::mem::offset_of!(RingSlot, problem) == 32);
         assert!(core::mem::size_of::<DeviceState>() == 48);
+        assert!(core::mem::size_of::<HostHeader>() == 64);
     };
 }

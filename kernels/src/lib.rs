@@ -25,6 +25,8 @@ pub mod megakernel;
 #[cfg(target_arch = "nvptx64")]
 pub mod persistent;
 #[cfg(target_arch = "nvptx64")]
+pub mod probe;
+#[cfg(target_arch = "nvptx64")]
 mod problem;
 #[cfg(target_arch = "nvptx64")]
 mod sgemm;

@@ -2,26 +2,60 @@
 //! resident), it drains the ring until told to stop. Protocol and memory ordering: `QUEUE.md`,
 //! "Persistent mode".
 //!
-//! Each CTA's thread 0 claims the next global tile index and waits, polling device memory with
-//! nanosleep backoff (at most 1 µs between polls), until a published problem covers it; the CTA
-//! stages that problem's descriptor from the device ring into shared memory, runs the tile, and
-//! counts it. The CTA finishing a problem's last tile marks the slot done in device memory and
-//! writes the problem's completion word to host memory. The kernel reads no host memory.
+//! Block 0 is the forwarder: its thread 0 polls the host's `published` word across the bus, and
+//! the whole CTA copies newly published slots from host memory into the device ring, then
+//! publishes them to the workers in device memory. Every other block is a worker: its thread 0
+//! claims the next global tile index and waits (nanosleep backoff on a device word) until a
+//! published problem may cover it; then all its threads look through up to 256 published
+//! problems at once for the one holding the claim, stage its descriptor into shared memory, run
+//! the tile and count it. The CTA finishing a problem's last tile marks the slot done in device
+//! memory and writes the problem's completion word to host memory.
 
 use core::mem::offset_of;
 
-use crate::abi::ring::{DeviceState, RingSlot, slot_offset};
-use crate::abi::{SMEM_DESC_OFFSET, SMEM_HEADER_BYTES, TileDesc};
+use crate::abi::ring::{DeviceState, HOST_HEADER_BYTES, HostHeader, RingSlot, done_offset, slot_offset};
+use crate::abi::{BLOCK_THREADS, SMEM_DESC_OFFSET, SMEM_HEADER_BYTES, TileDesc};
 use crate::arch::{
-    atom_add_acq_rel_gpu_u32, atom_add_relaxed_gpu_u64, fence_acq_rel_gpu, globaltimer, ld_acquire_gpu_u64,
-    ld_shared_u32, ld_volatile_u32, ld_volatile_u64, ld_volatile_v4_u32, nanosleep, smem_base, st_relaxed_gpu_u32,
-    st_release_gpu_u64, st_release_sys_u64, st_shared_u32, st_shared_v4_u32, sync_threads, thread_idx_x,
+    atom_add_acq_rel_gpu_u32, atom_add_relaxed_gpu_u64, block_idx_x, fence_acq_rel_gpu, globaltimer,
+    ld_acquire_gpu_u32, ld_acquire_gpu_u64, ld_acquire_sys_u64, ld_shared_u32, ld_shared_u64, ld_volatile_u32,
+    ld_volatile_u64, ld_volatile_v4_u32, nanosleep, smem_base, st_relaxed_gpu_u32, st_relaxed_gpu_v4_u32,
+    st_release_gpu_u32, st_release_gpu_u64, st_release_sys_u64, st_shared_u32, st_shared_u64, st_shared_v4_u32,
+    sync_threads, thread_idx_x,
 };
 use crate::megakernel::run_tile;
 use crate::problem::Problem;
 
-/// Longest nanosleep between polls: bounds the wake-up latency of an idle kernel.
-const MAX_BACKOFF_NS: u32 = 1024;
+/// Longest nanosleep between a waiting worker's polls of the device `published` word: bounds
+/// the wake-up latency of an idle worker.
+const MAX_BACKOFF_NS: u32 = 512;
+/// The forwarder polls back to back (each poll is one bus round trip, about 1 µs) until this
+/// long passes without work, then sleeps this long between polls.
+const FORWARDER_IDLE_NS: u64 = 1_000_000;
+const FORWARDER_IDLE_SLEEP_NS: u32 = 1000;
+/// The forwarder reads the host's stop and heartbeat words every this many idle polls.
+const FORWARDER_CONTROL_EVERY: u32 = 32;
+/// 16-byte chunks per slot, and per forwarder thread and pass.
+const SLOT_CHUNKS: u32 = (size_of::<RingSlot>() / 16) as u32;
+const CHUNKS_PER_THREAD: u32 = 5;
+/// Slots the forwarder copies per pass (all its threads' chunks).
+const FORWARD_SLOTS: u64 = (BLOCK_THREADS * CHUNKS_PER_THREAD / SLOT_CHUNKS) as u64;
+/// Scratch words in the tile area of shared memory (free between tiles).
+const SCRATCH_PUBLISHED: u32 = 0;
+const SCRATCH_CLAIM: u32 = 8;
+const SCRATCH_FOUND: u32 = 16;
+const SCRATCH_SLOT: u32 = 24;
+const SCRATCH_TILE: u32 = 28;
+const SCRATCH_TILES: u32 = 32;
+/// The forwarder's scratch words: the range of problems to copy, and the last one's first tile
+/// and tile count (from the chunks that hold them).
+const SCRATCH_FROM: u32 = 0;
+const SCRATCH_TO: u32 = 8;
+const SCRATCH_LAST_FIRST: u32 = 16;
+const SCRATCH_LAST_TILES: u32 = 24;
+/// `first_tile` and `tiles` lie in a slot's first and second 16-byte chunks.
+const _: () = {
+    assert!(offset_of!(RingSlot, first_tile) == 8 && offset_of!(RingSlot, tiles) == 16);
+};
 
 /// The resident kernel's buffers.
 #[derive(Clone, Copy)]
@@ -34,8 +68,8 @@ struct Ring {
     dev_done: u64,
     /// Per slot: tiles finished of its current problem (device memory).
     done_ctr: u64,
-    /// Per slot: completion words (host-mapped memory).
-    host_done: u64,
+    /// The host block (host-mapped): header, slots, completion words.
+    host: u64,
     slots: u32,
 }
 
@@ -47,67 +81,160 @@ impl Ring {
     fn slot(&self, i: u32, field: usize) -> u64 {
         self.slots_addr + (slot_offset(i) + field) as u64
     }
+
+    fn header(&self, field: usize) -> u64 {
+        self.host + field as u64
+    }
+
+    /// Slot index of problem `q`.
+    fn index(&self, q: u64) -> u32 {
+        q.checked_rem(self.slots as u64).unwrap_or(0) as u32
+    }
 }
 
-/// Thread 0 of a CTA: claims the next global tile and finds the published problem holding it,
-/// advancing `cursor` past finished problems. Returns `(seq, slot, tile index)`, or `None` when
-/// the kernel stops (host stop, or no heartbeat for the timeout) before any problem covers the
-/// claim.
+/// The forwarder's thread 0: waits for host-published problems past `forwarded` and returns
+/// the range to copy next, or `None` once the host asked to stop (and everything it published is
+/// forwarded) or its heartbeat stopped for the timeout.
 ///
 /// # Safety
 /// As [`tilemux_persistent`].
-unsafe fn find_work(r: &Ring, cursor: &mut u64, beat: &mut (u64, u64)) -> Option<(u64, u32, u32)> {
-    // SAFETY (all loads and atomics below): addresses inside the device state, the device ring
-    // and the done words, sized for `r.slots`.
-    let g = unsafe { atom_add_relaxed_gpu_u64(r.state(offset_of!(DeviceState, claim)), 1) };
-    let mut ns = 32u32;
+unsafe fn poll_host(r: &Ring, forwarded: u64) -> Option<(u64, u64)> {
+    let published = r.header(offset_of!(HostHeader, published));
+    // SAFETY (loads below): the host header and the device state.
+    let timeout = unsafe { ld_volatile_u64(r.state(offset_of!(DeviceState, heartbeat_timeout_ns))) };
+    let (mut beat, mut beat_at) = (0u64, globaltimer());
+    let mut polls = 0u32;
+    let start = globaltimer();
     loop {
-        let q = *cursor;
-        if unsafe { ld_acquire_gpu_u64(r.state(offset_of!(DeviceState, published))) } <= q {
-            // Nothing covers the claim yet: stop, or wait.
-            let now = globaltimer();
-            let b = unsafe { ld_volatile_u64(r.state(offset_of!(DeviceState, heartbeat))) };
-            if b != beat.0 {
-                *beat = (b, now);
-            }
-            let timeout = unsafe { ld_volatile_u64(r.state(offset_of!(DeviceState, heartbeat_timeout_ns))) };
-            let orphaned = timeout != 0 && now.wrapping_sub(beat.1) > timeout;
-            if (orphaned || unsafe { ld_volatile_u32(r.state(offset_of!(DeviceState, stop))) } != 0)
-                && unsafe { ld_acquire_gpu_u64(r.state(offset_of!(DeviceState, published))) } <= q
+        let p = unsafe { ld_acquire_sys_u64(published) };
+        if p > forwarded {
+            let to = if p - forwarded > FORWARD_SLOTS { forwarded + FORWARD_SLOTS } else { p };
+            return Some((forwarded, to));
+        }
+        polls += 1;
+        let now = globaltimer();
+        if polls % FORWARDER_CONTROL_EVERY == 0 {
+            // The stop word before `published` again: the host stores it after its last publish.
+            if unsafe { ld_acquire_sys_u64(r.header(offset_of!(HostHeader, stop))) } != 0
+                && unsafe { ld_acquire_sys_u64(published) } <= forwarded
             {
                 return None;
             }
-            nanosleep(ns);
-            ns = (ns * 2).min(MAX_BACKOFF_NS);
-            continue;
+            let b = unsafe { ld_volatile_u64(r.header(offset_of!(HostHeader, heartbeat))) };
+            if b != beat || polls == FORWARDER_CONTROL_EVERY {
+                (beat, beat_at) = (b, now);
+            } else if timeout != 0 && now.wrapping_sub(beat_at) > timeout {
+                return None;
+            }
         }
-        let slot = q.checked_rem(r.slots as u64).unwrap_or(0) as u32;
-        let done = r.dev_done + slot as u64 * 8;
-        if unsafe { ld_acquire_gpu_u64(done) } > q {
-            *cursor += 1; // q finished, so the claim lies past it
-            continue;
+        if now.wrapping_sub(start) > FORWARDER_IDLE_NS {
+            nanosleep(FORWARDER_IDLE_SLEEP_NS);
         }
-        let seq = unsafe { ld_volatile_u64(r.slot(slot, offset_of!(RingSlot, seq))) };
-        let first = unsafe { ld_volatile_u64(r.slot(slot, offset_of!(RingSlot, first_tile))) };
-        let tiles = unsafe { ld_volatile_u32(r.slot(slot, offset_of!(RingSlot, tiles))) } as u64;
-        // If q finished while we read, the host may be rewriting the slot: discard the read.
+    }
+}
+
+/// Block 0: forwards published slots from the host block to the device ring until stopped, then
+/// sets the device stop word (after its last `published`).
+///
+/// # Safety
+/// As [`tilemux_persistent`].
+unsafe fn forward(r: &Ring, tid: u32, scratch: u32) {
+    let mut forwarded = 0u64;
+    loop {
+        if tid == 0 {
+            // SAFETY: this kernel's contract; scratch words in this CTA's shared memory.
+            let (from, to) = unsafe { poll_host(r, forwarded) }.unwrap_or((0, u64::MAX));
+            unsafe {
+                st_shared_u64(scratch + SCRATCH_FROM, from);
+                st_shared_u64(scratch + SCRATCH_TO, to);
+            }
+        }
+        sync_threads();
+        // SAFETY: written before the barrier.
+        let (from, to) = unsafe { (ld_shared_u64(scratch + SCRATCH_FROM), ld_shared_u64(scratch + SCRATCH_TO)) };
+        if to == u64::MAX {
+            if tid == 0 {
+                // SAFETY: the device stop word; released after the last `published`.
+                unsafe { st_release_gpu_u32(r.state(offset_of!(DeviceState, stop)), 1) };
+            }
+            return;
+        }
+        // Copy: every thread loads its chunks (all in flight), fences, stores them.
+        let chunks = (to - from) as u32 * SLOT_CHUNKS;
+        let at = |c: u32| {
+            let i = r.index(from + (c / SLOT_CHUNKS) as u64);
+            (slot_offset(i) + (c % SLOT_CHUNKS) as usize * 16) as u64
+        };
+        let mut buf = [[0u32; 4]; CHUNKS_PER_THREAD as usize];
+        let last = chunks - SLOT_CHUNKS;
+        for (u, b) in buf.iter_mut().enumerate() {
+            let c = tid + u as u32 * BLOCK_THREADS;
+            if c < chunks {
+                // SAFETY: a published slot of the host block, stable until its problem is done.
+                *b = unsafe { ld_volatile_v4_u32(r.host + HOST_HEADER_BYTES as u64 + at(c)) };
+                // SAFETY (both): scratch words of this CTA.
+                if c == last {
+                    unsafe { st_shared_u64(scratch + SCRATCH_LAST_FIRST, b[2] as u64 | (b[3] as u64) << 32) };
+                } else if c == last + 1 {
+                    unsafe { st_shared_u32(scratch + SCRATCH_LAST_TILES, b[0]) };
+                }
+            }
+        }
         fence_acq_rel_gpu();
-        if unsafe { ld_acquire_gpu_u64(done) } > q || seq != q {
-            *cursor += 1;
-            continue;
+        for (u, b) in buf.iter().enumerate() {
+            let c = tid + u as u32 * BLOCK_THREADS;
+            if c < chunks {
+                // SAFETY: the same slot of the device ring; its previous problem is done.
+                unsafe { st_relaxed_gpu_v4_u32(r.slots_addr + at(c), *b) };
+            }
         }
-        if g < first + tiles {
-            return Some((q, slot, (g - first) as u32));
+        sync_threads();
+        if tid == 0 {
+            fence_acq_rel_gpu();
+            // SAFETY: the device `published` words; every copying thread's stores precede them
+            // (barrier, then these releases); scratch words written before the barrier.
+            unsafe {
+                let end =
+                    ld_shared_u64(scratch + SCRATCH_LAST_FIRST) + ld_shared_u32(scratch + SCRATCH_LAST_TILES) as u64;
+                st_release_gpu_u64(r.state(offset_of!(DeviceState, published)), to);
+                st_release_gpu_u64(r.state(offset_of!(DeviceState, tiles_published)), end);
+            }
+            forwarded = to;
         }
-        *cursor += 1;
+    }
+}
+
+/// A worker's thread 0: waits until the forwarded tiles cover claim `g` and returns how many
+/// problems are forwarded, or `None` once the forwarder stopped and none will cover it.
+///
+/// # Safety
+/// As [`tilemux_persistent`].
+unsafe fn wait_published(r: &Ring, g: u64) -> Option<u64> {
+    let tiles = r.state(offset_of!(DeviceState, tiles_published));
+    let mut ns = 32u32;
+    loop {
+        // SAFETY (loads below): device state words. `published` after `tiles_published`: the
+        // forwarder releases them in the other order, so the problems are all there.
+        if unsafe { ld_acquire_gpu_u64(tiles) } > g {
+            return Some(unsafe { ld_acquire_gpu_u64(r.state(offset_of!(DeviceState, published))) });
+        }
+        // The stop word before the tiles again: the forwarder releases it after its last ones.
+        if unsafe { ld_acquire_gpu_u32(r.state(offset_of!(DeviceState, stop))) } != 0
+            && unsafe { ld_acquire_gpu_u64(tiles) } <= g
+        {
+            return None;
+        }
+        nanosleep(ns);
+        ns = (ns * 2).min(MAX_BACKOFF_NS);
     }
 }
 
 /// Persistent-mode entry point. Launch cooperatively with `BLOCK_THREADS` threads, a grid of
-/// at most the co-resident CTAs and `TileKind::megakernel_smem_bytes()` of dynamic shared
-/// memory. `state` is a [`DeviceState`] (with `slots` and `heartbeat_timeout_ns` set, the rest
-/// zero), `slots_addr` the device ring, `dev_done` and `done_ctr` zeroed per-slot words (u64,
-/// u32), `host_done` the host-mapped completion words.
+/// at least 2 and at most the co-resident CTAs, and `TileKind::megakernel_smem_bytes()` of
+/// dynamic shared memory. `state` is a [`DeviceState`] (with `slots` and `heartbeat_timeout_ns`
+/// set, the rest zero), `slots_addr` the device ring, `dev_done` and `done_ctr` zeroed per-slot
+/// words (u64, u32), `host` the device address of the host-mapped block (`abi::ring::host_bytes`,
+/// zeroed before launch).
 ///
 /// # Safety
 /// The buffers are as described; the host follows the protocol in `QUEUE.md`, publishing only
@@ -118,7 +245,7 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
     slots_addr: u64,
     dev_done: u64,
     done_ctr: u64,
-    host_done: u64,
+    host: u64,
 ) {
     let tid = thread_idx_x();
     let header = smem_base();
@@ -126,35 +253,84 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
     let smem = header + SMEM_HEADER_BYTES;
     // SAFETY: the device state.
     let slots = unsafe { ld_volatile_u32(state + offset_of!(DeviceState, slots) as u64) };
-    let r = Ring { state, slots_addr, dev_done, done_ctr, host_done, slots };
+    let r = Ring { state, slots_addr, dev_done, done_ctr, host, slots };
+    if block_idx_x() == 0 {
+        // SAFETY: this kernel's contract; the scratch words lie in this CTA's tile area.
+        unsafe { forward(&r, tid, smem) };
+        return;
+    }
     let status = state + offset_of!(DeviceState, status) as u64;
-    // Thread 0's: the oldest problem its claims may still fall in; the problem it runs; the
-    // heartbeat it last saw and when.
-    let (mut cursor, mut seq, mut beat) = (0u64, 0u64, (0u64, globaltimer()));
+    let host_done = host + done_offset(slots, 0) as u64;
+    // Uniform across the CTA: the oldest problem its claims may still fall in.
+    let mut cursor = 0u64;
     loop {
         if tid == 0 {
-            // SAFETY: this kernel's contract.
-            let (verdict, slot, tile) = match unsafe { find_work(&r, &mut cursor, &mut beat) } {
-                Some((q, slot, tile)) => {
-                    seq = q;
-                    (1, slot, tile)
-                }
-                None => (0, 0, 0),
-            };
-            // SAFETY: header words 0..3 (the split-K flag at word 1 is unused in this mode).
+            // SAFETY: the claim counter; a scratch word (the previous tile is over).
             unsafe {
-                st_shared_u32(header, verdict);
-                st_shared_u32(header + 4, slot);
-                st_shared_u32(header + 8, tile);
+                let g = atom_add_relaxed_gpu_u64(r.state(offset_of!(DeviceState, claim)), 1);
+                st_shared_u64(smem + SCRATCH_CLAIM, g);
             }
         }
-        sync_threads();
-        // SAFETY: written before the barrier.
-        let (verdict, slot, tile) =
-            unsafe { (ld_shared_u32(header), ld_shared_u32(header + 4), ld_shared_u32(header + 8)) };
-        if verdict == 0 {
-            return;
-        }
+        // Find the published problem holding the claim, 256 candidates per look.
+        let (seq, slot, tile, tiles) = loop {
+            if tid == 0 {
+                // SAFETY: this kernel's contract; scratch words (the claim, written above).
+                let p = unsafe { wait_published(&r, ld_shared_u64(smem + SCRATCH_CLAIM)) }.unwrap_or(u64::MAX);
+                unsafe {
+                    st_shared_u64(smem + SCRATCH_PUBLISHED, p);
+                    st_shared_u64(smem + SCRATCH_FOUND, u64::MAX);
+                }
+            }
+            sync_threads();
+            // SAFETY: written before the barrier.
+            let (p, g) = unsafe { (ld_shared_u64(smem + SCRATCH_PUBLISHED), ld_shared_u64(smem + SCRATCH_CLAIM)) };
+            if p == u64::MAX {
+                return;
+            }
+            let end = if p - cursor > BLOCK_THREADS as u64 { cursor + BLOCK_THREADS as u64 } else { p };
+            let q = cursor + tid as u64;
+            if q < end {
+                let i = r.index(q);
+                // SAFETY: slot words of the device ring and the slot's done word. Problem q is
+                // published; if it finished, the forwarder may be rewriting the slot, and the
+                // done re-check after the fence discards what was read.
+                unsafe {
+                    let seq = ld_volatile_u64(r.slot(i, offset_of!(RingSlot, seq)));
+                    let first = ld_volatile_u64(r.slot(i, offset_of!(RingSlot, first_tile)));
+                    let tiles = ld_volatile_u32(r.slot(i, offset_of!(RingSlot, tiles))) as u64;
+                    if seq == q && first <= g && g < first + tiles {
+                        fence_acq_rel_gpu();
+                        if ld_acquire_gpu_u64(r.dev_done + i as u64 * 8) <= q {
+                            // The only thread that can get here: the claim lies in one problem.
+                            st_shared_u64(smem + SCRATCH_FOUND, q);
+                            st_shared_u32(smem + SCRATCH_SLOT, i);
+                            st_shared_u32(smem + SCRATCH_TILE, (g - first) as u32);
+                            st_shared_u32(smem + SCRATCH_TILES, tiles as u32);
+                        }
+                    }
+                }
+            }
+            sync_threads();
+            // SAFETY: written before the barrier.
+            let found = unsafe { ld_shared_u64(smem + SCRATCH_FOUND) };
+            if found != u64::MAX {
+                // SAFETY: as above.
+                // SAFETY: as above.
+                unsafe {
+                    break (
+                        found,
+                        ld_shared_u32(smem + SCRATCH_SLOT),
+                        ld_shared_u32(smem + SCRATCH_TILE),
+                        ld_shared_u32(smem + SCRATCH_TILES),
+                    );
+                }
+            }
+            // Not among these: the claim lies past them (its problem is never done before
+            // this CTA runs the tile, so its slot reads back intact when looked at).
+            cursor = end;
+            sync_threads(); // everyone read the scratch words before thread 0 rewrites them
+        };
+        cursor = seq; // later claims are larger: they lie in this problem or later ones
         if tid < 8 {
             // SAFETY: 128 bytes of the slot's problem; the slot keeps this problem until it
             // completes, which needs this tile.
@@ -169,13 +345,12 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
         // SAFETY: the staged, validated problem; `run_tile` rejects bad coordinates.
         let _ =
             unsafe { run_tile::<false>(desc, TileDesc { problem: 0, tile_m: tm, tile_n: tn, split: 0 }, smem, status) };
-        sync_threads(); // the tile's stores are issued; descriptor and stages are free
+        sync_threads(); // the tile's stores are issued; descriptor, stages and scratch are free
         if tid == 0 {
             fence_acq_rel_gpu();
             let ctr = r.done_ctr + slot as u64 * 4;
-            // SAFETY: the slot's words; its tile count.
+            // SAFETY: the slot's words.
             unsafe {
-                let tiles = ld_volatile_u32(r.slot(slot, offset_of!(RingSlot, tiles)));
                 if atom_add_acq_rel_gpu_u32(ctr, 1) == tiles - 1 {
                     // Last tile: reset the counter for the slot's next problem, mark the slot
                     // done on the device, then tell the host (releases order every tile's
@@ -183,7 +358,7 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
                     st_relaxed_gpu_u32(ctr, 0);
                     fence_acq_rel_gpu();
                     st_release_gpu_u64(r.dev_done + slot as u64 * 8, seq + 1);
-                    st_release_sys_u64(r.host_done + slot as u64 * 8, seq + 1);
+                    st_release_sys_u64(host_done + slot as u64 * 8, seq + 1);
                 }
             }
         }

@@ -14,6 +14,8 @@ use anyhow::{Result, ensure};
 use clap::Args;
 use rand::SeedableRng;
 use tilemux::Device;
+use tilemux::abi::TileKind;
+use tilemux::cuda::probe::{Doorbell, echo};
 use tilemux::cuda::{CudaConfig, CudaDevice};
 use tilemux::memory::Arena;
 use tilemux::persistent::RingWriter;
@@ -35,6 +37,15 @@ pub struct DispatchArgs {
     /// Smoke run: 5000 requests, 0.5 s.
     #[arg(long)]
     pub quick: bool,
+    /// Tenants (one thread each) in the saturated runs.
+    #[arg(long, default_value_t = 24)]
+    pub tenants: usize,
+    /// Requests each tenant keeps in flight in the saturated runs.
+    #[arg(long, default_value_t = 8)]
+    pub depth: usize,
+    /// Only the saturated runs (no one-at-a-time latencies).
+    #[arg(long)]
+    pub saturated_only: bool,
     /// Output directory.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -81,17 +92,17 @@ fn runtime_latency(dev: Arc<dyn Device>, persistent: bool, case: &Case, n: usize
     })
 }
 
-/// Closed-loop throughput of the seed mix: 24 tenants, 8 requests in flight each.
-fn saturated(dev: Arc<dyn Device>, persistent: bool, secs: f64) -> Result<f64> {
+/// Closed-loop throughput of the seed mix: `tenants` tenants, `depth` requests in flight each.
+fn saturated(dev: Arc<dyn Device>, persistent: bool, secs: f64, tenants: usize, depth: usize) -> Result<(f64, String)> {
     let rt = Runtime::with_device(dev, mode(persistent))?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let tenants: Vec<(Tenant, Vec<Op>)> = (0..24)
+    let tenants: Vec<(Tenant, Vec<Op>)> = (0..tenants)
         .map(|i| -> Result<_> {
             let (m, n, k) = SEED_MIX[i % 3];
             let c = Case::plain(&mut rng, (m, n, k));
             let t = rt.add_tenant(TenantSpec::new(format!("t{i}")).quota(32 << 20))?;
             let (a, b) = (t.upload(&c.a)?, t.upload(&c.b)?);
-            let ops = (0..8)
+            let ops = (0..depth)
                 .map(|_| -> Result<Op> {
                     let o = t.alloc(c.c0.len())?;
                     Ok(Op::gemm(
@@ -104,8 +115,51 @@ fn saturated(dev: Arc<dyn Device>, persistent: bool, secs: f64) -> Result<f64> {
             Ok((t, ops))
         })
         .collect::<Result<_>>()?;
-    let tenants: Vec<(&Tenant, &[Op])> = tenants.iter().map(|(t, ops)| (t, &ops[..])).collect();
-    closed_loop(&rt, &tenants, 8, Duration::from_secs_f64(secs))
+    let refs: Vec<(&Tenant, &[Op])> = tenants.iter().map(|(t, ops)| (t, &ops[..])).collect();
+    let rate = closed_loop(&rt, &refs, depth, Duration::from_secs_f64(secs))?;
+    // Where a request's time went: the median tenant's medians, and the rounds' shapes.
+    let median = |mut v: Vec<f64>| percentile(&mut v, 0.5);
+    let stats: Vec<_> = tenants.iter().map(|(t, _)| t.stats()).collect();
+    let lat = |f: &dyn Fn(&tilemux::runtime::TenantStats) -> f64| median(stats.iter().map(f).collect());
+    let rounds = rt.rounds();
+    let by_shape: Vec<String> = SEED_MIX
+        .iter()
+        .enumerate()
+        .map(|(j, (m, n, k))| {
+            let of: Vec<_> = stats.iter().skip(j).step_by(SEED_MIX.len()).collect();
+            let med = |f: &dyn Fn(&tilemux::runtime::TenantStats) -> f64| median(of.iter().map(|s| f(s)).collect());
+            format!(
+                "{m}×{n}×{k} {} done, queued p50/mean/p99 {:.0}/{:.0}/{:.0} µs, executing {:.0}/{:.0}/{:.0} µs",
+                of.iter().map(|s| s.completed).sum::<u64>(),
+                med(&|s| s.queue_wait.value_at_quantile(0.5) as f64),
+                med(&|s| s.queue_wait.mean()),
+                med(&|s| s.queue_wait.value_at_quantile(0.99) as f64),
+                med(&|s| s.execution.value_at_quantile(0.5) as f64),
+                med(&|s| s.execution.mean()),
+                med(&|s| s.execution.value_at_quantile(0.99) as f64),
+            )
+        })
+        .collect();
+    eprintln!("  by shape: {}", by_shape.join("; "));
+    let mut note = format!(
+        "{}: {rate:.0} requests/s; median tenant p50 queued {:.0} µs, executing {:.0} µs",
+        if persistent { "persistent" } else { "round per launch" },
+        lat(&|s| s.queue_wait.value_at_quantile(0.5) as f64),
+        lat(&|s| s.execution.value_at_quantile(0.5) as f64),
+    );
+    if !rounds.is_empty() {
+        let n = rounds.len() as f64;
+        note += &format!(
+            "; last {} rounds: {:.1} problems, {:.0} tiles, kernel {:.0} µs, round {:.0} µs on average",
+            rounds.len(),
+            rounds.iter().map(|r| r.problems as f64).sum::<f64>() / n,
+            rounds.iter().map(|r| r.tiles as f64).sum::<f64>() / n,
+            rounds.iter().map(|r| r.measured.as_secs_f64() * 1e6).sum::<f64>() / n,
+            rounds.iter().map(|r| r.total.as_secs_f64() * 1e6).sum::<f64>() / n,
+        );
+    }
+    eprintln!("{note}");
+    Ok((rate, note))
 }
 
 /// Requests per second when each tenant keeps `depth` requests in flight (cycling through its
@@ -144,6 +198,52 @@ pub fn closed_loop(rt: &Runtime, tenants: &[(&Tenant, &[Op])], depth: usize, dur
     Ok(done.into_inner() as f64 / start.elapsed().as_secs_f64())
 }
 
+/// The device side alone at saturation: one thread keeps `depth` problems of the seed mix in
+/// the ring (written straight into it, no runtime) for `secs`; problems per second.
+fn bare_saturated(dev: &Arc<dyn Device>, depth: u64, secs: f64) -> Result<f64> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let cases: Vec<Case> = SEED_MIX.iter().map(|&s| Case::plain(&mut rng, s)).collect();
+    let pool = dev.pool();
+    let mut arena = Arena::new(pool.start, pool.end - pool.start);
+    let staged = Staged::new(&**dev, &mut arena, &cases)?;
+    // One problem at a time through the chooser and the calibrated cost model, as the runtime's
+    // fast path builds them.
+    let cost = Runtime::with_device(dev.clone(), RuntimeConfig::default())?.cost_model();
+    let problems: Vec<_> = staged
+        .descs(&cases)
+        .iter()
+        .map(|d| TileChooser::persistent().build(&[*d], &[], &cost, dev.slots()).problems[0])
+        .collect();
+    let kinds: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}×{}×{}: {} tiles of {:?}", p.m, p.n, p.k, p.tile_count(), TileKind::from_u32(p.tile_kind)))
+        .collect();
+    eprintln!("bare ring problems: {}", kinds.join(", "));
+    let (ring, engine) = dev.start_persistent(1024, Duration::from_secs(10))?;
+    let mut w = RingWriter::new(ring.clone());
+    let (start, dur) = (Instant::now(), Duration::from_secs_f64(secs));
+    let mut done = 0u64;
+    while start.elapsed() < dur {
+        while w.written() - done < depth && w.has_room() {
+            w.write(problems[(w.written() % problems.len() as u64) as usize]);
+        }
+        w.publish();
+        while done < w.written() && ring.is_done(done) {
+            done += 1;
+        }
+        ring.beat(done);
+    }
+    let rate = done as f64 / start.elapsed().as_secs_f64();
+    let drain = Instant::now();
+    while done < w.written() {
+        done += u64::from(ring.is_done(done));
+        ensure!(drain.elapsed() < Duration::from_secs(10), "the bare ring did not drain");
+    }
+    ring.request_stop();
+    engine.join()?;
+    Ok(rate)
+}
+
 pub fn run(mut args: DispatchArgs) -> Result<()> {
     if args.quick {
         args.requests = 5000;
@@ -167,7 +267,15 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
         ]);
         eprintln!("{shape} {v}: p50 {:.1} µs, p99 {:.1} µs", percentile(&mut l, 0.5), percentile(&mut l, 0.99));
     };
-    for (name, shape) in SHAPES {
+    // The floor: a doorbell's round trip to one polling warp and back, no work in between.
+    let cuda = CudaDevice::new(&CudaConfig { pool_bytes: 64 << 20, wide: false, ..Default::default() })?;
+    for how in Doorbell::ALL.into_iter().filter(|_| !args.saturated_only) {
+        for bytes in [0, size_of::<tilemux::abi::ring::RingSlot>()] {
+            row(&format!("echo, {bytes} B payload"), how.label(), echo(&cuda, how, bytes, args.requests)?);
+        }
+    }
+    drop(cuda);
+    for (name, shape) in SHAPES.into_iter().filter(|_| !args.saturated_only) {
         let case = Case::plain(&mut rng, shape);
         // cuBLAS: launch + synchronize.
         let pool = gpu.dev.pool();
@@ -192,32 +300,36 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
         let round = chooser.build(&staged.descs(std::slice::from_ref(&case)), &[], &CostModel::default(), dev.slots());
         tilemux::round::check(&round, dev.pool())?;
         let (ring, engine) = dev.start_persistent(64, Duration::from_secs(10))?;
-        let mut w = RingWriter::new(ring.clone(), engine.clone());
+        let mut w = RingWriter::new(ring.clone());
         let mut beats = 0;
         let l = lat(args.requests, || {
             let seq = w.write(round.problems[0]);
-            w.publish()?;
+            w.publish();
             while !ring.is_done(seq) {
                 std::hint::spin_loop();
             }
             beats += 1;
             if beats % 1000 == 0 {
-                engine.beat(beats);
+                ring.beat(beats);
             }
             Ok(())
         });
-        engine.request_stop();
+        ring.request_stop();
         engine.join()?;
         let got = staged.read_c(&*dev, std::slice::from_ref(&case))?;
         ensure!(case.error(&got[0], &case.reference()) < 1e-4, "bare ring result wrong");
         row(name, "bare ring (no runtime)", l?);
     }
-    let rounds = saturated(dev.clone(), false, args.seconds)?;
-    let persistent = saturated(dev.clone(), true, args.seconds)?;
+    let (t, d) = (args.tenants, args.depth);
+    let (rounds, rounds_note) = saturated(dev.clone(), false, args.seconds, t, d)?;
+    let (persistent, persistent_note) = saturated(dev.clone(), true, args.seconds, t, d)?;
+    let bare = bare_saturated(&dev, (t * d) as u64, args.seconds)?;
+    eprintln!("bare ring, {} in flight: {bare:.0} problems/s", t * d);
     let pre = format!(
-        "{describe}\nOne request at a time, closed loop; latency from submit to the result visible on the host (ticket resolved; cuBLAS: stream synchronized).\n\nSaturated throughput, seed mix (24 tenants, 8 in flight each, {} s): round per launch {rounds:.0} requests/s, persistent {persistent:.0} requests/s ({:.2}x).\n",
+        "{describe}\nOne request at a time, closed loop; latency from submit to the result visible on the host (ticket resolved; cuBLAS: stream synchronized).\n\nSaturated throughput, seed mix ({t} tenants, {d} in flight each, {} s): round per launch {rounds:.0} requests/s, persistent {persistent:.0} requests/s ({:.2}x); the bare ring (one thread keeping {} seed-mix problems in it, no runtime) {bare:.0} problems/s.\n\n- {rounds_note}\n- {persistent_note}\n",
         args.seconds,
-        persistent / rounds
+        persistent / rounds,
+        t * d
     );
     table.finish(&pre, args.out.as_deref(), "dispatch")
 }

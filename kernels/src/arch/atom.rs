@@ -193,3 +193,17 @@ pub fn globaltimer() -> u64 {
     unsafe { asm!("mov.u64 {0}, %globaltimer;", out(reg64) v, options(nostack, nomem)) };
     v
 }
+
+/// `st.relaxed.gpu.global.v4.u32`: 16 bytes, morally strong at GPU scope (a reader that fences
+/// after seeing them synchronizes with a fence before them).
+///
+/// # Safety
+/// `addr` is a 16-byte aligned global address.
+#[inline(always)]
+pub unsafe fn st_relaxed_gpu_v4_u32(addr: u64, v: [u32; 4]) {
+    // SAFETY: the caller guarantees the address.
+    unsafe {
+        asm!("st.relaxed.gpu.global.v4.u32 [{0}], {{{1}, {2}, {3}, {4}}};",
+            in(reg64) addr, in(reg32) v[0], in(reg32) v[1], in(reg32) v[2], in(reg32) v[3], options(nostack))
+    };
+}

@@ -1,0 +1,140 @@
+//! The transport probe (`tilemux_echo`): round trips host → GPU → host with nothing else in the
+//! way, for each way persistent mode could ring its doorbell. The floor under dispatch latency
+//! on the machine at hand; `tilemux bench dispatch` reports it next to the ring.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cudarc::driver::sys;
+
+use super::driver::ck;
+use super::{CudaDevice, DeviceBuffer, Module, PinnedBuffer, Stream, ptx_with_entries};
+use crate::error::{Error, Result};
+
+/// How the host rings the doorbell (and where the payload the GPU loads lives).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Doorbell {
+    /// A release store to host-mapped memory that the GPU polls over PCIe; payload in host-mapped
+    /// memory too (the GPU loads it across the bus).
+    HostStore,
+    /// `cuStreamWriteValue64` to device memory; payload in device memory.
+    StreamWrite,
+    /// `cuMemcpyHtoDAsync` of the payload from pinned memory, then `cuStreamWriteValue64`, on one
+    /// stream (persistent mode's publish).
+    CopyThenWrite,
+}
+
+impl Doorbell {
+    /// Every way, in report order.
+    pub const ALL: [Doorbell; 3] = [Doorbell::HostStore, Doorbell::StreamWrite, Doorbell::CopyThenWrite];
+
+    /// Report label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Doorbell::HostStore => "host store to mapped memory, GPU polls over PCIe",
+            Doorbell::StreamWrite => "cuStreamWriteValue64 to device memory",
+            Doorbell::CopyThenWrite => "cuMemcpyHtoDAsync + cuStreamWriteValue64",
+        }
+    }
+}
+
+/// Round-trip times, sorted, in µs: `n` doorbells rung one at a time, each answered by one warp
+/// after it loaded `payload_bytes` (≤ 512, a multiple of 16) from where the doorbell says, the
+/// reply written to host-mapped memory and polled by this thread.
+pub fn echo(dev: &CudaDevice, how: Doorbell, payload_bytes: usize, n: usize) -> Result<Vec<f64>> {
+    if payload_bytes % 16 != 0 || payload_bytes > 512 {
+        return Err(Error::Config(format!(
+            "echo payload of {payload_bytes} bytes: want a multiple of 16, at most 512"
+        )));
+    }
+    dev.gpu().bind()?;
+    let module = Module::load(&ptx_with_entries(&["tilemux_echo"]), 0)?;
+    let func = module.function("tilemux_echo")?;
+    let flags = sys::CU_MEMHOSTALLOC_DEVICEMAP | sys::CU_MEMHOSTALLOC_PORTABLE;
+    // Host block: [doorbell u64 | pad | reply u64, sink u64 | pad | payload 512 B].
+    let host = PinnedBuffer::new(1024, flags)?;
+    let hdev = host.device_addr()?;
+    let dev_buf = DeviceBuffer::new(1024)?;
+    // SAFETY: 512 bytes at offset 512 of the pinned block, ours alone.
+    unsafe {
+        for (i, b) in std::slice::from_raw_parts_mut(host.ptr().add(512), 512).iter_mut().enumerate() {
+            *b = (i * 37 + 11) as u8;
+        }
+    }
+    let word = |off: usize| -> &AtomicU64 {
+        // SAFETY: 8-aligned offset inside the block; accessed only atomically by the host.
+        unsafe { &*(host.ptr().add(off) as *const AtomicU64) }
+    };
+    let (doorbell, payload) = match how {
+        Doorbell::HostStore => (hdev, hdev + 512),
+        Doorbell::StreamWrite | Doorbell::CopyThenWrite => (dev_buf.ptr, dev_buf.ptr + 512),
+    };
+    // SAFETY: zero the device doorbell before the kernel polls it.
+    ck("cuMemsetD8", unsafe { sys::cuMemsetD8_v2(dev_buf.ptr, 0, 1024) })?;
+    let (kernel_stream, ops) = (Stream::new()?, Stream::new()?);
+    let timeout = Duration::from_secs(1);
+    let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5) =
+        (doorbell, hdev + 64, payload, (payload_bytes / 16) as u32, n as u64, timeout.as_nanos() as u64);
+    let mut params: [*mut c_void; 6] = [
+        &mut a0 as *mut u64 as *mut c_void,
+        &mut a1 as *mut u64 as *mut c_void,
+        &mut a2 as *mut u64 as *mut c_void,
+        &mut a3 as *mut u32 as *mut c_void,
+        &mut a4 as *mut u64 as *mut c_void,
+        &mut a5 as *mut u64 as *mut c_void,
+    ];
+    // SAFETY: parameters match `tilemux_echo`; the buffers outlive the kernel (joined below).
+    ck("cuLaunchKernel", unsafe {
+        sys::cuLaunchKernel(func, 1, 1, 1, 32, 1, 1, 0, kernel_stream.0, params.as_mut_ptr(), std::ptr::null_mut())
+    })?;
+    let mut out = Vec::with_capacity(n);
+    let mut failed = None;
+    for i in 1..=n as u64 {
+        let t = Instant::now();
+        let rung = match how {
+            Doorbell::HostStore => {
+                word(0).store(i, Ordering::Release);
+                Ok(())
+            }
+            Doorbell::StreamWrite => {
+                // SAFETY: the device doorbell word.
+                ck("cuStreamWriteValue64", unsafe { sys::cuStreamWriteValue64_v2(ops.0, doorbell, i, 0) })
+            }
+            Doorbell::CopyThenWrite => {
+                // SAFETY: `payload_bytes` of pinned memory into the device payload, then the
+                // doorbell, in stream order.
+                ck("cuMemcpyHtoDAsync", unsafe {
+                    sys::cuMemcpyHtoDAsync_v2(payload, host.ptr().add(512) as *const c_void, payload_bytes, ops.0)
+                })
+                .and_then(|()| {
+                    // SAFETY: as above.
+                    ck("cuStreamWriteValue64", unsafe { sys::cuStreamWriteValue64_v2(ops.0, doorbell, i, 0) })
+                })
+            }
+        };
+        if let Err(e) = rung {
+            failed = Some(e);
+            break;
+        }
+        while word(64).load(Ordering::Acquire) < i {
+            if t.elapsed() > timeout {
+                failed = Some(Error::Config(format!("echo {i} ({}) not answered in {timeout:?}", how.label())));
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        if failed.is_some() {
+            break;
+        }
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    // The kernel returns after its n-th echo, or on its own timeout once we stop ringing.
+    kernel_stream.sync()?;
+    ops.sync()?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    out.sort_by(|a, b| a.total_cmp(b));
+    Ok(out)
+}
