@@ -11,7 +11,7 @@ use cudarc::driver::sys;
 
 use super::driver::ck;
 use super::{CudaDevice, DeviceBuffer, PinnedBuffer, Stream};
-use crate::abi::ring::{DeviceState, RingSlot, host_bytes};
+use crate::abi::ring::{DeviceState, RingSlot, TRACE_PROBLEMS, Trace, host_bytes};
 use crate::error::{Error, Result};
 use crate::persistent::{Engine, RingMemory};
 
@@ -22,6 +22,7 @@ pub struct CudaEngine {
     _slots: DeviceBuffer,
     _dev_done: DeviceBuffer,
     _done_ctr: DeviceBuffer,
+    trace: DeviceBuffer,
     /// Keeps the host block mapped while the kernel may touch it.
     _ring: Arc<RingMemory>,
     gpu: Arc<super::Gpu>,
@@ -53,15 +54,17 @@ impl CudaDevice {
             Ok(b)
         };
         let state = DeviceBuffer::new(size_of::<DeviceState>())?;
+        let trace = zeroed(TRACE_PROBLEMS as usize * size_of::<Trace>())?;
         let init = DeviceState {
             claim: 0,
             published: 0,
             tiles_published: 0,
             heartbeat_timeout_ns: heartbeat_timeout.as_nanos() as u64,
+            trace: trace.ptr,
             stop: 0,
             status: 0,
             slots,
-            _reserved: 0,
+            _reserved: [0; 3],
         };
         // SAFETY: the buffer holds a DeviceState.
         ck("cuMemcpyHtoD", unsafe {
@@ -107,10 +110,27 @@ impl CudaDevice {
             _slots: dev_slots,
             _dev_done: dev_done,
             _done_ctr: done_ctr,
+            trace,
             _ring: ring.clone(),
             gpu: self.gpu().clone(),
         };
         Ok((ring, engine))
+    }
+}
+
+impl CudaEngine {
+    /// The kernel's stamps of the last `TRACE_PROBLEMS` problems (entry `q % TRACE_PROBLEMS`;
+    /// only entries of finished problems are complete).
+    pub fn trace(&self) -> Result<Vec<Trace>> {
+        self.gpu.bind()?;
+        let mut v = vec![bytemuck::Zeroable::zeroed(); TRACE_PROBLEMS as usize];
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut v);
+        // SAFETY: the buffer holds TRACE_PROBLEMS traces; the kernel writes it with plain stores,
+        // so entries of problems in flight may be partial (callers read finished ones).
+        ck("cuMemcpyDtoH", unsafe {
+            sys::cuMemcpyDtoH_v2(bytes.as_mut_ptr() as *mut c_void, self.trace.ptr, bytes.len())
+        })?;
+        Ok(v)
     }
 }
 

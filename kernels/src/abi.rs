@@ -481,6 +481,8 @@ pub mod ring {
         /// Nanoseconds without a heartbeat change after which the kernel stops by itself (0:
         /// never).
         pub heartbeat_timeout_ns: u64,
+        /// Device address of `TRACE_PROBLEMS` × [`Trace`] (0: no trace).
+        pub trace: u64,
         /// Non-zero: stop once no published problem needs this CTA (forwarder, after its last
         /// `tiles_published`).
         pub stop: u32,
@@ -489,7 +491,35 @@ pub mod ring {
         /// Slots in the ring.
         pub slots: u32,
         /// Reserved, zero.
-        pub _reserved: u32,
+        pub _reserved: [u32; 3],
+    }
+
+    /// Problems the trace keeps (problem `q` in entry `q % TRACE_PROBLEMS`).
+    pub const TRACE_PROBLEMS: u32 = 1024;
+
+    /// `%globaltimer` stamps (ns) of one problem's way through the resident kernel, for tuning
+    /// dispatch latency. Written with plain stores; read by the host once the problem is done.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    #[cfg_attr(not(target_arch = "nvptx64"), derive(Pod, Zeroable))]
+    pub struct Trace {
+        /// The forwarder saw it published in the host header (problems it forwards at once
+        /// share the stamp).
+        pub seen: u64,
+        /// The forwarder published it to the workers.
+        pub forwarded: u64,
+        /// The CTA running tile 0 found it.
+        pub found: u64,
+        /// That CTA staged its descriptor.
+        pub staged: u64,
+        /// That CTA finished tile 0.
+        pub tile_done: u64,
+        /// The CTA finishing the last tile is about to write the completion word.
+        pub completing: u64,
+        /// ... and has written it.
+        pub completed: u64,
+        /// Reserved, zero.
+        pub _reserved: u64,
     }
 
     /// Bytes of the header at the start of the host block.
@@ -519,7 +549,8 @@ pub mod ring {
     const _: () = {
         assert!(core::mem::size_of::<RingSlot>() == 160);
         assert!(core::mem::offset_of!(RingSlot, problem) == 32);
-        assert!(core::mem::size_of::<DeviceState>() == 48);
+        assert!(core::mem::size_of::<DeviceState>() == 64);
+        assert!(core::mem::size_of::<Trace>() == 64);
         assert!(core::mem::size_of::<HostHeader>() == 64);
     };
 }

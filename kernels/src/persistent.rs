@@ -13,14 +13,16 @@
 
 use core::mem::offset_of;
 
-use crate::abi::ring::{DeviceState, HOST_HEADER_BYTES, HostHeader, RingSlot, done_offset, slot_offset};
+use crate::abi::ring::{
+    DeviceState, HOST_HEADER_BYTES, HostHeader, RingSlot, TRACE_PROBLEMS, Trace, done_offset, slot_offset,
+};
 use crate::abi::{BLOCK_THREADS, SMEM_DESC_OFFSET, SMEM_HEADER_BYTES, TileDesc};
 use crate::arch::{
     atom_add_acq_rel_gpu_u32, atom_add_relaxed_gpu_u64, block_idx_x, fence_acq_rel_gpu, globaltimer,
     ld_acquire_gpu_u32, ld_acquire_gpu_u64, ld_acquire_sys_u64, ld_shared_u32, ld_shared_u64, ld_volatile_u32,
-    ld_volatile_u64, ld_volatile_v4_u32, nanosleep, smem_base, st_relaxed_gpu_u32, st_relaxed_gpu_v4_u32,
-    st_release_gpu_u32, st_release_gpu_u64, st_release_sys_u64, st_shared_u32, st_shared_u64, st_shared_v4_u32,
-    sync_threads, thread_idx_x,
+    ld_volatile_u64, ld_volatile_v4_u32, nanosleep, smem_base, st_relaxed_gpu_u32, st_relaxed_gpu_u64,
+    st_relaxed_gpu_v4_u32, st_release_gpu_u32, st_release_gpu_u64, st_release_sys_u64, st_shared_u32, st_shared_u64,
+    st_shared_v4_u32, sync_threads, thread_idx_x,
 };
 use crate::megakernel::run_tile;
 use crate::problem::Problem;
@@ -70,6 +72,8 @@ struct Ring {
     done_ctr: u64,
     /// The host block (host-mapped): header, slots, completion words.
     host: u64,
+    /// `TRACE_PROBLEMS` × `Trace` (0: none).
+    trace: u64,
     slots: u32,
 }
 
@@ -89,6 +93,15 @@ impl Ring {
     /// Slot index of problem `q`.
     fn index(&self, q: u64) -> u32 {
         q.checked_rem(self.slots as u64).unwrap_or(0) as u32
+    }
+
+    /// Stamps `%globaltimer` into field `field` of problem `q`'s trace entry (if tracing).
+    fn stamp(&self, q: u64, field: usize) {
+        if self.trace != 0 {
+            let at = self.trace + (q % TRACE_PROBLEMS as u64) * size_of::<Trace>() as u64 + field as u64;
+            // SAFETY: inside the trace buffer (`DeviceState::trace`'s contract).
+            unsafe { st_relaxed_gpu_u64(at, globaltimer()) };
+        }
     }
 }
 
@@ -144,6 +157,9 @@ unsafe fn forward(r: &Ring, tid: u32, scratch: u32) {
         if tid == 0 {
             // SAFETY: this kernel's contract; scratch words in this CTA's shared memory.
             let (from, to) = unsafe { poll_host(r, forwarded) }.unwrap_or((0, u64::MAX));
+            if to != u64::MAX {
+                r.stamp(from, offset_of!(Trace, seen));
+            }
             unsafe {
                 st_shared_u64(scratch + SCRATCH_FROM, from);
                 st_shared_u64(scratch + SCRATCH_TO, to);
@@ -190,15 +206,17 @@ unsafe fn forward(r: &Ring, tid: u32, scratch: u32) {
         }
         sync_threads();
         if tid == 0 {
-            fence_acq_rel_gpu();
-            // SAFETY: the device `published` words; every copying thread's stores precede them
-            // (barrier, then these releases); scratch words written before the barrier.
+            // SAFETY: the device `published` words; scratch words written before the barrier.
+            // One release covers both: workers read `published` only after acquiring
+            // `tiles_published`, and every copying thread's stores precede it (barrier, then the
+            // release, cumulative).
             unsafe {
                 let end =
                     ld_shared_u64(scratch + SCRATCH_LAST_FIRST) + ld_shared_u32(scratch + SCRATCH_LAST_TILES) as u64;
-                st_release_gpu_u64(r.state(offset_of!(DeviceState, published)), to);
+                st_relaxed_gpu_u64(r.state(offset_of!(DeviceState, published)), to);
                 st_release_gpu_u64(r.state(offset_of!(DeviceState, tiles_published)), end);
             }
+            r.stamp(from, offset_of!(Trace, forwarded));
             forwarded = to;
         }
     }
@@ -253,7 +271,9 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
     let smem = header + SMEM_HEADER_BYTES;
     // SAFETY: the device state.
     let slots = unsafe { ld_volatile_u32(state + offset_of!(DeviceState, slots) as u64) };
-    let r = Ring { state, slots_addr, dev_done, done_ctr, host, slots };
+    // SAFETY: the device state.
+    let trace = unsafe { ld_volatile_u64(state + offset_of!(DeviceState, trace) as u64) };
+    let r = Ring { state, slots_addr, dev_done, done_ctr, host, trace, slots };
     if block_idx_x() == 0 {
         // SAFETY: this kernel's contract; the scratch words lie in this CTA's tile area.
         unsafe { forward(&r, tid, smem) };
@@ -331,6 +351,9 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
             sync_threads(); // everyone read the scratch words before thread 0 rewrites them
         };
         cursor = seq; // later claims are larger: they lie in this problem or later ones
+        if tid == 0 && tile == 0 {
+            r.stamp(seq, offset_of!(Trace, found));
+        }
         if tid < 8 {
             // SAFETY: 128 bytes of the slot's problem; the slot keeps this problem until it
             // completes, which needs this tile.
@@ -340,25 +363,35 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
             }
         }
         sync_threads();
+        if tid == 0 && tile == 0 {
+            r.stamp(seq, offset_of!(Trace, staged));
+        }
         let tiles_n = desc.tiles_n();
         let (tm, tn) = if tiles_n == 0 { (u32::MAX, 0) } else { (tile / tiles_n, tile % tiles_n) };
         // SAFETY: the staged, validated problem; `run_tile` rejects bad coordinates.
         let _ =
             unsafe { run_tile::<false>(desc, TileDesc { problem: 0, tile_m: tm, tile_n: tn, split: 0 }, smem, status) };
         sync_threads(); // the tile's stores are issued; descriptor, stages and scratch are free
+        if tid == 0 && tile == 0 {
+            r.stamp(seq, offset_of!(Trace, tile_done));
+        }
         if tid == 0 {
-            fence_acq_rel_gpu();
             let ctr = r.done_ctr + slot as u64 * 4;
             // SAFETY: the slot's words.
             unsafe {
+                // Release: this CTA's tile results (barrier, then the release, cumulative) precede
+                // the count; acquire: the last CTA sees every other CTA's.
                 if atom_add_acq_rel_gpu_u32(ctr, 1) == tiles - 1 {
-                    // Last tile: reset the counter for the slot's next problem, mark the slot
-                    // done on the device, then tell the host (releases order every tile's
-                    // results, and the reset, before them).
+                    // Last tile: reset the counter for the slot's next problem and mark the slot
+                    // done on the device (nothing is read through either: the slot's next problem
+                    // comes only after the host sees the completion word), then tell the host; the
+                    // sys-scope release orders every tile's results, the reset and the device mark
+                    // before it.
                     st_relaxed_gpu_u32(ctr, 0);
-                    fence_acq_rel_gpu();
-                    st_release_gpu_u64(r.dev_done + slot as u64 * 8, seq + 1);
+                    st_relaxed_gpu_u64(r.dev_done + slot as u64 * 8, seq + 1);
+                    r.stamp(seq, offset_of!(Trace, completing));
                     st_release_sys_u64(host_done + slot as u64 * 8, seq + 1);
+                    r.stamp(seq, offset_of!(Trace, completed));
                 }
             }
         }

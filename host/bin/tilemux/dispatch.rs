@@ -15,9 +15,11 @@ use clap::Args;
 use rand::SeedableRng;
 use tilemux::Device;
 use tilemux::abi::TileKind;
+use tilemux::abi::ring::Trace;
 use tilemux::cuda::probe::{Doorbell, echo};
 use tilemux::cuda::{CudaConfig, CudaDevice};
 use tilemux::memory::Arena;
+use tilemux::persistent::Engine;
 use tilemux::persistent::RingWriter;
 use tilemux::reference::{Case, SEED_MIX, Staged};
 use tilemux::round::{CostModel, TileChooser};
@@ -86,10 +88,16 @@ fn runtime_latency(dev: Arc<dyn Device>, persistent: bool, case: &Case, n: usize
     rt.submit(&t, op.clone())?.wait()?;
     let e = case.error(&bufs.c.read()?, &case.reference());
     ensure!(e < 1e-4, "runtime ({}) result wrong: {e:e}", if persistent { "persistent" } else { "rounds" });
-    lat(n, || {
-        rt.submit(&t, op.clone())?.wait()?;
+    let mut submit = Vec::with_capacity(n + n / 100 + 10);
+    let l = lat(n, || {
+        let s = Instant::now();
+        let ticket = rt.submit(&t, op.clone())?;
+        submit.push(s.elapsed().as_secs_f64() * 1e6);
+        ticket.wait()?;
         Ok(())
-    })
+    })?;
+    eprintln!("  submit() itself: p50 {:.2} µs", percentile(&mut submit, 0.5));
+    Ok(l)
 }
 
 /// Closed-loop throughput of the seed mix: `tenants` tenants, `depth` requests in flight each.
@@ -244,6 +252,27 @@ fn bare_saturated(dev: &Arc<dyn Device>, depth: u64, secs: f64) -> Result<f64> {
     Ok(rate)
 }
 
+/// Medians of the resident kernel's stamps over the last traced problems before `written`, as
+/// the steps of one problem's way through the device.
+fn trace_breakdown(trace: &[Trace], written: u64) -> String {
+    let n = (trace.len() as u64).min(written);
+    let recent: Vec<&Trace> = (written - n..written).map(|q| &trace[(q % trace.len() as u64) as usize]).collect();
+    let step = |f: &dyn Fn(&Trace) -> (u64, u64)| {
+        let mut v: Vec<f64> = recent.iter().map(|t| f(t)).map(|(a, b)| b.saturating_sub(a) as f64 / 1e3).collect();
+        percentile(&mut v, 0.5)
+    };
+    format!(
+        "device p50 µs: forward {:.2}, to a worker {:.2}, stage {:.2}, tile 0 {:.2}, to the last tile's end {:.2}, completion write {:.2}; seen → completed {:.2}",
+        step(&|t| (t.seen, t.forwarded)),
+        step(&|t| (t.forwarded, t.found)),
+        step(&|t| (t.found, t.staged)),
+        step(&|t| (t.staged, t.tile_done)),
+        step(&|t| (t.tile_done, t.completing)),
+        step(&|t| (t.completing, t.completed)),
+        step(&|t| (t.seen, t.completed)),
+    )
+}
+
 pub fn run(mut args: DispatchArgs) -> Result<()> {
     if args.quick {
         args.requests = 5000;
@@ -252,7 +281,10 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
     let gpu = Gpu::open(1 << 30, 128)?;
     let describe = gpu.describe();
     println!("# tilemux bench dispatch\n{describe}");
-    let dev: Arc<dyn Device> = Arc::new(CudaDevice::new(&CudaConfig { pool_bytes: 2 << 30, ..Default::default() })?);
+    let cuda = Arc::new(CudaDevice::new(&CudaConfig { pool_bytes: 2 << 30, ..Default::default() })?);
+    let dev: Arc<dyn Device> = cuda.clone();
+    // Where the bare ring's time goes on the device, per shape (from the kernel's trace).
+    let mut breakdown = Vec::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
     let mut table = Table::new(&["shape", "variant", "requests", "p50_us", "p99_us", "p999_us", "max_us"]);
     let mut row = |shape: &str, v: &str, mut l: Vec<f64>| {
@@ -268,13 +300,13 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
         eprintln!("{shape} {v}: p50 {:.1} µs, p99 {:.1} µs", percentile(&mut l, 0.5), percentile(&mut l, 0.99));
     };
     // The floor: a doorbell's round trip to one polling warp and back, no work in between.
-    let cuda = CudaDevice::new(&CudaConfig { pool_bytes: 64 << 20, wide: false, ..Default::default() })?;
+    let probe = CudaDevice::new(&CudaConfig { pool_bytes: 64 << 20, wide: false, ..Default::default() })?;
     for how in Doorbell::ALL.into_iter().filter(|_| !args.saturated_only) {
         for bytes in [0, size_of::<tilemux::abi::ring::RingSlot>()] {
-            row(&format!("echo, {bytes} B payload"), how.label(), echo(&cuda, how, bytes, args.requests)?);
+            row(&format!("echo, {bytes} B payload"), how.label(), echo(&probe, how, bytes, args.requests)?);
         }
     }
-    drop(cuda);
+    drop(probe);
     for (name, shape) in SHAPES.into_iter().filter(|_| !args.saturated_only) {
         let case = Case::plain(&mut rng, shape);
         // cuBLAS: launch + synchronize.
@@ -299,7 +331,7 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
         let chooser = TileChooser::persistent();
         let round = chooser.build(&staged.descs(std::slice::from_ref(&case)), &[], &CostModel::default(), dev.slots());
         tilemux::round::check(&round, dev.pool())?;
-        let (ring, engine) = dev.start_persistent(64, Duration::from_secs(10))?;
+        let (ring, engine) = cuda.start_persistent(64, Duration::from_secs(10))?;
         let mut w = RingWriter::new(ring.clone());
         let mut beats = 0;
         let l = lat(args.requests, || {
@@ -319,6 +351,8 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
         let got = staged.read_c(&*dev, std::slice::from_ref(&case))?;
         ensure!(case.error(&got[0], &case.reference()) < 1e-4, "bare ring result wrong");
         row(name, "bare ring (no runtime)", l?);
+        breakdown.push(format!("{name}: {}", trace_breakdown(&engine.trace()?, w.written())));
+        eprintln!("{}", breakdown.last().expect("pushed"));
     }
     let (t, d) = (args.tenants, args.depth);
     let (rounds, rounds_note) = saturated(dev.clone(), false, args.seconds, t, d)?;
@@ -326,10 +360,11 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
     let bare = bare_saturated(&dev, (t * d) as u64, args.seconds)?;
     eprintln!("bare ring, {} in flight: {bare:.0} problems/s", t * d);
     let pre = format!(
-        "{describe}\nOne request at a time, closed loop; latency from submit to the result visible on the host (ticket resolved; cuBLAS: stream synchronized).\n\nSaturated throughput, seed mix ({t} tenants, {d} in flight each, {} s): round per launch {rounds:.0} requests/s, persistent {persistent:.0} requests/s ({:.2}x); the bare ring (one thread keeping {} seed-mix problems in it, no runtime) {bare:.0} problems/s.\n\n- {rounds_note}\n- {persistent_note}\n",
+        "{describe}\nOne request at a time, closed loop; latency from submit to the result visible on the host (ticket resolved; cuBLAS: stream synchronized).\n\nSaturated throughput, seed mix ({t} tenants, {d} in flight each, {} s): round per launch {rounds:.0} requests/s, persistent {persistent:.0} requests/s ({:.2}x); the bare ring (one thread keeping {} seed-mix problems in it, no runtime) {bare:.0} problems/s.\n\n- {rounds_note}\n- {persistent_note}\n\nBare ring, one request at a time, from the resident kernel's %globaltimer stamps (forwarder saw the publish → forwarded → the CTA of tile 0 found it → staged its descriptor → finished tile 0 → the last tile's CTA about to write the completion word → written):\n\n{}\n",
         args.seconds,
         persistent / rounds,
-        t * d
+        t * d,
+        breakdown.iter().map(|b| format!("- {b}")).collect::<Vec<_>>().join("\n")
     );
     table.finish(&pre, args.out.as_deref(), "dispatch")
 }

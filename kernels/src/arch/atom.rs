@@ -207,3 +207,13 @@ pub unsafe fn st_relaxed_gpu_v4_u32(addr: u64, v: [u32; 4]) {
             in(reg64) addr, in(reg32) v[0], in(reg32) v[1], in(reg32) v[2], in(reg32) v[3], options(nostack))
     };
 }
+
+/// `st.relaxed.gpu.global.u64`.
+///
+/// # Safety
+/// `addr` is an 8-byte aligned global address.
+#[inline(always)]
+pub unsafe fn st_relaxed_gpu_u64(addr: u64, v: u64) {
+    // SAFETY: the caller guarantees the address.
+    unsafe { asm!("st.relaxed.gpu.global.u64 [{0}], {1};", in(reg64) addr, in(reg64) v, options(nostack)) };
+}
