@@ -287,3 +287,68 @@ fn soak_gpu() {
         None => say("soak_gpu: skipped: no CUDA device"),
     }
 }
+
+/// The resident kernel's trace: for every finished problem the stamps follow the problem's way
+/// (forwarder saw it ≤ forwarded ≤ tile 0 found ≤ staged ≤ done ≤ completion written), and the
+/// results are right. GPU only (the CPU engine has no forwarder and no trace).
+#[test]
+fn trace_follows_each_problem() {
+    let Some((_g, d)) = common::gpu() else {
+        say("trace_follows_each_problem: skipped, no CUDA device");
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    let cases: Vec<Case> = (0..30)
+        .map(|i| {
+            let dims = if i % 2 == 0 { (512, 1, 512) } else { random_dims(&mut rng, 300) };
+            Case::random(&mut rng, dims)
+        })
+        .collect();
+    let staged = Staged::new(&*d, &mut common::arena(&*d), &cases).unwrap();
+    staged.poison(&*d, &cases).unwrap();
+    let round = TileChooser::persistent().build(&staged.descs(&cases), &[], &CostModel::default(), d.slots());
+    tilemux::round::check(&round, d.pool()).unwrap();
+    let (ring, engine) = d.start_persistent(8, Duration::from_secs(10)).unwrap();
+    let mut w = RingWriter::new(ring.clone());
+    let start = Instant::now();
+    for p in &round.problems {
+        // One at a time, so each problem's stamps are its own.
+        let q = w.write(*p);
+        w.publish();
+        while !ring.is_done(q) {
+            assert!(start.elapsed() < Duration::from_secs(30), "problem {q} did not finish");
+            std::hint::spin_loop();
+        }
+    }
+    let trace = engine.trace().unwrap();
+    ring.request_stop();
+    assert_eq!(tilemux::persistent::Engine::join(&engine).unwrap(), 0);
+    for (q, t) in trace.iter().take(round.problems.len()).enumerate() {
+        let steps = [t.seen, t.forwarded, t.found, t.staged, t.tile_done, t.completing, t.completed];
+        assert!(steps.iter().all(|&s| s != 0), "problem {q}: missing stamps {t:?}");
+        assert!(steps.windows(2).all(|w| w[0] <= w[1]), "problem {q}: stamps out of order {t:?}");
+        assert!(t.completed - t.seen < 10_000_000, "problem {q}: 10 ms on the device {t:?}");
+    }
+    for (i, (c, got)) in cases.iter().zip(staged.read_c(&*d, &cases).unwrap()).enumerate() {
+        assert!(c.error(&got, &c.reference()) < 1e-4, "problem {i} wrong");
+    }
+    say(&format!("trace_follows_each_problem: {} problems on {}", round.problems.len(), d.name()));
+}
+
+/// The transport probe answers every doorbell, whichever way it is rung. GPU only.
+#[test]
+fn echo_probe_answers_every_doorbell() {
+    use tilemux::cuda::probe::{Doorbell, echo};
+    let Some((_g, d)) = common::gpu() else {
+        say("echo_probe_answers_every_doorbell: skipped, no CUDA device");
+        return;
+    };
+    for how in Doorbell::ALL {
+        for bytes in [0, 160] {
+            let l = echo(&d, how, bytes, 200).unwrap();
+            assert_eq!(l.len(), 200);
+            assert!(l[0] > 0.0 && l[199] < 1e6, "{}: {l:?}", how.label());
+        }
+    }
+    assert!(echo(&d, Doorbell::HostStore, 24, 1).is_err(), "a payload of 24 bytes is refused");
+}

@@ -506,7 +506,7 @@ pub mod ring {
         /// The forwarder saw it published in the host header (problems it forwards at once
         /// share the stamp).
         pub seen: u64,
-        /// The forwarder published it to the workers.
+        /// The forwarder is about to publish it to the workers (its copy is done).
         pub forwarded: u64,
         /// The CTA running tile 0 found it.
         pub found: u64,

@@ -214,9 +214,9 @@ unsafe fn forward(r: &Ring, tid: u32, scratch: u32) {
                 let end =
                     ld_shared_u64(scratch + SCRATCH_LAST_FIRST) + ld_shared_u32(scratch + SCRATCH_LAST_TILES) as u64;
                 st_relaxed_gpu_u64(r.state(offset_of!(DeviceState, published)), to);
+                r.stamp(from, offset_of!(Trace, forwarded));
                 st_release_gpu_u64(r.state(offset_of!(DeviceState, tiles_published)), end);
             }
-            r.stamp(from, offset_of!(Trace, forwarded));
             forwarded = to;
         }
     }
