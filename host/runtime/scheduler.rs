@@ -84,17 +84,20 @@ pub(crate) struct SchedState {
     pub(crate) open: bool,
     pub(crate) paused: bool,
     queues: BTreeMap<u32, Queue>,
+    /// Requests in all queues (kept with every push and pop: the fast path and `has_work` ask it
+    /// without walking the tenants).
+    queued: usize,
     seq: u64,
     rounds: u64,
 }
 
 impl SchedState {
     pub(crate) fn new(paused: bool) -> SchedState {
-        SchedState { open: true, paused, queues: BTreeMap::new(), seq: 0, rounds: 0 }
+        SchedState { open: true, paused, queues: BTreeMap::new(), queued: 0, seq: 0, rounds: 0 }
     }
 
     fn has_work(&self) -> bool {
-        self.queues.values().any(|q| !q.pending.is_empty())
+        self.queued > 0
     }
 }
 
@@ -223,8 +226,9 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
         return reject(Error::Closed);
     }
     let activating = s.queues.get(&tenant.id).is_none_or(|q| q.pending.is_empty());
-    // Only a tenant coming back from idle needs the floor (an O(tenants) scan).
-    let floor = if activating {
+    // Only a tenant coming back from idle, with others queued, needs the floor (an O(tenants)
+    // scan).
+    let floor = if activating && s.queued > 0 {
         s.queues.values().filter(|q| !q.pending.is_empty()).map(|q| q.vt).fold(f64::INFINITY, f64::min)
     } else {
         f64::INFINITY
@@ -251,6 +255,7 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
     }
     let q = s.queues.get_mut(&tenant.id).expect("inserted above");
     q.pending.push_back(Pending { seq: 0, ops, resolver, submitted: now, deadline: now + slo, cost_ns, ref_tiles });
+    s.queued += 1;
     s.seq += 1;
     let seq = s.seq;
     s.queues.get_mut(&tenant.id).and_then(|q| q.pending.back_mut()).expect("pushed").seq = seq;
@@ -275,8 +280,9 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
 /// is released either way.
 fn fast_path(inner: &Inner, mut s: std::sync::MutexGuard<'_, SchedState>, tenant: u32) -> bool {
     let Some(ring) = &inner.persistent else { return false };
-    let SchedState { queues, paused, .. } = &mut *s;
-    if *paused || !queues.iter().all(|(id, q)| q.pending.len() == usize::from(*id == tenant)) {
+    // Alone: the one queued request is this tenant's (its newest, just pushed).
+    let SchedState { queues, paused, queued, .. } = &mut *s;
+    if *paused || *queued != 1 {
         return false;
     }
     let Some(q) = queues.get_mut(&tenant) else { return false };
@@ -293,6 +299,7 @@ fn fast_path(inner: &Inner, mut s: std::sync::MutexGuard<'_, SchedState>, tenant
         book(&mut inflight, head);
     }
     let p = q.pending.pop_front().expect("non-empty");
+    *queued -= 1;
     q.vt += p.cost_ns / q.tenant.spec.weight;
     let t = q.tenant.clone();
     // Counted while the runtime is open (under the lock): a shutdown waits for it.
@@ -317,10 +324,9 @@ fn fast_path(inner: &Inner, mut s: std::sync::MutexGuard<'_, SchedState>, tenant
 pub(crate) fn cancel_tenant(inner: &Inner, tenant: u32, err: impl Fn() -> Error) {
     let drained: Vec<(Arc<TenantState>, Pending)> = {
         let mut s = inner.sched.lock().unwrap_or_else(|e| e.into_inner());
-        s.queues
-            .remove(&tenant)
-            .map(|q| q.pending.into_iter().map(|p| (q.tenant.clone(), p)).collect())
-            .unwrap_or_default()
+        let q = s.queues.remove(&tenant);
+        s.queued -= q.as_ref().map_or(0, |q| q.pending.len());
+        q.map(|q| q.pending.into_iter().map(|p| (q.tenant.clone(), p)).collect()).unwrap_or_default()
     };
     finish_cancelled(inner, drained, err);
 }
@@ -396,6 +402,7 @@ fn assemble(inner: &Inner, s: &mut SchedState) -> Option<Batch> {
             }
         }
         let p = q.pending.pop_front().expect("non-empty");
+        s.queued -= 1;
         if let Some(m) = inflight.as_mut() {
             book(m, &p);
         }
@@ -497,6 +504,7 @@ fn spawn_scheduler(inner: Arc<Inner>, tx: SyncSender<Batch>) -> Result<JoinHandl
                     let mut s = inner.sched.lock().unwrap_or_else(|e| e.into_inner());
                     loop {
                         if !s.open {
+                            s.queued = 0;
                             let all: Vec<_> = std::mem::take(&mut s.queues)
                                 .into_values()
                                 .flat_map(|q| {
