@@ -286,6 +286,28 @@ impl Drop for PinnedBuffer {
     }
 }
 
+/// Kernel parameters for the driver's launch calls: each value in a slot of its own, and the
+/// array of pointers to the slots the launch call reads. A `u32` parameter reads the low half of
+/// its slot (little-endian hosts, as every CUDA host is).
+pub(crate) struct KernelArgs {
+    _slots: Box<[u64]>,
+    ptrs: Vec<*mut c_void>,
+}
+
+impl KernelArgs {
+    /// Arguments with these values, in the kernel's parameter order.
+    pub(crate) fn new(values: &[u64]) -> KernelArgs {
+        let mut slots: Box<[u64]> = values.into();
+        let ptrs = slots.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
+        KernelArgs { _slots: slots, ptrs }
+    }
+
+    /// The `kernelParams` array (valid while `self` lives: the slots never move).
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut *mut c_void {
+        self.ptrs.as_mut_ptr()
+    }
+}
+
 /// A loaded PTX module and its JIT log.
 pub struct Module {
     pub(crate) raw: sys::CUmodule,

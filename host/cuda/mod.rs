@@ -407,24 +407,16 @@ impl CudaDevice {
             )
         })?;
 
-        let mut a_problems = base + lay.problems as u64;
-        let mut a_np = p as u32;
-        let mut a_tiles = base + lay.tiles as u64;
-        let mut a_nt = t as u32;
-        let mut a_queue = base + QUEUE_OFF as u64;
-        let mut a_base = st.queue_base;
-        let mut a_done = base + lay.done as u64;
-        let mut a_status = base + STATUS_OFF as u64;
-        let mut params: [*mut c_void; 8] = [
-            &mut a_problems as *mut u64 as *mut c_void,
-            &mut a_np as *mut u32 as *mut c_void,
-            &mut a_tiles as *mut u64 as *mut c_void,
-            &mut a_nt as *mut u32 as *mut c_void,
-            &mut a_queue as *mut u64 as *mut c_void,
-            &mut a_base as *mut u64 as *mut c_void,
-            &mut a_done as *mut u64 as *mut c_void,
-            &mut a_status as *mut u64 as *mut c_void,
-        ];
+        let mut params = driver::KernelArgs::new(&[
+            base + lay.problems as u64,
+            p as u64,
+            base + lay.tiles as u64,
+            t as u64,
+            base + QUEUE_OFF as u64,
+            st.queue_base,
+            base + lay.done as u64,
+            base + STATUS_OFF as u64,
+        ]);
         // A round with a wide tile kind runs on the wide build (when loaded; else the narrow one
         // reports NEEDS_WIDE and runs nothing of those tiles).
         let (func, grid, smem) = match &self.kernel.wide {

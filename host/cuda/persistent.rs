@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cudarc::driver::sys;
 
-use super::driver::ck;
+use super::driver::{KernelArgs, ck};
 use super::{CudaDevice, DeviceBuffer, PinnedBuffer, Stream};
 use crate::abi::ring::{DeviceState, RingSlot, TRACE_PROBLEMS, Trace, host_bytes};
 use crate::error::{Error, Result};
@@ -79,14 +79,7 @@ impl CudaDevice {
         let done_ctr = zeroed(slots as usize * 4)?;
         let host = ring.device_base()?;
         let kernel_stream = Stream::new()?;
-        let (mut a0, mut a1, mut a2, mut a3, mut a4) = (state.ptr, dev_slots.ptr, dev_done.ptr, done_ctr.ptr, host);
-        let mut params: [*mut c_void; 5] = [
-            &mut a0 as *mut u64 as *mut c_void,
-            &mut a1 as *mut u64 as *mut c_void,
-            &mut a2 as *mut u64 as *mut c_void,
-            &mut a3 as *mut u64 as *mut c_void,
-            &mut a4 as *mut u64 as *mut c_void,
-        ];
+        let mut params = KernelArgs::new(&[state.ptr, dev_slots.ptr, dev_done.ptr, done_ctr.ptr, host]);
         // SAFETY: the parameters match `tilemux_persistent`; the grid is at most the
         // co-resident CTAs (cooperative launches fail otherwise) and at least 2; the buffers
         // outlive the kernel (the engine joins it before they drop).

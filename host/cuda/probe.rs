@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use cudarc::driver::sys;
 
-use super::driver::ck;
+use super::driver::{KernelArgs, ck};
 use super::{CudaDevice, DeviceBuffer, Module, PinnedBuffer, Stream, ptx_with_entries};
 use crate::error::{Error, Result};
 
@@ -74,16 +74,14 @@ pub fn echo(dev: &CudaDevice, how: Doorbell, payload_bytes: usize, n: usize) -> 
     ck("cuMemsetD8", unsafe { sys::cuMemsetD8_v2(dev_buf.ptr, 0, 1024) })?;
     let (kernel_stream, ops) = (Stream::new()?, Stream::new()?);
     let timeout = Duration::from_secs(1);
-    let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5) =
-        (doorbell, hdev + 64, payload, (payload_bytes / 16) as u32, n as u64, timeout.as_nanos() as u64);
-    let mut params: [*mut c_void; 6] = [
-        &mut a0 as *mut u64 as *mut c_void,
-        &mut a1 as *mut u64 as *mut c_void,
-        &mut a2 as *mut u64 as *mut c_void,
-        &mut a3 as *mut u32 as *mut c_void,
-        &mut a4 as *mut u64 as *mut c_void,
-        &mut a5 as *mut u64 as *mut c_void,
-    ];
+    let mut params = KernelArgs::new(&[
+        doorbell,
+        hdev + 64,
+        payload,
+        (payload_bytes / 16) as u64,
+        n as u64,
+        timeout.as_nanos() as u64,
+    ]);
     // SAFETY: parameters match `tilemux_echo`; the buffers outlive the kernel (joined below).
     ck("cuLaunchKernel", unsafe {
         sys::cuLaunchKernel(func, 1, 1, 1, 32, 1, 1, 0, kernel_stream.0, params.as_mut_ptr(), std::ptr::null_mut())
