@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use tilemux::abi::TileKind;
 use tilemux::persistent::RingWriter;
 use tilemux::reference::{Case, Staged, random_dims};
-use tilemux::round::{CostModel, TileChooser};
+use tilemux::round::{CostModel, Round, TileChooser};
 use tilemux::runtime::{Mat, Mode, Op, PersistentConfig, Policy, Runtime, RuntimeConfig, TenantSpec, WhenFull};
 use tilemux::{Device, Error};
 
@@ -29,20 +29,26 @@ fn persistent(slots: u32, when_full: WhenFull) -> RuntimeConfig {
     }
 }
 
-runtime_test!(ring_protocol, |d: Arc<dyn Device>, _gpu: bool| {
-    // Problems straight into a 3-slot ring: wrap-around many times, each completes exactly once.
+/// `n` random cases (every `gemv.0`-th of shape `gemv.1`, the rest random up to `max`), staged
+/// on `d` with poisoned outputs, planned one problem each by the persistent chooser and checked.
+fn staged_problems(d: &dyn Device, n: usize, gemv: (usize, (u32, u32, u32)), max: u32) -> (Vec<Case>, Staged, Round) {
     let mut rng = StdRng::seed_from_u64(rand::random());
-    let cases: Vec<Case> = (0..40)
+    let cases: Vec<Case> = (0..n)
         .map(|i| {
-            let dims = if i % 3 == 0 { (100, 1, 77) } else { random_dims(&mut rng, 90) };
+            let dims = if i % gemv.0 == 0 { gemv.1 } else { random_dims(&mut rng, max) };
             Case::random(&mut rng, dims)
         })
         .collect();
-    let staged = Staged::new(&*d, &mut common::arena(&*d), &cases).unwrap();
-    staged.poison(&*d, &cases).unwrap();
-    let chooser = TileChooser::persistent();
-    let round = chooser.build(&staged.descs(&cases), &[], &CostModel::default(), d.slots());
+    let staged = Staged::new(d, &mut common::arena(d), &cases).unwrap();
+    staged.poison(d, &cases).unwrap();
+    let round = TileChooser::persistent().build(&staged.descs(&cases), &[], &CostModel::default(), d.slots());
     tilemux::round::check(&round, d.pool()).unwrap();
+    (cases, staged, round)
+}
+
+runtime_test!(ring_protocol, |d: Arc<dyn Device>, _gpu: bool| {
+    // Problems straight into a 3-slot ring: wrap-around many times, each completes exactly once.
+    let (cases, staged, round) = staged_problems(&*d, 40, (3, (100, 1, 77)), 90);
     let (ring, engine) = d.start_persistent(3, Duration::from_secs(10)).unwrap();
     let mut w = RingWriter::new(ring.clone());
     let mut seqs = Vec::new();
@@ -297,17 +303,7 @@ fn trace_follows_each_problem() {
         say("trace_follows_each_problem: skipped, no CUDA device");
         return;
     };
-    let mut rng = StdRng::seed_from_u64(rand::random());
-    let cases: Vec<Case> = (0..30)
-        .map(|i| {
-            let dims = if i % 2 == 0 { (512, 1, 512) } else { random_dims(&mut rng, 300) };
-            Case::random(&mut rng, dims)
-        })
-        .collect();
-    let staged = Staged::new(&*d, &mut common::arena(&*d), &cases).unwrap();
-    staged.poison(&*d, &cases).unwrap();
-    let round = TileChooser::persistent().build(&staged.descs(&cases), &[], &CostModel::default(), d.slots());
-    tilemux::round::check(&round, d.pool()).unwrap();
+    let (cases, staged, round) = staged_problems(&*d, 30, (2, (512, 1, 512)), 300);
     let (ring, engine) = d.start_persistent(8, Duration::from_secs(10)).unwrap();
     let mut w = RingWriter::new(ring.clone());
     let start = Instant::now();
