@@ -58,15 +58,15 @@ impl CpuDevice {
     }
 }
 
-/// Runs one tile. A split-K problem's tiles of slice 0 compute the whole `k` (the sum every
-/// slice would contribute) and the other slices' tiles do nothing: the same result as the GPU's
-/// partial-sum reduction, without a workspace.
+/// Runs one tile. The first part of an output tile computed in several (split-K, stream-K)
+/// computes the whole `k` (the sum every part would contribute) and the other parts do nothing:
+/// the same result as the GPU's partial-sum reduction, without a workspace.
 ///
 /// # Safety
 /// `p` and `t` passed [`check`] against the pool these addresses point into, and no other thread
 /// accesses this tile's part of `C` (check makes tiles' outputs disjoint from everything else).
 pub(crate) unsafe fn run_tile(p: &ProblemDesc, t: &TileDesc) {
-    if t.split != 0 {
+    if t.part().index != 0 {
         return;
     }
     let kind = TileKind::from_u32(p.tile_kind).expect("checked");

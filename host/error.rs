@@ -44,6 +44,14 @@ pub enum DescriptorError {
         "tile {tile}: coordinates ({tile_m}, {tile_n}) are outside the {tiles_m}×{tiles_n} grid of problem {problem}"
     )]
     TileCoord { tile: usize, problem: u32, tile_m: u32, tile_n: u32, tiles_m: u32, tiles_n: u32 },
+    #[error(
+        "tile {tile}: grains {first}..={last} as part {index} of {count} do not fit problem {problem} ({k_splits} grains of k, at most {k_parts} parts per output tile)"
+    )]
+    TilePart { tile: usize, problem: u32, first: u32, last: u32, index: u32, count: u32, k_splits: u32, k_parts: u32 },
+    #[error("problem {problem}, output tile ({tile_m}, {tile_n}): {what}")]
+    KCover { problem: usize, tile_m: u32, tile_n: u32, what: &'static str },
+    #[error("problem {problem}: k_parts = {k_parts} is outside 0..={max}")]
+    KParts { problem: usize, k_parts: u32, max: u32 },
     #[error("tile {tile}: ({tile_m}, {tile_n}) of problem {problem} appears twice")]
     DuplicateTile { tile: usize, problem: u32, tile_m: u32, tile_n: u32 },
     #[error("problem {problem}: the round holds {present} of its tiles, expected each of its {expected} tiles once")]

@@ -9,7 +9,7 @@
 use std::ops::Range;
 use std::time::Duration;
 
-use crate::abi::{self, Activation, BiasMode, MAX_DIM, ProblemDesc, TileDesc, TileKind, flags, matrix_extent};
+use crate::abi::{self, Activation, BiasMode, KPart, MAX_DIM, ProblemDesc, TileDesc, TileKind, flags, matrix_extent};
 use crate::error::DescriptorError;
 
 /// The descriptors of one launch. Problem `i` uses completion slot `i`.
@@ -19,6 +19,10 @@ pub struct Round {
     pub problems: Vec<ProblemDesc>,
     /// Every tile of every problem, in the order CTAs will claim them.
     pub tiles: Vec<TileDesc>,
+    /// CTAs claim their next tile when they finish one rather than when they start one, so the
+    /// device hands tiles out in the greedy list schedule of [`CostModel::makespan_ns`]: a
+    /// stream-K balanced queue ([`Round::balance`]) needs that to replay its cut.
+    pub claim_late: bool,
 }
 
 impl Round {
@@ -31,10 +35,12 @@ impl Round {
         p.tiles_m = p.m.div_ceil(s.bm);
         p.tiles_n = p.n.div_ceil(s.bn);
         p.k_splits = k_splits;
+        p.k_parts = k_splits;
         p.completion = idx as u32;
         for tile_m in 0..p.tiles_m {
             for tile_n in 0..p.tiles_n {
-                for split in 0..k_splits {
+                for s in 0..k_splits {
+                    let split = KPart::uniform(s, k_splits).encode();
                     self.tiles.push(TileDesc { problem: idx as u32, tile_m, tile_n, split });
                 }
             }
@@ -76,6 +82,143 @@ impl Round {
         }
     }
 
+    /// How many tiles of each problem the round holds (what each completion counter reaches).
+    pub fn tiles_per_problem(&self) -> Vec<u32> {
+        let mut n = vec![0u32; self.problems.len()];
+        for t in &self.tiles {
+            if let Some(c) = n.get_mut(t.problem as usize) {
+                *c += 1;
+            }
+        }
+        n
+    }
+
+    /// Stream-K balancing. Claimed longest first, the tiles of a round leave CTA slots idle when
+    /// they do not fill whole waves: 120 one-tile conv2_2 problems on 132 slots keep 12 slots idle
+    /// for the whole round. This recuts the unsplit SGEMM problems into grains of `k` and gives
+    /// each of the `slots` slots an equal share of their work, contiguous in (tile, k) order, so
+    /// an output tile is computed in one part or a few; the last part to finish sums the
+    /// partials (the split-K reduction). The queue holds the parts by their start time within
+    /// their slot's share, then the other problems' tiles, and the round claims late
+    /// ([`Round::claim_late`]), so the device's greedy claiming replays the cut. Kept only when
+    /// the cost model's list schedule of the new queue is at least 1% shorter. Returns whether
+    /// the round changed.
+    pub fn balance(&mut self, cost: &CostModel, slots: usize) -> bool {
+        let slots = slots.max(1);
+        let desc_ns = |ps: &[ProblemDesc], t: &TileDesc| cost.desc_ns(&ps[t.problem as usize], t);
+        let before = CostModel::makespan_ns(self.tiles.iter().map(|t| desc_ns(&self.problems, t)), slots);
+        let total: f64 = self.tiles.iter().map(|t| desc_ns(&self.problems, t)).sum();
+        if before <= total / slots as f64 * 1.01 {
+            return false; // no slot idles
+        }
+        let steps = |p: &ProblemDesc| p.k.div_ceil(abi::SGEMM_BK);
+        let candidate = |p: &ProblemDesc| {
+            TileKind::from_u32(p.tile_kind).is_some_and(|k| !k.is_gemv())
+                && p.k_splits == 1
+                && steps(p) >= 2 * GRAIN_STEPS
+        };
+        let mut problems = self.problems.clone();
+        for p in problems.iter_mut().filter(|p| candidate(p)) {
+            let per = GRAIN_STEPS.max(steps(p).div_ceil(abi::MAX_K_SPLITS));
+            p.k_splits = steps(p).div_ceil(per);
+        }
+        let (sk, others): (Vec<TileDesc>, Vec<TileDesc>) =
+            self.tiles.iter().partition(|t| candidate(&self.problems[t.problem as usize]));
+        if sk.is_empty() {
+            return false;
+        }
+        // Cost of grain g of p, and of starting a part (prologue, epilogue).
+        let grain_ns = |p: &ProblemDesc, g: u32| {
+            let t = TileDesc {
+                problem: 0,
+                tile_m: 0,
+                tile_n: 0,
+                split: KPart { first: g, last: g, index: 0, count: 1 }.encode(),
+            };
+            let kind = TileKind::from_u32(p.tile_kind).unwrap_or(TileKind::Sgemm64x64);
+            cost.desc_ns(p, &t) - cost.scale() * cost.kind(kind).0
+        };
+        let start_ns = |p: &ProblemDesc| {
+            cost.scale() * cost.kind(TileKind::from_u32(p.tile_kind).unwrap_or(TileKind::Sgemm64x64)).0
+        };
+        let work: f64 = sk
+            .iter()
+            .map(|t| {
+                let p = &problems[t.problem as usize];
+                start_ns(p) + (0..p.k_splits).map(|g| grain_ns(p, g)).sum::<f64>()
+            })
+            .sum();
+        let mean_start = sk.iter().map(|t| start_ns(&problems[t.problem as usize])).sum::<f64>() / sk.len() as f64;
+        let target = (work + mean_start * slots as f64) / slots as f64;
+        let longest = sk.iter().map(|t| {
+            let p = &problems[t.problem as usize];
+            (0..p.k_splits).map(|g| grain_ns(p, g)).sum::<f64>()
+        });
+        if longest.fold(0.0, f64::max) > MAX_SHARES * target {
+            return false; // few tiles for many slots: uniform split-K's regime, not a last wave's
+        }
+
+        // Walk the tiles' grains in queue order, cutting a slot's share at the grain boundary
+        // nearest its target: segments (tile, first grain, last grain, start within the share).
+        // Shares end at multiples of the target in the running total, so rounding to grain
+        // boundaries does not drift onto the last slot.
+        let mut segments: Vec<(usize, u32, u32, f64)> = Vec::new();
+        let (mut slot, mut acc, mut total) = (0usize, 0.0f64, 0.0f64);
+        for (ti, t) in sk.iter().enumerate() {
+            let p = &problems[t.problem as usize];
+            let (mut first, mut begin) = (0, acc);
+            acc += start_ns(p);
+            total += start_ns(p);
+            for g in 0..p.k_splits {
+                let ns = grain_ns(p, g);
+                acc += ns;
+                total += ns;
+                if slot + 1 < slots && total >= (slot + 1) as f64 * target - ns / 2.0 {
+                    segments.push((ti, first, g, begin));
+                    (slot, acc, first, begin) = (slot + 1, 0.0, g + 1, 0.0);
+                    if first < p.k_splits {
+                        acc += start_ns(p);
+                        total += start_ns(p);
+                    }
+                }
+            }
+            if first < p.k_splits {
+                segments.push((ti, first, p.k_splits - 1, begin));
+            }
+        }
+        // Parts per output tile (segments of a tile come in grain order).
+        let mut parts = vec![0u32; sk.len()];
+        for s in &segments {
+            parts[s.0] += 1;
+        }
+        let mut index = vec![0u32; sk.len()];
+        let mut descs: Vec<(TileDesc, f64)> = segments
+            .iter()
+            .map(|&(ti, first, last, begin)| {
+                let part = KPart { first, last, index: index[ti], count: parts[ti] };
+                index[ti] += 1;
+                let t = sk[ti];
+                let p = &mut problems[t.problem as usize];
+                p.k_parts = p.k_parts.max(part.count);
+                (TileDesc { split: part.encode(), ..t }, begin)
+            })
+            .collect();
+
+        // Queue the parts by their start within their slot's share: a slot that frees up at time
+        // t then claims the part its share starts at t (equal times are interchangeable), so the
+        // device's greedy claiming replays the static cut. The other tiles fill in behind.
+        descs.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let queue: Vec<TileDesc> = descs.iter().map(|d| d.0).chain(others.iter().copied()).collect();
+        let span = CostModel::makespan_ns(queue.iter().map(|t| desc_ns(&problems, t)), slots);
+        if span < before * 0.99 {
+            self.problems = problems;
+            self.tiles = queue;
+            self.claim_late = true;
+            return true;
+        }
+        false
+    }
+
     /// Floating-point operations of the whole round (2·m·n·k per problem).
     pub fn flops(&self) -> f64 {
         self.problems.iter().map(|p| 2.0 * p.m as f64 * p.n as f64 * p.k as f64).sum()
@@ -90,6 +233,7 @@ impl Round {
     pub fn clear(&mut self) {
         self.problems.clear();
         self.tiles.clear();
+        self.claim_late = false;
     }
 }
 
@@ -129,9 +273,17 @@ pub fn problem(
         workspace: 0,
         counters: 0,
         k_splits: 1,
-        _reserved: [0; 3],
+        k_parts: 1,
+        _reserved: [0; 2],
     }
 }
+
+/// Fewest `SGEMM_BK` steps in a grain of stream-K balancing ([`Round::balance`]).
+pub const GRAIN_STEPS: u32 = 2;
+
+/// Stream-K balancing leaves alone rounds whose longest SGEMM tile is more than this many slot
+/// shares: cut finer, the partial sums would cost more than the idle slots.
+const MAX_SHARES: f64 = 3.0;
 
 /// Most useful k-splits of `p` with `kind`: at least 4 `SGEMM_BK` steps per slice, never for GEMV.
 pub fn max_splits(kind: TileKind, p: &ProblemDesc) -> u32 {
@@ -181,6 +333,9 @@ fn check_problem(i: usize, p: &ProblemDesc, pool: &Range<u64>) -> Result<TileKin
             max: if kind.is_gemv() { 1 } else { steps.min(abi::MAX_K_SPLITS) },
         });
     }
+    if p.k_parts > p.k_splits.max(1) || (kind.is_gemv() && p.k_parts > 1) {
+        return Err(DescriptorError::KParts { problem: i, k_parts: p.k_parts, max: p.k_splits });
+    }
     let s = kind.shape();
     let (expect_m, expect_n) = (p.m.div_ceil(s.bm), p.n.div_ceil(s.bn));
     if (p.tiles_m, p.tiles_n) != (expect_m, expect_n) {
@@ -219,24 +374,23 @@ fn check_problem(i: usize, p: &ProblemDesc, pool: &Range<u64>) -> Result<TileKin
 }
 
 /// Checks a round against a device pool. On success, running it reads and writes only inside
-/// `pool`, no output overlaps anything else the round touches, every tile of every problem is
-/// present exactly once, and each tile kind suits its problem.
+/// `pool`, no output overlaps anything else the round touches, the tiles of every output tile
+/// cover its grains of `k` exactly once in part order (each tile present once), and each tile
+/// kind suits its problem.
 pub fn check(round: &Round, pool: Range<u64>) -> Result<(), DescriptorError> {
     let slots = round.problems.len();
-    let mut first_tile = Vec::with_capacity(slots + 1);
-    let mut total: u64 = 0;
+    let mut first_out = Vec::with_capacity(slots + 1);
+    let mut total_out: u64 = 0;
     for (i, p) in round.problems.iter().enumerate() {
         check_problem(i, p, &pool)?;
         if p.completion as usize >= slots {
             return Err(DescriptorError::CompletionSlot { problem: i, slot: p.completion, slots });
         }
-        first_tile.push(total);
-        total += p.tile_count() as u64;
+        first_out.push(total_out);
+        total_out += p.output_tiles() as u64;
     }
-    first_tile.push(total);
 
-    // Every tile in range; then per-problem counts; then, with the total known to equal the
-    // round's length, a bitset (bounded by the round itself) finds duplicates.
+    // Every tile names a problem, lies in its grid and has a part that fits it.
     let mut count = vec![0u32; slots];
     for (ti, t) in round.tiles.iter().enumerate() {
         let p = round.problems.get(t.problem as usize).ok_or(DescriptorError::TileProblem {
@@ -244,7 +398,7 @@ pub fn check(round: &Round, pool: Range<u64>) -> Result<(), DescriptorError> {
             problem: t.problem,
             problems: slots,
         })?;
-        if t.tile_m >= p.tiles_m || t.tile_n >= p.tiles_n || t.split >= p.k_splits {
+        if t.tile_m >= p.tiles_m || t.tile_n >= p.tiles_n {
             return Err(DescriptorError::TileCoord {
                 tile: ti,
                 problem: t.problem,
@@ -254,30 +408,88 @@ pub fn check(round: &Round, pool: Range<u64>) -> Result<(), DescriptorError> {
                 tiles_n: p.tiles_n,
             });
         }
+        let part = t.part();
+        let gemv = TileKind::from_u32(p.tile_kind).is_some_and(TileKind::is_gemv);
+        if !part.fits(p.k_splits, p.k_parts) || (gemv && part.count != 1) {
+            return Err(DescriptorError::TilePart {
+                tile: ti,
+                problem: t.problem,
+                first: part.first,
+                last: part.last,
+                index: part.index,
+                count: part.count,
+                k_splits: p.k_splits,
+                k_parts: p.k_parts,
+            });
+        }
         count[t.problem as usize] += 1;
     }
-    if total == round.tiles.len() as u64 {
-        let mut seen = vec![0u64; (total as usize).div_ceil(64)];
-        for (ti, t) in round.tiles.iter().enumerate() {
-            let p = &round.problems[t.problem as usize];
-            let bit = first_tile[t.problem as usize]
-                + (t.tile_m as u64 * p.tiles_n as u64 + t.tile_n as u64) * p.k_splits as u64
-                + t.split as u64;
-            let (w, b) = ((bit / 64) as usize, bit % 64);
-            if seen[w] & (1 << b) != 0 {
+    // Each output tile needs a tile, which also bounds the buckets below by the round's length.
+    for (i, p) in round.problems.iter().enumerate() {
+        if count[i] < p.output_tiles() {
+            return Err(DescriptorError::MissingTiles { problem: i, present: count[i], expected: p.output_tiles() });
+        }
+    }
+
+    // Bucket the tiles by output tile (a counting sort); each bucket must be its output tile's
+    // parts, covering grains 0..k_splits once, in part order.
+    let out_of = |t: &TileDesc| {
+        let p = &round.problems[t.problem as usize];
+        (first_out[t.problem as usize] + t.tile_m as u64 * p.tiles_n as u64 + t.tile_n as u64) as usize
+    };
+    let mut start = vec![0u32; total_out as usize + 1];
+    for t in &round.tiles {
+        start[out_of(t) + 1] += 1;
+    }
+    for o in 0..total_out as usize {
+        start[o + 1] += start[o];
+    }
+    let mut fill = start.clone();
+    let mut order = vec![0u32; round.tiles.len()];
+    for (ti, t) in round.tiles.iter().enumerate() {
+        let o = out_of(t);
+        order[fill[o] as usize] = ti as u32;
+        fill[o] += 1;
+    }
+    let mut problem = 0;
+    for o in 0..total_out as usize {
+        while problem + 1 < slots && first_out[problem + 1] as usize <= o {
+            problem += 1;
+        }
+        let p = &round.problems[problem];
+        let local = (o as u64 - first_out[problem]) as u32;
+        let cover =
+            |what| DescriptorError::KCover { problem, tile_m: local / p.tiles_n, tile_n: local % p.tiles_n, what };
+        let bucket = &mut order[start[o] as usize..start[o + 1] as usize];
+        if bucket.is_empty() {
+            return Err(cover("no tile computes it"));
+        }
+        bucket.sort_unstable_by_key(|&ti| round.tiles[ti as usize].part().first);
+        let mut next = 0;
+        for &ti in bucket.iter() {
+            let t = &round.tiles[ti as usize];
+            let part = t.part();
+            if part.first < next {
                 return Err(DescriptorError::DuplicateTile {
-                    tile: ti,
+                    tile: ti as usize,
                     problem: t.problem,
                     tile_m: t.tile_m,
                     tile_n: t.tile_n,
                 });
             }
-            seen[w] |= 1 << b;
+            if part.first > next {
+                return Err(cover("its tiles leave grains of k out"));
+            }
+            next = part.last + 1;
         }
-    }
-    for (i, p) in round.problems.iter().enumerate() {
-        if count[i] != p.tile_count() {
-            return Err(DescriptorError::MissingTiles { problem: i, present: count[i], expected: p.tile_count() });
+        if next != p.k_splits {
+            return Err(cover("its tiles leave grains of k out"));
+        }
+        for (j, &ti) in bucket.iter().enumerate() {
+            let part = round.tiles[ti as usize].part();
+            if part.index != j as u32 || part.count != bucket.len() as u32 {
+                return Err(cover("its tiles' part numbers are not 0.. in grain order, or miscount them"));
+            }
         }
     }
 
@@ -331,6 +543,12 @@ pub struct CostModel {
     pub round_overhead_ns: f64,
     /// Cost of moving one partial tile through L2 in a split-K reduction.
     pub split_ns: f64,
+    /// Cost of one part of a stream-K balanced 128×128 tile (scaled by tile area for other
+    /// kinds): its partial's store and its share of the reduction while every SM does the same,
+    /// plus a claim whose latency no longer hides. Fitted on the H100 (`bench kernel`, 20–120
+    /// problems of conv2_2, 256³ and the seed mix): balancing must win where it measured faster
+    /// (80 × conv2_2, 80 × 256³, 120 × mix) and lose where it did not (120 × 256³).
+    pub part_ns: f64,
 }
 
 impl Default for CostModel {
@@ -355,6 +573,7 @@ impl Default for CostModel {
             scale: 1.0,
             round_overhead_ns: 8000.0,
             split_ns: 600.0,
+            part_ns: 2500.0,
         }
     }
 }
@@ -382,6 +601,26 @@ impl CostModel {
         let i = kind as usize;
         let reduce = if p.k_splits > 1 { self.split_ns * (1.0 + p.k_splits as f64 / 2.0) } else { 0.0 };
         self.scale * (self.fixed_ns[i] + self.per_unit_ns[i] * Self::units(kind, p) + reduce)
+    }
+
+    /// Predicted nanoseconds of tile `t` of `p`: its own run of grains, and a share of the
+    /// reduction when its output tile is computed in parts.
+    pub fn desc_ns(&self, p: &ProblemDesc, t: &TileDesc) -> f64 {
+        let kind = TileKind::from_u32(p.tile_kind).unwrap_or(TileKind::Sgemm64x64);
+        if kind.is_gemv() || p.k_splits <= 1 {
+            return self.kind_tile_ns(kind, p);
+        }
+        let part = t.part();
+        let (k0, k1) = (p.split_range(part.first).0, p.split_range(part.last).1);
+        let reduce = if part.count > 1 { self.part_cost(kind) * (1.0 + part.count as f64 / 4.0) } else { 0.0 };
+        let i = kind as usize;
+        self.scale * (self.fixed_ns[i] + self.per_unit_ns[i] * (k1 - k0) as f64 + reduce)
+    }
+
+    /// [`CostModel::part_ns`] for `kind`'s tile size.
+    pub fn part_cost(&self, kind: TileKind) -> f64 {
+        let s = kind.shape();
+        self.part_ns * (s.bm * s.bn) as f64 / (128.0 * 128.0)
     }
 
     /// Sets one kind's coefficients (from calibration or a tuning table).
@@ -430,8 +669,16 @@ impl CostModel {
 
     /// Predicted duration of `round` on `slots` CTA slots, launch overhead included.
     pub fn predict(&self, round: &Round, slots: usize) -> Duration {
+        // Unsplit problems as groups of equal tiles; the tiles of split ones singly.
+        let uniform = |p: &ProblemDesc| p.k_splits <= 1;
         let mut groups: Vec<(f64, usize)> =
-            round.problems.iter().map(|p| (self.tile_ns(p), p.tile_count() as usize)).collect();
+            round.problems.iter().filter(|p| uniform(p)).map(|p| (self.tile_ns(p), p.tile_count() as usize)).collect();
+        for t in &round.tiles {
+            let p = &round.problems[t.problem as usize];
+            if !uniform(p) {
+                groups.push((self.desc_ns(p, t), 1));
+            }
+        }
         Duration::from_nanos((Self::makespan_groups(&mut groups, slots) + self.round_overhead_ns) as u64)
     }
 
@@ -533,6 +780,9 @@ pub struct TileChooser {
     /// CTA slots of the wide build ([`crate::device::Device::wide_slots`]): when set, the
     /// heuristic also weighs running the round wide, its GEMMs in [`WIDE_KIND`] tiles.
     pub wide_slots: Option<usize>,
+    /// Never recut `k` for stream-K balance ([`Round::balance`]): rounds keep the chooser's
+    /// uniform plans (to measure what balancing buys).
+    pub no_balance: bool,
 }
 
 /// The SGEMM kind the chooser weighs for rounds on the wide build.
@@ -584,7 +834,19 @@ impl TileChooser {
                         (cost.kind_tile_ns(plan.kind, &q), n)
                     })
                     .collect();
-                CostModel::makespan_groups(&mut groups, slots)
+                let lpt = CostModel::makespan_groups(&mut groups, slots);
+                if splits > 1 || self.no_split_k || self.no_balance {
+                    return lpt;
+                }
+                // Stream-K balancing (`Round::balance`) spreads the work evenly when no tile is
+                // longer than a few slot shares, at the price of a prologue and a partial per slot.
+                let total: f64 = groups.iter().map(|g| g.0 * g.1 as f64).sum();
+                let share = total / slots as f64;
+                let longest = groups.iter().map(|g| g.0).fold(0.0, f64::max);
+                if longest > MAX_SHARES * share {
+                    return lpt;
+                }
+                lpt.min(share + cost.scale() * (cost.kind(g).0 + 2.0 * cost.part_cost(g)))
             };
 
             // Candidates, largest tile first: the wide kind on the wide build's slots, then every
@@ -677,7 +939,8 @@ impl TileChooser {
         std::fs::write(path, s).map_err(|e| crate::Error::Config(format!("{}: {e}", path.display())))
     }
 
-    /// Builds a round from `problems` with chosen plans, tiles ordered longest first.
+    /// Builds a round from `problems` with chosen plans, tiles ordered longest first, then
+    /// stream-K balanced ([`Round::balance`]) unless split-K or balancing is off.
     pub fn build(&self, problems: &[ProblemDesc], overrides: &[Option<Plan>], cost: &CostModel, slots: usize) -> Round {
         let mut plans = self.choose(problems, overrides, cost, slots);
         if self.no_split_k {
@@ -688,6 +951,20 @@ impl TileChooser {
             round.push(*p, plan.kind, plan.k_splits);
         }
         round.order_longest_first(cost);
+        if !self.no_split_k && !self.no_balance && !round.balance(cost, self.round_slots(&round, slots)) {
+            // The plan may have counted on a balance the cut could not reach: plan without it.
+            let plain = TileChooser { no_balance: true, ..self.clone() };
+            let again = plain.choose(problems, overrides, cost, slots);
+            let chosen = |r: &Round| cost.predict(r, self.round_slots(r, slots));
+            let mut other = Round::default();
+            for (p, plan) in problems.iter().zip(again) {
+                other.push(*p, plan.kind, plan.k_splits);
+            }
+            other.order_longest_first(cost);
+            if chosen(&other) < chosen(&round) {
+                return other;
+            }
+        }
         round
     }
 }
@@ -713,10 +990,15 @@ mod tests {
         let cost = CostModel::default();
         let narrow_only = TileChooser::default().build(&conv2_2(120), &[], &cost, 264);
         assert!(!narrow_only.is_wide());
-        let wide = TileChooser { wide_slots: Some(132), ..TileChooser::default() };
-        let big = wide.build(&conv2_2(120), &[], &cost, 264);
+        // Without stream-K balancing, 120 × conv2_2 runs wide (one tile per SM, 12 SMs idle);
+        // with it, whatever the chooser picks is predicted no slower.
+        let unbalanced = TileChooser { wide_slots: Some(132), no_balance: true, ..TileChooser::default() };
+        let big = unbalanced.build(&conv2_2(120), &[], &cost, 264);
         assert!(big.is_wide(), "120 × conv2_2 should run wide: {:?}", big.problems[0].tile_kind);
-        assert_eq!(wide.round_slots(&big, 264), 132);
+        assert_eq!(unbalanced.round_slots(&big, 264), 132);
+        let wide = TileChooser { wide_slots: Some(132), ..TileChooser::default() };
+        let best = wide.build(&conv2_2(120), &[], &cost, 264);
+        assert!(cost.predict(&best, wide.round_slots(&best, 264)) <= cost.predict(&big, 132));
         // 120 × 256³ has short tiles: the wide build's per-tile cost loses to 128×128 there.
         let sq =
             problem((0, 0, 0, 0), (256, 256, 256), (256, 256, 256), (1.0, 0.0), 0, Activation::None, BiasMode::None);
@@ -740,6 +1022,79 @@ mod tests {
         mixed.push(problem((0, 0, 0, 0), (64, 64, 64), (64, 64, 64), (1.0, 0.0), 0, Activation::None, BiasMode::None));
         let r = t.build(&mixed, &[], &cost, 264);
         assert!(r.is_wide() && r.problems[0].tile_kind == TileKind::Sgemm256x128 as u32);
+    }
+
+    /// 240 tiles on 264 slots: balancing cuts each tile in at most three parts that
+    /// cover its grains in order, queues every slot's first part first, passes `check`, and
+    /// shortens the predicted round.
+    #[test]
+    fn stream_k_fills_a_partial_wave() {
+        let cost = CostModel::default();
+        let mut probs = conv2_2(120);
+        for (i, p) in probs.iter_mut().enumerate() {
+            (p.a, p.b, p.c) = (1 << 20, 1 << 24, (1 << 28) + i as u64 * (256 * 128 * 4));
+        }
+        let wide = [Some(Plan::new(TileKind::Sgemm128x128)); 120];
+        let plain = TileChooser { no_balance: true, ..TileChooser::default() }.build(&probs, &wide, &cost, 264);
+        let balanced = TileChooser::default().build(&probs, &wide, &cost, 264);
+        check(&balanced, 0..1 << 32).unwrap();
+        let (before, after) = (cost.predict(&plain, 264), cost.predict(&balanced, 264));
+        assert!(after.as_secs_f64() < before.as_secs_f64() * 0.99, "{before:?} -> {after:?}");
+        assert!(balanced.tiles.len() > 240 && balanced.tiles.len() <= 240 + 264);
+        assert!(balanced.problems.iter().all(|p| p.k_splits == 48 && (1..=3).contains(&p.k_parts)));
+        let mut parts = std::collections::HashMap::new();
+        for t in &balanced.tiles {
+            *parts.entry((t.problem, t.tile_m, t.tile_n)).or_insert(0u32) += 1;
+        }
+        assert_eq!(parts.len(), 240);
+        assert!(parts.values().all(|&n| (1..=3).contains(&n)));
+        // A round that fills its waves exactly is left alone.
+        let mut full =
+            TileChooser { no_balance: true, ..TileChooser::default() }.build(&probs[..66], &wide[..66], &cost, 132);
+        assert!(!full.balance(&cost, 132));
+    }
+
+    /// Random rounds, balanced on random slot counts, always pass `check`, and their tiles
+    /// cover every output tile's grains once.
+    #[test]
+    fn balanced_rounds_pass_check() {
+        let cost = CostModel::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut changed = 0;
+        for _ in 0..300 {
+            let n = rng.random_range(1..40);
+            let mut addr = 1u64 << 20;
+            let probs: Vec<ProblemDesc> = (0..n)
+                .map(|_| {
+                    let (m, k) = (rng.random_range(1..700), rng.random_range(1..2000));
+                    let n = if rng.random_bool(0.2) { 1 } else { rng.random_range(1..700) };
+                    let p = problem(
+                        (addr, addr, addr, 0),
+                        (m, n, k),
+                        (k, n, n),
+                        (1.0, 0.0),
+                        0,
+                        Activation::None,
+                        BiasMode::None,
+                    );
+                    let mut p = p;
+                    p.a = addr;
+                    p.b = p.a + (m as u64 * k as u64) * 4;
+                    p.c = p.b + (k as u64 * n as u64) * 4;
+                    addr = p.c + (m as u64 * n as u64) * 4 + 16;
+                    p
+                })
+                .collect();
+            let kinds = [TileKind::Sgemm128x128, TileKind::Sgemm128x64, TileKind::Sgemm64x64, TileKind::Sgemm256x128];
+            let kind = kinds[rng.random_range(0..kinds.len())];
+            let o: Vec<Option<Plan>> = probs.iter().map(|p| (p.n > 1).then_some(Plan::new(kind))).collect();
+            let mut r = TileChooser { no_balance: true, ..TileChooser::default() }.build(&probs, &o, &cost, 264);
+            let slots = rng.random_range(1..300);
+            changed += r.balance(&cost, slots) as u32;
+            check(&r, 0..addr).unwrap_or_else(|e| panic!("{e} (slots {slots})"));
+            assert_eq!(r.tiles_per_problem().iter().sum::<u32>() as usize, r.tiles.len());
+        }
+        assert!(changed > 30, "only {changed} of 300 random rounds were balanced");
     }
 
     /// The O(groups) makespan stays within one tile of the exact longest-first list schedule.

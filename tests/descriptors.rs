@@ -5,7 +5,7 @@ mod common;
 use common::say;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tilemux::abi::{TileDesc, TileKind, flags};
+use tilemux::abi::{KPart, TileDesc, TileKind, flags};
 use tilemux::reference::{Case, Staged};
 use tilemux::round::{CostModel, Plan, Round, TileChooser};
 use tilemux::{DescriptorError, Device, Error};
@@ -46,6 +46,43 @@ fn fail(d: &dyn Device, mutate: impl Fn(&mut Round), matches: impl Fn(&Descripto
     for (c, got) in cases.iter().zip(staged.read_c(d, &cases).unwrap()) {
         assert!(c.error(&got, &c.reference()) < 1e-4);
     }
+}
+
+/// Replaces problem 0's tiles by `parts` (first, last, index, count) of each output tile, with
+/// `k_splits` grains and `k_parts` parts at most (problem 0 is 130×70×40: five k-steps).
+fn recut(r: &mut Round, parts: &[(u32, u32, u32, u32)], k_splits: u32, k_parts: u32) {
+    let p = &mut r.problems[0];
+    (p.k_splits, p.k_parts) = (k_splits, k_parts);
+    let (tiles_m, tiles_n) = (p.tiles_m, p.tiles_n);
+    r.tiles.retain(|t| t.problem != 0);
+    for tile_m in 0..tiles_m {
+        for tile_n in 0..tiles_n {
+            for &(first, last, index, count) in parts {
+                let split = KPart { first, last, index, count }.encode();
+                r.tiles.push(TileDesc { problem: 0, tile_m, tile_n, split });
+            }
+        }
+    }
+}
+
+/// Output tiles cut by hand into unequal parts (what stream-K balancing emits) run and match
+/// the reference; cuts that leave out, repeat or misnumber grains are refused.
+fn hand_cut_parts(d: &dyn Device) {
+    use DescriptorError as E;
+    let (cases, staged, mut round) = setup(d);
+    recut(&mut round, &[(0, 1, 0, 2), (2, 4, 1, 2)], 5, 2);
+    staged.poison(d, &cases).unwrap();
+    d.run(&round).expect("a valid stream-K cut runs");
+    for (c, got) in cases.iter().zip(staged.read_c(d, &cases).unwrap()) {
+        assert!(c.error(&got, &c.reference()) < 1e-4);
+    }
+    fail(d, |r| recut(r, &[(0, 1, 0, 2), (3, 4, 1, 2)], 5, 2), |e| matches!(e, E::KCover { .. }), "leave grains");
+    fail(d, |r| recut(r, &[(0, 2, 0, 2), (2, 4, 1, 2)], 5, 2), |e| matches!(e, E::DuplicateTile { .. }), "twice");
+    fail(d, |r| recut(r, &[(0, 1, 1, 2), (2, 4, 0, 2)], 5, 2), |e| matches!(e, E::KCover { .. }), "part numbers");
+    fail(d, |r| recut(r, &[(0, 1, 0, 3), (2, 4, 1, 3)], 5, 3), |e| matches!(e, E::KCover { .. }), "miscount");
+    fail(d, |r| recut(r, &[(0, 1, 0, 2), (2, 4, 1, 2)], 5, 1), |e| matches!(e, E::TilePart { .. }), "at most 1");
+    fail(d, |r| recut(r, &[(0, 1, 0, 2), (2, 5, 1, 2)], 5, 2), |e| matches!(e, E::TilePart { .. }), "do not fit");
+    fail(d, |r| recut(r, &[(0, 4, 0, 1)], 5, 6), |e| matches!(e, E::KParts { .. }), "k_parts");
 }
 
 fn every_bad_descriptor(d: &dyn Device) {
@@ -97,14 +134,14 @@ fn every_bad_descriptor(d: &dyn Device) {
     fail(d, |r| r.problems[0].k_splits = 0, |e| matches!(e, E::KSplits { .. }), "k_splits");
     fail(d, |r| r.problems[2].k_splits = 2, |e| matches!(e, E::KSplits { .. }), "k_splits"); // k = 5: one step
     fail(d, |r| r.problems[1].k_splits = 2, |e| matches!(e, E::KSplits { .. }), "k_splits"); // GEMV
-    fail(d, |r| r.tiles[0].split = 1, |e| matches!(e, E::TileCoord { .. }), "outside");
+    fail(d, |r| r.tiles[0].split = 1, |e| matches!(e, E::TilePart { .. }), "do not fit");
     fail(
         d,
         |r| {
             let t: TileDesc = r.tiles[1];
             r.tiles[0] = t;
         },
-        |e| matches!(e, E::DuplicateTile { .. } | E::MissingTiles { .. }),
+        |e| matches!(e, E::DuplicateTile { .. } | E::MissingTiles { .. } | E::KCover { .. }),
         "",
     );
     fail(
@@ -113,8 +150,8 @@ fn every_bad_descriptor(d: &dyn Device) {
             let t: TileDesc = r.tiles[1];
             r.tiles.push(t);
         },
-        |e| matches!(e, E::MissingTiles { .. }),
-        "expected each",
+        |e| matches!(e, E::DuplicateTile { .. }),
+        "twice",
     );
     fail(d, |r| r.problems[0].c = r.problems[0].a, |e| matches!(e, E::Overlap { .. }), "overlaps");
     fail(d, |r| r.problems[2].c = r.problems[0].c, |e| matches!(e, E::Overlap { .. }), "overlaps");
@@ -132,6 +169,7 @@ fn every_bad_descriptor(d: &dyn Device) {
 
 device_test!(bad_descriptors, 0, 0, |d: &dyn Device, _max: u32| {
     every_bad_descriptor(d);
+    hand_cut_parts(d);
 });
 
 #[test]
@@ -151,6 +189,14 @@ fn gpu_status_path() {
         Err(Error::DeviceStatus { code, .. }) => {
             assert_eq!(code, tilemux::abi::status::BAD_TILE_KIND)
         }
+        other => panic!("expected a device status error, got {other:?}"),
+    }
+    // A k-part past the problem's grains: BAD_TILE_COORD, nothing run for it.
+    let mut bad = round.clone();
+    bad.tiles[0].split = KPart { first: 3, last: 9, index: 0, count: 1 }.encode();
+    // SAFETY: only the tile's k-part is wrong; every address is the staged, valid memory.
+    match unsafe { g.run_unchecked(&bad) } {
+        Err(Error::DeviceStatus { code, .. }) => assert_eq!(code, tilemux::abi::status::BAD_TILE_COORD),
         other => panic!("expected a device status error, got {other:?}"),
     }
     staged.poison(d, &cases).unwrap();

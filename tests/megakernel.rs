@@ -120,6 +120,39 @@ device_test!(split_k, 0, 0, |d: &dyn Device, _max: u32| {
     say(&format!("split_k on {}: worst relative error {worst:.2e}", d.name()));
 });
 
+device_test!(stream_k, 0, 0, |d: &dyn Device, _max: u32| {
+    // Rounds recut by stream-K balancing: output tiles in parts of unequal runs of grains,
+    // summed by the last part to finish, next to whole tiles, GEMVs and short-k problems.
+    let mut rng = rng();
+    let mut worst = 0.0f64;
+    let mut kinds = vec![TileKind::Sgemm128x128, TileKind::Sgemm128x64, TileKind::Sgemm64x64];
+    kinds.extend(TileKind::ALL.into_iter().filter(|k| k.is_wide()));
+    for kind in kinds {
+        let recut = common::RECUT.with(|r| r.get());
+        for slots in [7usize, 10, 29] {
+            let mut cases = Vec::new();
+            for i in 0..12u32 {
+                let dims = match i {
+                    5 => (300, 200, 777),
+                    11 => (129, 65, 333),
+                    _ => (256, 128, 576),
+                };
+                let act = Activation::ALL[i as usize % 2];
+                let bias = BiasMode::ALL[i as usize % 3];
+                let beta = if i % 2 == 0 { 0.0 } else { -0.5 };
+                cases.push(Case::build(&mut rng, dims, i % 4, (i % 3, 4, 1), (0.75, beta), act, bias));
+            }
+            cases.push(Case::random(&mut rng, (512, 1, 512)));
+            cases.push(Case::random(&mut rng, (100, 90, 20)));
+            worst = worst.max(check_cases(d, &mut cases, Kinds::Balanced(kind, slots), 1, &mut rng));
+        }
+        // Three slot counts: most of these rounds leave a wave partly idle.
+        let recut = common::RECUT.with(|r| r.get()) - recut;
+        assert!(recut >= 1, "{}: none of 3 rounds was recut", kind.name());
+    }
+    say(&format!("stream_k on {}: worst relative error {worst:.2e}", d.name()));
+});
+
 #[test]
 fn gpu_matches_cpu_backend() {
     // The same cases and the same tile plans on both backends; outputs compared element by

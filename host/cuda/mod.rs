@@ -241,16 +241,17 @@ fn align(x: usize, a: usize) -> usize {
     x.div_ceil(a) * a
 }
 
+/// Bytes of split-K workspace `p` needs: `k_parts` partial tiles per output tile.
+fn partials_bytes(p: &ProblemDesc) -> usize {
+    let tile = TileKind::from_u32(p.tile_kind).map_or(0, |k| (k.shape().bm * k.shape().bn) as usize * 4);
+    p.output_tiles() as usize * p.workspace_parts() as usize * tile
+}
+
 impl Layout {
     fn new(round: &Round) -> Layout {
-        let split = round.problems.iter().filter(|p| p.k_splits > 1);
+        let split = round.problems.iter().filter(|p| p.workspace_parts() > 0);
         let counters_n: usize = split.clone().map(|p| p.output_tiles() as usize).sum();
-        let workspace_bytes: usize = split
-            .map(|p| {
-                let s = TileKind::from_u32(p.tile_kind).map_or(0, |k| (k.shape().bm * k.shape().bn) as usize);
-                p.tile_count() as usize * s * 4
-            })
-            .sum();
+        let workspace_bytes: usize = split.map(partials_bytes).sum();
         let done = STATUS_OFF + 16;
         let counters = done + align(round.problems.len() * 4, 16);
         let problems = counters + align(counters_n * 4, 16);
@@ -387,12 +388,11 @@ impl CudaDevice {
             let staged = std::slice::from_raw_parts_mut(stage.add(lay.problems) as *mut ProblemDesc, p);
             staged.copy_from_slice(&round.problems);
             let (mut counter, mut ws) = (lay.counters as u64, lay.workspace as u64);
-            for d in staged.iter_mut().filter(|d| d.k_splits > 1) {
-                let tile = TileKind::from_u32(d.tile_kind).map_or(0, |k| (k.shape().bm * k.shape().bn) as u64 * 4);
+            for d in staged.iter_mut().filter(|d| d.workspace_parts() > 0) {
                 d.counters = base + counter;
                 d.workspace = base + ws;
                 counter += d.output_tiles() as u64 * 4;
-                ws += d.tile_count() as u64 * tile;
+                ws += partials_bytes(d) as u64;
             }
             std::ptr::copy_nonoverlapping(tiles.as_ptr(), stage.add(lay.tiles), tiles.len());
         }
@@ -416,6 +416,7 @@ impl CudaDevice {
             st.queue_base,
             base + lay.done as u64,
             base + STATUS_OFF as u64,
+            round.claim_late as u64,
         ]);
         // A round with a wide tile kind runs on the wide build (when loaded; else the narrow one
         // reports NEEDS_WIDE and runs nothing of those tiles).
@@ -473,9 +474,9 @@ impl CudaDevice {
         if code != status::OK {
             return Err(Error::DeviceStatus { code, meaning: status_meaning(code) });
         }
-        for (i, (pd, &ran)) in round.problems.iter().zip(done).enumerate() {
-            if ran != pd.tile_count() {
-                return Err(Error::TileCount { problem: i, ran, expected: pd.tile_count() });
+        for (i, (&expected, &ran)) in round.tiles_per_problem().iter().zip(done).enumerate() {
+            if ran != expected {
+                return Err(Error::TileCount { problem: i, ran, expected });
             }
         }
         let kernel = Duration::from_secs_f64(st.start.elapsed_ms(&st.end)? as f64 / 1e3);

@@ -60,7 +60,8 @@ pub mod status {
     pub const BAD_TILE_KIND: u32 = 1;
     /// A tile names a problem index past the round's problem count.
     pub const BAD_PROBLEM: u32 = 2;
-    /// A tile's coordinates (or k-split) lie outside its problem's tile grid.
+    /// A tile's coordinates lie outside its problem's tile grid, or its [`super::KPart`] does not
+    /// fit the problem's grains and parts.
     pub const BAD_TILE_COORD: u32 = 3;
     /// A problem's activation or bias mode is not defined.
     pub const BAD_EPILOGUE: u32 = 4;
@@ -313,19 +314,25 @@ pub struct ProblemDesc {
     pub tenant: u32,
     /// Index of the completion counter this problem's tiles increment.
     pub completion: u32,
-    /// Split-K scratch: `tiles_m · tiles_n · k_splits` partial tiles of `bm × bn` floats, filled
-    /// in by the backend (0 when `k_splits == 1`).
+    /// Split-K scratch: `tiles_m · tiles_n · k_parts` partial tiles of `bm × bn` floats, filled
+    /// in by the backend (0 when `k_parts <= 1`).
     pub workspace: u64,
     /// Split-K arrival counters, one `u32` per output tile, zero at launch (backend-owned).
     pub counters: u64,
-    /// Slices of `k` computed by separate tiles (1: no split). The last slice of an output tile
-    /// to finish sums all partials in slice order and runs the epilogue.
+    /// Grains of `k`: `k` is cut into this many whole-`SGEMM_BK` ranges
+    /// ([`ProblemDesc::split_range`]), and each tile computes a run of consecutive grains (its
+    /// [`KPart`]). 1: every tile spans all of `k`.
     pub k_splits: u32,
+    /// Most tiles one output tile is computed by (0 or 1: one, no reduction). The tiles of an
+    /// output tile each publish a partial; the last to finish sums them in part order and runs
+    /// the epilogue. Uniform split-K: `k_splits` parts of one grain each.
+    pub k_parts: u32,
     /// Reserved, zero.
-    pub _reserved: [u32; 3],
+    pub _reserved: [u32; 2],
 }
 
-/// One unit of megakernel work: a `bm × bn` tile of one problem's `C`. 16 bytes.
+/// One unit of megakernel work: grains `first..=last` of `k` of a `bm × bn` tile of one
+/// problem's `C`. 16 bytes.
 #[repr(C, align(16))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(not(target_arch = "nvptx64"), derive(Pod, Zeroable))]
@@ -336,8 +343,65 @@ pub struct TileDesc {
     pub tile_m: u32,
     /// Tile column: `C` columns `tile_n·bn ..`.
     pub tile_n: u32,
-    /// K-slice of the output tile this tile computes (`< k_splits`).
+    /// Which grains of `k` this tile computes and which part of its output tile that is:
+    /// [`KPart::encode`]d (0: the whole of `k`, the only part).
     pub split: u32,
+}
+
+/// A tile's share of its output tile's `k`: grains `first..=last` (of the problem's
+/// `k_splits`), part `index` of the `count` tiles that compute the output tile. The parts of an
+/// output tile cover its grains in order: part 0 starts at grain 0, part `i + 1` right after
+/// part `i`, the last ends at grain `k_splits - 1`. Uniform split-K: part `s` is grain `s`;
+/// stream-K balancing gives parts unequal runs of grains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KPart {
+    /// First grain.
+    pub first: u32,
+    /// Last grain (inclusive).
+    pub last: u32,
+    /// Part index, `< count`.
+    pub index: u32,
+    /// Tiles computing this output tile (1: no reduction).
+    pub count: u32,
+}
+
+impl KPart {
+    /// All of a one-grain `k`, one part.
+    pub const WHOLE: KPart = KPart { first: 0, last: 0, index: 0, count: 1 };
+
+    /// Packs into [`TileDesc::split`]: one byte each of `first`, `last`, `index`, `count - 1`
+    /// (so [`KPart::WHOLE`] is 0). Every field must fit (`< MAX_K_SPLITS`, `count >= 1`).
+    #[inline(always)]
+    pub const fn encode(self) -> u32 {
+        self.first | self.last << 8 | self.index << 16 | (self.count - 1) << 24
+    }
+
+    /// Unpacks a [`TileDesc::split`] word.
+    #[inline(always)]
+    pub const fn decode(w: u32) -> KPart {
+        KPart { first: w & 0xff, last: w >> 8 & 0xff, index: w >> 16 & 0xff, count: (w >> 24) + 1 }
+    }
+
+    /// Uniform split-K: grain `s` is part `s` of `splits`.
+    #[inline(always)]
+    pub const fn uniform(s: u32, splits: u32) -> KPart {
+        KPart { first: s, last: s, index: s, count: splits }
+    }
+
+    /// Whether this part fits a problem with `k_splits` grains and `k_parts` parts per output tile.
+    #[inline(always)]
+    pub const fn fits(self, k_splits: u32, k_parts: u32) -> bool {
+        let parts = if k_parts == 0 { 1 } else { k_parts };
+        self.first <= self.last && self.last < k_splits && self.index < self.count && self.count <= parts
+    }
+}
+
+impl TileDesc {
+    /// This tile's [`KPart`].
+    #[inline(always)]
+    pub const fn part(&self) -> KPart {
+        KPart::decode(self.split)
+    }
 }
 
 const _: () = {
@@ -389,14 +453,22 @@ impl ProblemDesc {
         self.tiles_m * self.tiles_n
     }
 
-    /// Number of tiles (output tiles times k-splits) the megakernel runs for this problem.
+    /// Number of tiles the megakernel runs for this problem when it is planned uniformly (output
+    /// tiles times k-splits; what [`TileDesc`]s a stream-K balanced round holds varies).
     #[inline(always)]
     pub const fn tile_count(&self) -> u32 {
         self.tiles_m * self.tiles_n * self.k_splits
     }
 
-    /// The `k` range `[start, end)` of split `split`: slices are whole `SGEMM_BK` steps, as equal as
-    /// possible, none empty when `k_splits <= ceil(k / SGEMM_BK)`.
+    /// Partial tiles of workspace per output tile (0 without a reduction).
+    #[inline(always)]
+    pub const fn workspace_parts(&self) -> u32 {
+        if self.k_parts > 1 { self.k_parts } else { 0 }
+    }
+
+    /// The `k` range `[start, end)` of grain `split`: grains are whole `SGEMM_BK` steps, as equal
+    /// as possible, none empty when `k_splits <= ceil(k / SGEMM_BK)` (the last ones may be empty
+    /// otherwise).
     #[inline(always)]
     pub const fn split_range(&self, split: u32) -> (u32, u32) {
         let steps = self.k.div_ceil(SGEMM_BK);

@@ -66,15 +66,19 @@ pub(crate) unsafe fn run_tile<const WIDE: bool>(d: Problem, t: TileDesc, smem: u
         None
     };
     let kind = TileKind::from_u32(d.tile_kind());
-    let splits = d.k_splits();
     let gemv = matches!(kind, Some(k) if k.is_gemv());
-    if t.tile_m >= d.tiles_m() || t.tile_n >= d.tiles_n() || t.split >= splits || (gemv && splits != 1) {
+    let part = t.part();
+    if t.tile_m >= d.tiles_m()
+        || t.tile_n >= d.tiles_n()
+        || !part.fits(d.k_splits(), d.k_parts())
+        || (gemv && (d.k_splits() != 1 || part.count != 1))
+    {
         return fail(status::BAD_TILE_COORD);
     }
     if Activation::from_u32(d.activation()).is_none() || BiasMode::from_u32(d.bias_mode()).is_none() {
         return fail(status::BAD_EPILOGUE);
     }
-    let (tm, tn, ks) = (t.tile_m, t.tile_n, t.split);
+    let (tm, tn, ks) = (t.tile_m, t.tile_n, part);
     // SAFETY (every arm): the problem is validated and `supports` its kind (host-side chooser);
     // `smem` is sized for the largest routine.
     match kind {
@@ -115,9 +119,22 @@ macro_rules! round_entry {
             queue_base: u64,
             done: u64,
             status_addr: u64,
+            claim_late: u32,
         ) {
             // SAFETY: this entry point's contract.
-            unsafe { round::<$wide>(problems, num_problems, tiles, num_tiles, queue, queue_base, done, status_addr) }
+            unsafe {
+                round::<$wide>(
+                    problems,
+                    num_problems,
+                    tiles,
+                    num_tiles,
+                    queue,
+                    queue_base,
+                    done,
+                    status_addr,
+                    claim_late != 0,
+                )
+            }
         }
     };
 }
@@ -129,7 +146,11 @@ round_entry!(
     /// `num_tiles`, so a launch moves the queue head by exactly `num_tiles + gridDim.x`.
     ///
     /// `done[slot]` counts finished tiles per completion slot (release increments); `status`
-    /// receives the first error code. The host JIT-caps this build's registers (two CTAs per SM);
+    /// receives the first error code. A CTA claims its next tile while it starts one (the claim's
+    /// latency hides behind the tile), or with `claim_late != 0` when it has finished one: then
+    /// the tiles go out in the greedy list schedule the host's cost model predicts, which a
+    /// stream-K balanced queue relies on (its order replays a static cut of the work).
+    /// The host JIT-caps this build's registers (two CTAs per SM);
     /// a tile of a [`TileKind::is_wide`] kind reports `status::NEEDS_WIDE`.
     ///
     /// # Safety
@@ -165,6 +186,7 @@ unsafe fn round<const WIDE: bool>(
     queue_base: u64,
     done: u64,
     status_addr: u64,
+    claim_late: bool,
 ) {
     let tid = thread_idx_x();
     let header = smem_base();
@@ -190,9 +212,9 @@ unsafe fn round<const WIDE: bool>(
             // the previous barrier).
             unsafe { stage_problem(tid, problems, t.problem, desc.0) };
         }
-        // Prefetch the next claim: its latency hides behind this tile.
+        // Prefetch the next claim (its latency hides behind this tile), unless claiming late.
         // SAFETY: as above.
-        let next = if tid == 0 { unsafe { claim(queue, queue_base) } } else { 0 };
+        let next = if tid == 0 && !claim_late { unsafe { claim(queue, queue_base) } } else { 0 };
         sync_threads(); // descriptor staged; every thread has read the claim slot
         let slot = if valid {
             // SAFETY: staged above; the rest per this kernel's contract.
@@ -205,8 +227,9 @@ unsafe fn round<const WIDE: bool>(
             None
         };
         if tid == 0 {
-            // SAFETY: every thread read the claim slot before the barrier above.
-            unsafe { st_shared_u32(header, next) };
+            // SAFETY: every thread read the claim slot before the barrier above; the queue head
+            // as above.
+            unsafe { st_shared_u32(header, if claim_late { claim(queue, queue_base) } else { next }) };
         }
         // The tile's stores are issued, shared memory (stages, descriptor) is free again and the
         // next claim is visible.
@@ -226,6 +249,7 @@ unsafe fn round<const WIDE: bool>(
 #[cfg(feature = "probes")]
 mod probes {
     use super::*;
+    use crate::abi::KPart;
 
     macro_rules! probe {
         ($name:ident, $body:expr) => {
@@ -243,10 +267,10 @@ mod probes {
             }
         };
     }
-    probe!(probe_sgemm_128x128x8, |d, tm, tn, s| sgemm_tile::<128, 128, 8, 8, 8, 1, 1>(d, tm, tn, 0, s));
-    probe!(probe_sgemm_128x64x8, |d, tm, tn, s| sgemm_tile::<128, 64, 8, 8, 4, 1, 1>(d, tm, tn, 0, s));
-    probe!(probe_sgemm_64x64x8, |d, tm, tn, s| sgemm_tile::<64, 64, 8, 4, 4, 1, 1>(d, tm, tn, 0, s));
+    probe!(probe_sgemm_128x128x8, |d, tm, tn, s| sgemm_tile::<128, 128, 8, 8, 8, 1, 1>(d, tm, tn, KPart::WHOLE, s));
+    probe!(probe_sgemm_128x64x8, |d, tm, tn, s| sgemm_tile::<128, 64, 8, 8, 4, 1, 1>(d, tm, tn, KPart::WHOLE, s));
+    probe!(probe_sgemm_64x64x8, |d, tm, tn, s| sgemm_tile::<64, 64, 8, 4, 4, 1, 1>(d, tm, tn, KPart::WHOLE, s));
     probe!(probe_gemv_rows32, |d, tm, _tn, _s| gemv_tile::<4>(d, tm));
     probe!(probe_gemv_rows64, |d, tm, _tn, _s| gemv_tile::<8>(d, tm));
-    probe!(probe_sgemm_256x128x8, |d, tm, tn, s| sgemm_tile::<256, 128, 8, 16, 8, 2, 1>(d, tm, tn, 0, s));
+    probe!(probe_sgemm_256x128x8, |d, tm, tn, s| sgemm_tile::<256, 128, 8, 16, 8, 2, 1>(d, tm, tn, KPart::WHOLE, s));
 }

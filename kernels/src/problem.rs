@@ -51,4 +51,5 @@ fields! {
     workspace: u64 => ld_shared_u64,
     counters: u64 => ld_shared_u64,
     k_splits: u32 => ld_shared_u32,
+    k_parts: u32 => ld_shared_u32,
 }

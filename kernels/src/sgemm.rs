@@ -12,16 +12,17 @@
 //! one `ld.global.nc.v4`. Chunks on an edge take a predicated scalar path that reads the operand's
 //! bounds from the staged descriptor, so no bounds live in registers across the loop.
 //!
-//! Split-K: with `k_splits > 1`, tile `split` covers one slice of `k` and writes its raw
-//! accumulators to the problem's workspace; the last slice of an output tile to arrive (an
-//! acquire-release counter per output tile) sums all partials in slice order, so the result does
+//! Split-K: a tile computes the grains of `k` its [`KPart`] names. An output tile computed in
+//! several parts (uniform split-K, or the unequal runs of stream-K balancing) has each part
+//! write its raw accumulators to the problem's workspace; the last part to arrive (an
+//! acquire-release counter per output tile) sums all partials in part order, so the result does
 //! not depend on arrival order, and runs the epilogue.
 //!
 //! Thread `(ty, tx)` of the 16 × 16 thread grid owns a `TM × TN` block of outputs made of 4 × 4
 //! sub-blocks spaced `BM / (TM/4)` rows and `BN / (TN/4)` columns apart, so that a warp's fragment
 //! loads are broadcasts (A) or conflict-free (B).
 
-use crate::abi::{BLOCK_THREADS, SGEMM_SMEM_PAD, SMEM_FLAG_OFFSET, flags};
+use crate::abi::{BLOCK_THREADS, KPart, SGEMM_SMEM_PAD, SMEM_FLAG_OFFSET, flags};
 use crate::arch::{
     atom_add_acq_rel_gpu_u32, fence_acq_rel_gpu, fma, ld_global_cg_v4, ld_global_nc_f32, ld_global_nc_v4,
     ld_shared_u32, ld_shared_v4, smem_base, st_global_v4, st_shared_f32, st_shared_u32, st_shared_v4, sync_threads,
@@ -124,8 +125,8 @@ impl Chunk {
     }
 }
 
-/// Computes k-slice `split` of output tile `(tile_m, tile_n)` of the staged problem `d`; the
-/// slice that completes the tile runs its epilogue.
+/// Computes the grains `part` names of output tile `(tile_m, tile_n)` of the staged problem `d`;
+/// the part that completes the tile runs its epilogue.
 /// `TM × TN` outputs per thread; `BM / TM == BN / TN == 16`; `CA`/`CB` chunks of the A/B slices
 /// per thread (`ceil(BM · BK / 1024)`, `ceil(BN · BK / 1024)`).
 ///
@@ -146,7 +147,7 @@ pub unsafe fn sgemm_tile<
     d: Problem,
     tile_m: u32,
     tile_n: u32,
-    split: u32,
+    part: KPart,
     smem: u32,
 ) {
     const {
@@ -166,13 +167,13 @@ pub unsafe fn sgemm_tile<
     let b: [Chunk; CB] = core::array::from_fn(|c| {
         Chunk::new::<BN, BK>(tid + c as u32 * BLOCK_THREADS, d.b(), d.ldb(), fl & flags::TRANS_B != 0, n0, d.n())
     });
-    let splits = d.k_splits();
-    // Slices [kt0, kt1) of BK; slices below `full` lie wholly inside k.
-    let (kt0, kt1, full) = if splits > 1 {
-        let per = k.div_ceil(BK).div_ceil(splits);
-        (split * per, ((split + 1) * per).min(k.div_ceil(BK)), k / BK)
+    // Slices [kt0, kt1) of BK (the part's grains); slices below `full` lie wholly inside k.
+    let steps = k.div_ceil(BK);
+    let (kt0, kt1, full) = if d.k_splits() > 1 {
+        let per = steps.div_ceil(d.k_splits());
+        ((part.first * per).min(steps), ((part.last + 1) * per).min(steps), k / BK)
     } else {
-        (0, k.div_ceil(BK), k / BK)
+        (0, steps, k / BK)
     };
 
     // Two stages, each [BK][BM + pad] for A then [BK][BN + pad] for B.
@@ -230,9 +231,9 @@ pub unsafe fn sgemm_tile<
         sync_threads();
     }
 
-    if splits > 1 {
-        // SAFETY: the backend sized the workspace and counters for this problem's grid and splits.
-        match unsafe { reduce_splits::<BM, BN, TM, TN>(d, tile_m, tile_n, split, splits, &mut acc) } {
+    if part.count > 1 {
+        // SAFETY: the backend sized the workspace and counters for this problem's grid and parts.
+        match unsafe { reduce_splits::<BM, BN, TM, TN>(d, tile_m, tile_n, part, &mut acc) } {
             true => {}
             false => return, // another slice finishes this tile
         }
@@ -250,29 +251,30 @@ pub unsafe fn sgemm_tile<
     }
 }
 
-/// Split-K: publishes this slice's accumulators and, if it is the last slice of the output tile
-/// to arrive, replaces `acc` with the sum of all slices (in slice order) and returns `true`.
+/// Split-K: publishes this part's accumulators and, if it is the last part of the output tile
+/// to arrive, replaces `acc` with the sum of all parts (in part order) and returns `true`.
 ///
 /// Ordering: every thread stores its partial, the barrier makes them CTA-ordered, thread 0's
 /// `fence.acq_rel.gpu` + `atom.acq_rel.gpu` releases them (cumulatively) and acquires the
 /// earlier slices' releases; the last CTA's threads fence again and read partials through L2.
 ///
 /// # Safety
-/// All threads of the CTA call this; `d.workspace()` holds `tiles_m · tiles_n · k_splits`
-/// partials of `BM × BN` floats and `d.counters()` one zeroed `u32` per output tile.
+/// All threads of the CTA call this; `d.workspace()` holds `tiles_m · tiles_n · k_parts`
+/// partials of `BM × BN` floats, `d.counters()` one zeroed `u32` per output tile, and
+/// `part.count <= k_parts` tiles compute this output tile.
 #[inline(always)]
 unsafe fn reduce_splits<const BM: u32, const BN: u32, const TM: usize, const TN: usize>(
     d: Problem,
     tile_m: u32,
     tile_n: u32,
-    split: u32,
-    splits: u32,
+    part: KPart,
     acc: &mut [[f32; TN]; TM],
 ) -> bool {
     let tid = thread_idx_x();
     let tile = tile_m * d.tiles_n() + tile_n;
     let part_bytes = (BM * BN * 4) as u64;
-    let tile_ws = d.workspace() + (tile * splits) as u64 * part_bytes;
+    let (split, splits) = (part.index, part.count);
+    let tile_ws = d.workspace() + (tile * d.k_parts()) as u64 * part_bytes;
     // q-major layout: chunk q of every thread is contiguous across the CTA (coalesced).
     let at = |s: u32, q: usize| tile_ws + s as u64 * part_bytes + ((q as u64 * 256) + tid as u64) * 16;
     for i in 0..TM {

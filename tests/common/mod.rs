@@ -89,6 +89,14 @@ pub enum Kinds {
     Random,
     /// This kind wherever it is supported (else the chooser), with this many k-splits at most.
     Only(TileKind, u32),
+    /// This kind unsplit wherever it is supported, then stream-K balanced for this many CTA
+    /// slots (counted in [`RECUT`] when that recuts the round).
+    Balanced(TileKind, usize),
+}
+
+thread_local! {
+    /// Rounds that [`Kinds::Balanced`] recut on this thread.
+    pub static RECUT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Builds the round for `cases` staged at `staged`.
@@ -106,10 +114,22 @@ pub fn round_for(device: &dyn Device, staged: &Staged, cases: &[Case], kinds: Ki
                     Plan { kind, k_splits }
                 }),
                 Kinds::Only(k, s) => ok.contains(&k).then(|| Plan { kind: k, k_splits: s.min(max_splits(k, p)) }),
+                Kinds::Balanced(k, _) => ok.contains(&k).then(|| Plan::new(k)),
             }
         })
         .collect();
-    TileChooser::default().build(&descs, &overrides, &CostModel::default(), device.slots())
+    let cost = CostModel::default();
+    if let Kinds::Balanced(kind, slots) = kinds {
+        let mut round =
+            TileChooser { no_balance: true, ..TileChooser::default() }.build(&descs, &overrides, &cost, slots);
+        if round.balance(&cost, slots) {
+            RECUT.with(|r| r.set(r.get() + 1));
+        } else {
+            say(&format!("{} round of {} tiles left as it was for {slots} slots", kind.name(), round.tiles.len()));
+        }
+        return round;
+    }
+    TileChooser::default().build(&descs, &overrides, &cost, device.slots())
 }
 
 /// Runs `cases` as one round `runs` times, with fresh inputs and poisoned outputs each time, and

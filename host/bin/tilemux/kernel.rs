@@ -107,12 +107,12 @@ pub fn time_rounds(dev: &dyn Device, rounds: &[Round], warmup: usize, reps: usiz
     Ok(median(&mut t))
 }
 
-/// Rounds for every set with the chooser (or one forced kind).
-pub fn rounds(dev: &dyn Device, sets: &[Set], kind: Option<TileKind>) -> Vec<Round> {
+/// Rounds for every set with the chooser (or one forced kind), stream-K balanced or not.
+pub fn rounds(dev: &dyn Device, sets: &[Set], kind: Option<TileKind>, balance: bool) -> Vec<Round> {
     sets.iter()
         .map(|s| {
             let descs = s.staged.descs(&s.cases);
-            TileChooser::for_device(dev).build(
+            TileChooser { no_balance: !balance, ..TileChooser::for_device(dev) }.build(
                 &descs,
                 &vec![kind.map(Plan::new); descs.len()],
                 &CostModel::default(),
@@ -169,7 +169,8 @@ pub fn run(args: &KernelArgs) -> Result<()> {
             let pool = dev.pool();
             let mut arena = Arena::new(pool.start, pool.end - pool.start);
             let sets = stage_sets(&gpu, &mut arena, &shapes)?;
-            let auto = rounds(dev, &sets, None);
+            let auto = rounds(dev, &sets, None, true);
+            let plain = rounds(dev, &sets, None, false);
             let err = verify(&gpu, &sets[0], &auto[0])?;
             let (bytes, flops) = traffic(&sets[0].cases);
             let gemv = shapes.iter().all(|s| s.1 == 1);
@@ -193,12 +194,20 @@ pub fn run(args: &KernelArgs) -> Result<()> {
                 time_rounds(dev, &auto, args.warmup, args.reps)?,
                 err,
             ));
+            if plan_label(&plain[0]) != plan_label(&auto[0]) {
+                let e = verify(&gpu, &sets[0], &plain[0])?;
+                variants.push((
+                    format!("megakernel (auto without stream-K: {})", plan_label(&plain[0])),
+                    time_rounds(dev, &plain, args.warmup, args.reps)?,
+                    e,
+                ));
+            }
             if args.kinds {
                 for k in TileKind::ALL {
                     if !sets[0].cases.iter().all(|c| k.supports(c.n, c.flags)) {
                         continue;
                     }
-                    let r = rounds(dev, &sets, Some(k));
+                    let r = rounds(dev, &sets, Some(k), false);
                     let e = verify(&gpu, &sets[0], &r[0])?;
                     variants.push((
                         format!("megakernel {}", k.name()),
@@ -229,14 +238,19 @@ pub fn run(args: &KernelArgs) -> Result<()> {
     table.finish(&header, args.out.as_deref(), "kernel")
 }
 
-/// The distinct plans of a round, e.g. `sgemm_64x64x8/k3+gemv_rows32`.
+/// The distinct plans of a round, e.g. `sgemm_64x64x8/k3+gemv_rows32` (`/k3`: uniform split-K
+/// in 3; `/sk`: stream-K balanced).
 pub fn plan_label(round: &Round) -> String {
     let mut v: Vec<String> = round
         .problems
         .iter()
         .map(|p| {
             let k = TileKind::from_u32(p.tile_kind).map_or("?", |k| k.name());
-            if p.k_splits > 1 { format!("{k}/k{}", p.k_splits) } else { k.to_string() }
+            match p.k_splits {
+                1 => k.to_string(),
+                s if p.k_parts == s => format!("{k}/k{s}"),
+                _ => format!("{k}/sk"),
+            }
         })
         .collect();
     v.sort();
