@@ -431,6 +431,29 @@ pub fn check(round: &Round, pool: Range<u64>) -> Result<(), DescriptorError> {
         }
     }
 
+    if round.problems.iter().all(|p| p.k_splits == 1) {
+        // No problem is split (every tile is whole, `fits` saw to it): each output tile once.
+        let mut seen = vec![0u64; (total_out as usize).div_ceil(64)];
+        for (ti, t) in round.tiles.iter().enumerate() {
+            let p = &round.problems[t.problem as usize];
+            let bit = first_out[t.problem as usize] + t.tile_m as u64 * p.tiles_n as u64 + t.tile_n as u64;
+            let (w, b) = ((bit / 64) as usize, bit % 64);
+            if seen[w] & (1 << b) != 0 {
+                return Err(DescriptorError::DuplicateTile {
+                    tile: ti,
+                    problem: t.problem,
+                    tile_m: t.tile_m,
+                    tile_n: t.tile_n,
+                });
+            }
+            seen[w] |= 1 << b;
+        }
+        // As many tiles as output tiles, none twice: all there.
+        if round.tiles.len() as u64 == total_out {
+            return check_overlaps(round);
+        }
+    }
+
     // Bucket the tiles by output tile (a counting sort); each bucket must be its output tile's
     // parts, covering grains 0..k_splits once, in part order.
     let out_of = |t: &TileDesc| {
@@ -493,6 +516,12 @@ pub fn check(round: &Round, pool: Range<u64>) -> Result<(), DescriptorError> {
         }
     }
 
+    check_overlaps(round)
+}
+
+/// The overlap part of [`check`]: no problem's output overlaps anything else the round touches.
+fn check_overlaps(round: &Round) -> Result<(), DescriptorError> {
+    let slots = round.problems.len();
     // Outputs against everything else: sort all spans by start; an interval overlaps an earlier
     // one exactly when it starts before the largest end seen so far.
     let mut spans_all: Vec<(u64, u64, usize, char)> = Vec::with_capacity(slots * 4);

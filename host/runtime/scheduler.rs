@@ -307,8 +307,18 @@ fn fast_path(inner: &Inner, mut s: std::sync::MutexGuard<'_, SchedState>, tenant
     drop(s);
     let (descs, overrides): (Vec<_>, Vec<_>) = p.ops.iter().map(|o| (o.get().desc, o.get().plan)).unzip();
     let round = {
-        let cost = inner.cost.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        inner.chooser.read().unwrap_or_else(|e| e.into_inner()).build(&descs, &overrides, &cost, inner.device.slots())
+        let chooser = inner.chooser.read().unwrap_or_else(|e| e.into_inner());
+        let cost = inner.cost.lock().unwrap_or_else(|e| e.into_inner());
+        if let [desc] = descs[..] {
+            // One problem: its plan, without the round builder's ordering and balancing (the
+            // persistent chooser splits nothing).
+            let plan = chooser.choose(&descs, &overrides, &cost, inner.device.slots())[0];
+            let mut round = crate::round::Round::default();
+            round.push(desc, plan.kind, 1);
+            round
+        } else {
+            chooser.build(&descs, &overrides, &cost, inner.device.slots())
+        }
     };
     let batch = Batch { index: 0, round, reqs: vec![(t, p)], predicted: Duration::ZERO };
     let (flights, failed) = write_batch(inner, &mut ring.writer.lock().unwrap_or_else(|e| e.into_inner()), batch);

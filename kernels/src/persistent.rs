@@ -29,7 +29,7 @@ use crate::problem::Problem;
 
 /// Longest nanosleep between a waiting worker's polls of the device `published` word: bounds
 /// the wake-up latency of an idle worker.
-const MAX_BACKOFF_NS: u32 = 512;
+const MAX_BACKOFF_NS: u32 = 128;
 /// The forwarder polls back to back (each poll is one bus round trip, about 1 µs) until this
 /// long passes without work, then sleeps this long between polls.
 const FORWARDER_IDLE_NS: u64 = 1_000_000;
