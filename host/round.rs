@@ -37,6 +37,7 @@ impl Round {
         p.k_splits = k_splits;
         p.k_parts = k_splits;
         p.completion = idx as u32;
+        self.tiles.reserve(p.tile_count() as usize);
         for tile_m in 0..p.tiles_m {
             for tile_n in 0..p.tiles_n {
                 for s in 0..k_splits {
@@ -379,19 +380,20 @@ fn check_problem(i: usize, p: &ProblemDesc, pool: &Range<u64>) -> Result<TileKin
 /// kind suits its problem.
 pub fn check(round: &Round, pool: Range<u64>) -> Result<(), DescriptorError> {
     let slots = round.problems.len();
-    let mut first_out = Vec::with_capacity(slots + 1);
+    let (mut stack, mut heap) = ([0u64; 33], Vec::new());
+    let (first_out, count) = scratch(&mut stack, &mut heap, 2 * slots + 1).split_at_mut(slots + 1);
     let mut total_out: u64 = 0;
     for (i, p) in round.problems.iter().enumerate() {
         check_problem(i, p, &pool)?;
         if p.completion as usize >= slots {
             return Err(DescriptorError::CompletionSlot { problem: i, slot: p.completion, slots });
         }
-        first_out.push(total_out);
+        first_out[i] = total_out;
         total_out += p.output_tiles() as u64;
     }
+    first_out[slots] = total_out;
 
     // Every tile names a problem, lies in its grid and has a part that fits it.
-    let mut count = vec![0u32; slots];
     for (ti, t) in round.tiles.iter().enumerate() {
         let p = round.problems.get(t.problem as usize).ok_or(DescriptorError::TileProblem {
             tile: ti,
@@ -426,14 +428,17 @@ pub fn check(round: &Round, pool: Range<u64>) -> Result<(), DescriptorError> {
     }
     // Each output tile needs a tile, which also bounds the buckets below by the round's length.
     for (i, p) in round.problems.iter().enumerate() {
-        if count[i] < p.output_tiles() {
-            return Err(DescriptorError::MissingTiles { problem: i, present: count[i], expected: p.output_tiles() });
+        if count[i] < p.output_tiles() as u64 {
+            let present = count[i] as u32;
+            return Err(DescriptorError::MissingTiles { problem: i, present, expected: p.output_tiles() });
         }
     }
 
     if round.problems.iter().all(|p| p.k_splits == 1) {
         // No problem is split (every tile is whole, `fits` saw to it): each output tile once.
-        let mut seen = vec![0u64; (total_out as usize).div_ceil(64)];
+        // (A small round's bitset lives on the stack: this runs for every persistent request.)
+        let (mut stack, mut heap) = ([0u64; 16], Vec::new());
+        let seen = scratch(&mut stack, &mut heap, (total_out as usize).div_ceil(64));
         for (ti, t) in round.tiles.iter().enumerate() {
             let p = &round.problems[t.problem as usize];
             let bit = first_out[t.problem as usize] + t.tile_m as u64 * p.tiles_n as u64 + t.tile_n as u64;
@@ -519,23 +524,43 @@ pub fn check(round: &Round, pool: Range<u64>) -> Result<(), DescriptorError> {
     check_overlaps(round)
 }
 
+/// `n` zeroed words: in `stack` when they fit (no allocation for the small rounds of persistent
+/// mode's fast path), else in `heap`.
+fn scratch<'a, const N: usize>(stack: &'a mut [u64; N], heap: &'a mut Vec<u64>, n: usize) -> &'a mut [u64] {
+    if n <= N {
+        &mut stack[..n]
+    } else {
+        heap.resize(n, 0);
+        heap
+    }
+}
+
 /// The overlap part of [`check`]: no problem's output overlaps anything else the round touches.
 fn check_overlaps(round: &Round) -> Result<(), DescriptorError> {
     let slots = round.problems.len();
     // Outputs against everything else: sort all spans by start; an interval overlaps an earlier
     // one exactly when it starts before the largest end seen so far.
-    let mut spans_all: Vec<(u64, u64, usize, char)> = Vec::with_capacity(slots * 4);
+    let (mut stack, mut heap) = ([(0u64, 0u64, 0usize, ' '); 32], Vec::new());
+    let all: &mut [(u64, u64, usize, char)] = if slots * 4 <= stack.len() {
+        &mut stack[..slots * 4]
+    } else {
+        heap.resize(slots * 4, (0, 0, 0, ' '));
+        &mut heap
+    };
+    let mut n = 0;
     for (i, p) in round.problems.iter().enumerate() {
         for (matrix, r) in spans(p) {
             if !r.is_empty() {
-                spans_all.push((r.start, r.end, i, matrix));
+                all[n] = (r.start, r.end, i, matrix);
+                n += 1;
             }
         }
     }
+    let spans_all = &mut all[..n];
     spans_all.sort_unstable_by_key(|s| (s.0, s.1));
     let mut max_any: Option<(u64, usize, char)> = None;
     let mut max_out: Option<(u64, usize, char)> = None;
-    for &(start, end, i, matrix) in &spans_all {
+    for &(start, end, i, matrix) in spans_all.iter() {
         let is_out = matrix == 'C';
         if is_out
             && let Some((e, j, m)) = max_any
