@@ -78,7 +78,7 @@ pub(crate) unsafe fn run_tile<const WIDE: bool>(d: Problem, t: TileDesc, smem: u
     if Activation::from_u32(d.activation()).is_none() || BiasMode::from_u32(d.bias_mode()).is_none() {
         return fail(status::BAD_EPILOGUE);
     }
-    let (tm, tn, ks) = (t.tile_m, t.tile_n, part);
+    let (tm, tn, ks) = (t.tile_m, t.tile_n, t.split);
     // SAFETY (every arm): the problem is validated and `supports` its kind (host-side chooser);
     // `smem` is sized for the largest routine.
     match kind {
@@ -249,7 +249,6 @@ unsafe fn round<const WIDE: bool>(
 #[cfg(feature = "probes")]
 mod probes {
     use super::*;
-    use crate::abi::KPart;
 
     macro_rules! probe {
         ($name:ident, $body:expr) => {
@@ -267,10 +266,10 @@ mod probes {
             }
         };
     }
-    probe!(probe_sgemm_128x128x8, |d, tm, tn, s| sgemm_tile::<128, 128, 8, 8, 8, 1, 1>(d, tm, tn, KPart::WHOLE, s));
-    probe!(probe_sgemm_128x64x8, |d, tm, tn, s| sgemm_tile::<128, 64, 8, 8, 4, 1, 1>(d, tm, tn, KPart::WHOLE, s));
-    probe!(probe_sgemm_64x64x8, |d, tm, tn, s| sgemm_tile::<64, 64, 8, 4, 4, 1, 1>(d, tm, tn, KPart::WHOLE, s));
+    probe!(probe_sgemm_128x128x8, |d, tm, tn, s| sgemm_tile::<128, 128, 8, 8, 8, 1, 1>(d, tm, tn, 0, s));
+    probe!(probe_sgemm_128x64x8, |d, tm, tn, s| sgemm_tile::<128, 64, 8, 8, 4, 1, 1>(d, tm, tn, 0, s));
+    probe!(probe_sgemm_64x64x8, |d, tm, tn, s| sgemm_tile::<64, 64, 8, 4, 4, 1, 1>(d, tm, tn, 0, s));
     probe!(probe_gemv_rows32, |d, tm, _tn, _s| gemv_tile::<4>(d, tm));
     probe!(probe_gemv_rows64, |d, tm, _tn, _s| gemv_tile::<8>(d, tm));
-    probe!(probe_sgemm_256x128x8, |d, tm, tn, s| sgemm_tile::<256, 128, 8, 16, 8, 2, 1>(d, tm, tn, KPart::WHOLE, s));
+    probe!(probe_sgemm_256x128x8, |d, tm, tn, s| sgemm_tile::<256, 128, 8, 16, 8, 2, 1>(d, tm, tn, 0, s));
 }

@@ -125,8 +125,8 @@ impl Chunk {
     }
 }
 
-/// Computes the grains `part` names of output tile `(tile_m, tile_n)` of the staged problem `d`;
-/// the part that completes the tile runs its epilogue.
+/// Computes the grains the [`KPart`] packed in `split` names of output tile `(tile_m, tile_n)`
+/// of the staged problem `d`; the part that completes the tile runs its epilogue.
 /// `TM × TN` outputs per thread; `BM / TM == BN / TN == 16`; `CA`/`CB` chunks of the A/B slices
 /// per thread (`ceil(BM · BK / 1024)`, `ceil(BN · BK / 1024)`).
 ///
@@ -147,7 +147,7 @@ pub unsafe fn sgemm_tile<
     d: Problem,
     tile_m: u32,
     tile_n: u32,
-    part: KPart,
+    split: u32,
     smem: u32,
 ) {
     const {
@@ -167,7 +167,9 @@ pub unsafe fn sgemm_tile<
     let b: [Chunk; CB] = core::array::from_fn(|c| {
         Chunk::new::<BN, BK>(tid + c as u32 * BLOCK_THREADS, d.b(), d.ldb(), fl & flags::TRANS_B != 0, n0, d.n())
     });
-    // Slices [kt0, kt1) of BK (the part's grains); slices below `full` lie wholly inside k.
+    // Slices [kt0, kt1) of BK (the part's grains); slices below `full` lie wholly inside k. Only
+    // the packed word stays live across the main loop (registers go to accumulators).
+    let part = KPart::decode(split);
     let steps = k.div_ceil(BK);
     let (kt0, kt1, full) = if d.k_splits() > 1 {
         let per = steps.div_ceil(d.k_splits());
@@ -231,6 +233,7 @@ pub unsafe fn sgemm_tile<
         sync_threads();
     }
 
+    let part = KPart::decode(split);
     if part.count > 1 {
         // SAFETY: the backend sized the workspace and counters for this problem's grid and parts.
         match unsafe { reduce_splits::<BM, BN, TM, TN>(d, tile_m, tile_n, part, &mut acc) } {
