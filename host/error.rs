@@ -48,6 +48,8 @@ pub enum DescriptorError {
         "tile {tile}: grains {first}..={last} as part {index} of {count} do not fit problem {problem} ({k_splits} grains of k, at most {k_parts} parts per output tile)"
     )]
     TilePart { tile: usize, problem: u32, first: u32, last: u32, index: u32, count: u32, k_splits: u32, k_parts: u32 },
+    #[error("the round's {units} unit offsets do not run from 0 up to its {tiles} tiles in increasing steps")]
+    Units { units: usize, tiles: usize },
     #[error("problem {problem}, output tile ({tile_m}, {tile_n}): {what}")]
     KCover { problem: usize, tile_m: u32, tile_n: u32, what: &'static str },
     #[error("problem {problem}: k_parts = {k_parts} is outside 0..={max}")]

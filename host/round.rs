@@ -19,10 +19,10 @@ pub struct Round {
     pub problems: Vec<ProblemDesc>,
     /// Every tile of every problem, in the order CTAs will claim them.
     pub tiles: Vec<TileDesc>,
-    /// CTAs claim their next tile when they finish one rather than when they start one, so the
-    /// device hands tiles out in the greedy list schedule of [`CostModel::makespan_ns`]: a
-    /// stream-K balanced queue ([`Round::balance`]) needs that to replay its cut.
-    pub claim_late: bool,
+    /// What a CTA claims: unit `u` is tiles `units[u] .. units[u + 1]`, run in order on one CTA
+    /// (increasing offsets from 0 to `tiles.len()`). Empty: every tile is a unit of its own. A
+    /// stream-K balanced round ([`Round::balance`]) makes each CTA slot's share one unit.
+    pub units: Vec<u32>,
 }
 
 impl Round {
@@ -99,17 +99,27 @@ impl Round {
     /// for the whole round. This recuts the unsplit SGEMM problems into grains of `k` and gives
     /// each of the `slots` slots an equal share of their work, contiguous in (tile, k) order, so
     /// an output tile is computed in one part or a few; the last part to finish sums the
-    /// partials (the split-K reduction). The queue holds the parts by their start time within
-    /// their slot's share, then the other problems' tiles, and the round claims late
-    /// ([`Round::claim_late`]), so the device's greedy claiming replays the cut. Kept only when
-    /// the cost model's list schedule of the new queue is at least 1% shorter. Returns whether
-    /// the round changed.
+    /// partials (the split-K reduction). Each slot's share becomes one claimable unit
+    /// ([`Round::units`]), so the device runs exactly the planned cut; the other problems'
+    /// tiles follow as units of their own. Kept only when the cost model's list schedule of the
+    /// units is at least 1% shorter. Returns whether the round changed.
     pub fn balance(&mut self, cost: &CostModel, slots: usize) -> bool {
+        self.recut(cost, slots, false)
+    }
+
+    /// [`Round::balance`] without its judgement: recuts whenever the round has an unsplit
+    /// SGEMM problem with at least two grains, whatever the cost model predicts (for tuning:
+    /// `tilemux bench tune` times every kind both ways).
+    pub fn force_balance(&mut self, cost: &CostModel, slots: usize) -> bool {
+        self.recut(cost, slots, true)
+    }
+
+    fn recut(&mut self, cost: &CostModel, slots: usize, force: bool) -> bool {
         let slots = slots.max(1);
         let desc_ns = |ps: &[ProblemDesc], t: &TileDesc| cost.desc_ns(&ps[t.problem as usize], t);
         let before = CostModel::makespan_ns(self.tiles.iter().map(|t| desc_ns(&self.problems, t)), slots);
         let total: f64 = self.tiles.iter().map(|t| desc_ns(&self.problems, t)).sum();
-        if before <= total / slots as f64 * 1.01 {
+        if !force && before <= total / slots as f64 * 1.01 {
             return false; // no slot idles
         }
         let steps = |p: &ProblemDesc| p.k.div_ceil(abi::SGEMM_BK);
@@ -155,66 +165,71 @@ impl Round {
             let p = &problems[t.problem as usize];
             (0..p.k_splits).map(|g| grain_ns(p, g)).sum::<f64>()
         });
-        if longest.fold(0.0, f64::max) > MAX_SHARES * target {
+        if !force && longest.fold(0.0, f64::max) > MAX_SHARES * target {
             return false; // few tiles for many slots: uniform split-K's regime, not a last wave's
         }
 
         // Walk the tiles' grains in queue order, cutting a slot's share at the grain boundary
-        // nearest its target: segments (tile, first grain, last grain, start within the share).
-        // Shares end at multiples of the target in the running total, so rounding to grain
-        // boundaries does not drift onto the last slot.
-        let mut segments: Vec<(usize, u32, u32, f64)> = Vec::new();
-        let (mut slot, mut acc, mut total) = (0usize, 0.0f64, 0.0f64);
+        // nearest its target: segments (tile, first grain, last grain), in share order. Shares
+        // end at multiples of the target in the running total, so rounding to grain boundaries
+        // does not drift onto the last slot.
+        let mut segments: Vec<(usize, u32, u32)> = Vec::new();
+        let mut share_end = Vec::with_capacity(slots + 1);
+        let (mut slot, mut total) = (0usize, 0.0f64);
         for (ti, t) in sk.iter().enumerate() {
             let p = &problems[t.problem as usize];
-            let (mut first, mut begin) = (0, acc);
-            acc += start_ns(p);
+            let mut first = 0;
             total += start_ns(p);
             for g in 0..p.k_splits {
                 let ns = grain_ns(p, g);
-                acc += ns;
                 total += ns;
                 if slot + 1 < slots && total >= (slot + 1) as f64 * target - ns / 2.0 {
-                    segments.push((ti, first, g, begin));
-                    (slot, acc, first, begin) = (slot + 1, 0.0, g + 1, 0.0);
+                    segments.push((ti, first, g));
+                    share_end.push(segments.len() as u32);
+                    (slot, first) = (slot + 1, g + 1);
                     if first < p.k_splits {
-                        acc += start_ns(p);
                         total += start_ns(p);
                     }
                 }
             }
             if first < p.k_splits {
-                segments.push((ti, first, p.k_splits - 1, begin));
+                segments.push((ti, first, p.k_splits - 1));
             }
         }
+        share_end.push(segments.len() as u32);
         // Parts per output tile (segments of a tile come in grain order).
         let mut parts = vec![0u32; sk.len()];
         for s in &segments {
             parts[s.0] += 1;
         }
         let mut index = vec![0u32; sk.len()];
-        let mut descs: Vec<(TileDesc, f64)> = segments
+        let descs: Vec<TileDesc> = segments
             .iter()
-            .map(|&(ti, first, last, begin)| {
+            .map(|&(ti, first, last)| {
                 let part = KPart { first, last, index: index[ti], count: parts[ti] };
                 index[ti] += 1;
                 let t = sk[ti];
                 let p = &mut problems[t.problem as usize];
                 p.k_parts = p.k_parts.max(part.count);
-                (TileDesc { split: part.encode(), ..t }, begin)
+                TileDesc { split: part.encode(), ..t }
             })
             .collect();
 
-        // Queue the parts by their start within their slot's share: a slot that frees up at time
-        // t then claims the part its share starts at t (equal times are interchangeable), so the
-        // device's greedy claiming replays the static cut. The other tiles fill in behind.
-        descs.sort_by(|a, b| a.1.total_cmp(&b.1));
-        let queue: Vec<TileDesc> = descs.iter().map(|d| d.0).chain(others.iter().copied()).collect();
-        let span = CostModel::makespan_ns(queue.iter().map(|t| desc_ns(&problems, t)), slots);
-        if span < before * 0.99 {
+        // One unit per share (a CTA runs its share's parts in order, so no claim order can
+        // hand them out differently), then one per other tile, which fill in behind.
+        let mut units = vec![0u32];
+        units.extend(share_end.iter().copied().filter(|&e| e > 0));
+        units.dedup();
+        let n = descs.len() as u32;
+        units.extend((1..=others.len() as u32).map(|i| n + i));
+        let queue: Vec<TileDesc> = descs.into_iter().chain(others.iter().copied()).collect();
+        let unit_ns =
+            units.windows(2).map(|w| queue[w[0] as usize..w[1] as usize].iter().map(|t| desc_ns(&problems, t)).sum());
+        let span = CostModel::makespan_ns(unit_ns, slots);
+        if force || span < before * 0.99 {
             self.problems = problems;
             self.tiles = queue;
-            self.claim_late = true;
+            self.units = units;
             return true;
         }
         false
@@ -234,7 +249,7 @@ impl Round {
     pub fn clear(&mut self) {
         self.problems.clear();
         self.tiles.clear();
-        self.claim_late = false;
+        self.units.clear();
     }
 }
 
@@ -392,6 +407,15 @@ pub fn check(round: &Round, pool: Range<u64>) -> Result<(), DescriptorError> {
         total_out += p.output_tiles() as u64;
     }
     first_out[slots] = total_out;
+
+    // Units, where given, partition the tiles into non-empty runs.
+    if !round.units.is_empty() {
+        let u = &round.units;
+        let increasing = u.windows(2).all(|w| w[0] < w[1]);
+        if u[0] != 0 || *u.last().expect("non-empty") as usize != round.tiles.len() || !increasing {
+            return Err(DescriptorError::Units { units: u.len(), tiles: round.tiles.len() });
+        }
+    }
 
     // Every tile names a problem, lies in its grid and has a part that fits it.
     for (ti, t) in round.tiles.iter().enumerate() {
@@ -723,6 +747,13 @@ impl CostModel {
 
     /// Predicted duration of `round` on `slots` CTA slots, launch overhead included.
     pub fn predict(&self, round: &Round, slots: usize) -> Duration {
+        if !round.units.is_empty() {
+            let ns = |t: &TileDesc| self.desc_ns(&round.problems[t.problem as usize], t);
+            let units = round.units.windows(2).map(|w| {
+                round.tiles.get(w[0] as usize..w[1] as usize).map_or(0.0, |ts| ts.iter().map(ns).sum::<f64>())
+            });
+            return Duration::from_nanos((Self::makespan_ns(units, slots) + self.round_overhead_ns) as u64);
+        }
         // Unsplit problems as groups of equal tiles; the tiles of split ones singly.
         let uniform = |p: &ProblemDesc| p.k_splits <= 1;
         let mut groups: Vec<(f64, usize)> =
@@ -1102,6 +1133,9 @@ mod tests {
         }
         assert_eq!(parts.len(), 240);
         assert!(parts.values().all(|&n| (1..=3).contains(&n)));
+        // One unit per slot's share, each one or a few parts.
+        assert_eq!(balanced.units.len(), 264 + 1);
+        assert!(balanced.units.windows(2).all(|w| (1..=3).contains(&(w[1] - w[0]))));
         // A round that fills its waves exactly is left alone.
         let mut full =
             TileChooser { no_balance: true, ..TileChooser::default() }.build(&probs[..66], &wide[..66], &cost, 132);

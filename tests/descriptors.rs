@@ -83,6 +83,18 @@ fn hand_cut_parts(d: &dyn Device) {
     fail(d, |r| recut(r, &[(0, 1, 0, 2), (2, 4, 1, 2)], 5, 1), |e| matches!(e, E::TilePart { .. }), "at most 1");
     fail(d, |r| recut(r, &[(0, 1, 0, 2), (2, 5, 1, 2)], 5, 2), |e| matches!(e, E::TilePart { .. }), "do not fit");
     fail(d, |r| recut(r, &[(0, 4, 0, 1)], 5, 6), |e| matches!(e, E::KParts { .. }), "k_parts");
+    // Units: a valid partition runs (above, every tile its own unit); bad offsets are refused.
+    let (cases, staged, mut round) = setup(d);
+    let n = round.tiles.len() as u32;
+    round.units = vec![0, 1, n];
+    staged.poison(d, &cases).unwrap();
+    d.run(&round).expect("tiles grouped into units run");
+    for (c, got) in cases.iter().zip(staged.read_c(d, &cases).unwrap()) {
+        assert!(c.error(&got, &c.reference()) < 1e-4);
+    }
+    fail(d, |r| r.units = vec![0, 1, 1, r.tiles.len() as u32], |e| matches!(e, E::Units { .. }), "increasing");
+    fail(d, |r| r.units = vec![0, r.tiles.len() as u32 - 1], |e| matches!(e, E::Units { .. }), "unit offsets");
+    fail(d, |r| r.units = vec![1, r.tiles.len() as u32], |e| matches!(e, E::Units { .. }), "unit offsets");
 }
 
 fn every_bad_descriptor(d: &dyn Device) {
@@ -189,6 +201,14 @@ fn gpu_status_path() {
         Err(Error::DeviceStatus { code, .. }) => {
             assert_eq!(code, tilemux::abi::status::BAD_TILE_KIND)
         }
+        other => panic!("expected a device status error, got {other:?}"),
+    }
+    // An empty unit: BAD_TILE_COORD, nothing run for it.
+    let mut bad = round.clone();
+    bad.units = vec![0, 0, bad.tiles.len() as u32];
+    // SAFETY: only the unit offsets are wrong; every address is the staged, valid memory.
+    match unsafe { g.run_unchecked(&bad) } {
+        Err(Error::DeviceStatus { code, .. }) => assert_eq!(code, tilemux::abi::status::BAD_TILE_COORD),
         other => panic!("expected a device status error, got {other:?}"),
     }
     // A k-part past the problem's grains: BAD_TILE_COORD, nothing run for it.

@@ -224,12 +224,13 @@ impl Megakernel {
 }
 
 /// Offsets of one round's device-side layout:
-/// `[queue u64 | status | done | split counters | problems | tiles | split workspace]`.
+/// `[queue u64 | status | done | split counters | problems | tiles | units | split workspace]`.
 struct Layout {
     done: usize,
     counters: usize,
     problems: usize,
     tiles: usize,
+    units: usize,
     workspace: usize,
     end: usize,
 }
@@ -256,8 +257,9 @@ impl Layout {
         let counters = done + align(round.problems.len() * 4, 16);
         let problems = counters + align(counters_n * 4, 16);
         let tiles = problems + round.problems.len() * size_of::<ProblemDesc>();
-        let workspace = align(tiles + round.tiles.len() * size_of::<TileDesc>(), 256);
-        Layout { done, counters, problems, tiles, workspace, end: workspace + workspace_bytes }
+        let units = tiles + round.tiles.len() * size_of::<TileDesc>();
+        let workspace = align(units + round.units.len() * 4, 256);
+        Layout { done, counters, problems, tiles, units, workspace, end: workspace + workspace_bytes }
     }
 }
 
@@ -395,6 +397,8 @@ impl CudaDevice {
                 ws += partials_bytes(d) as u64;
             }
             std::ptr::copy_nonoverlapping(tiles.as_ptr(), stage.add(lay.tiles), tiles.len());
+            let units: &[u8] = bytemuck::cast_slice(&round.units);
+            std::ptr::copy_nonoverlapping(units.as_ptr(), stage.add(lay.units), units.len());
         }
         // SAFETY: both ranges lie inside their buffers; the stream orders the copy before the
         // launch that reads it.
@@ -416,7 +420,8 @@ impl CudaDevice {
             st.queue_base,
             base + lay.done as u64,
             base + STATUS_OFF as u64,
-            round.claim_late as u64,
+            if round.units.is_empty() { 0 } else { base + lay.units as u64 },
+            round.units.len().saturating_sub(1) as u64,
         ]);
         // A round with a wide tile kind runs on the wide build (when loaded; else the narrow one
         // reports NEEDS_WIDE and runs nothing of those tiles).
@@ -465,7 +470,8 @@ impl CudaDevice {
             st.queue_base = 0;
             return Err(e);
         }
-        st.queue_base += t as u64 + grid as u64;
+        let claimable = if round.units.is_empty() { t } else { round.units.len() - 1 };
+        st.queue_base += claimable as u64 + grid as u64;
 
         // SAFETY: the copy completed; offsets inside readback; u32-aligned.
         let (code, done) = unsafe {

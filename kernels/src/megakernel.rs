@@ -3,8 +3,8 @@
 
 use crate::abi::{Activation, BiasMode, SMEM_DESC_OFFSET, SMEM_HEADER_BYTES, TileDesc, TileKind, status};
 use crate::arch::{
-    atom_add_relaxed_gpu_u64, atom_cas_relaxed_gpu_u32, fence_acq_rel_gpu, ld_global_nc_v4_u32, ld_shared_u32,
-    red_add_release_gpu_u32, smem_base, st_shared_u32, st_shared_v4_u32, sync_threads, thread_idx_x,
+    atom_add_relaxed_gpu_u64, atom_cas_relaxed_gpu_u32, fence_acq_rel_gpu, ld_global_nc_u32, ld_global_nc_v4_u32,
+    ld_shared_u32, red_add_release_gpu_u32, smem_base, st_shared_u32, st_shared_v4_u32, sync_threads, thread_idx_x,
 };
 use crate::gemv::gemv_tile;
 use crate::problem::Problem;
@@ -119,7 +119,8 @@ macro_rules! round_entry {
             queue_base: u64,
             done: u64,
             status_addr: u64,
-            claim_late: u32,
+            units: u64,
+            num_units: u32,
         ) {
             // SAFETY: this entry point's contract.
             unsafe {
@@ -132,7 +133,8 @@ macro_rules! round_entry {
                     queue_base,
                     done,
                     status_addr,
-                    claim_late != 0,
+                    units,
+                    num_units,
                 )
             }
         }
@@ -142,15 +144,16 @@ macro_rules! round_entry {
 round_entry!(
     /// Round-per-launch entry point. Launch with `BLOCK_THREADS` threads, any grid (the host sizes
     /// it from occupancy to fill every SM once) and `TileKind::megakernel_smem_bytes()` of dynamic
-    /// shared memory. Every CTA claims tile indices `queue - queue_base` until one is past
-    /// `num_tiles`, so a launch moves the queue head by exactly `num_tiles + gridDim.x`.
+    /// shared memory. Every CTA claims unit indices `queue - queue_base` until one is past the
+    /// unit count and runs each unit's tiles in order. With `units == 0` every tile is a unit of
+    /// its own (`num_units` unused); else `units` holds `num_units + 1` increasing tile offsets
+    /// and unit `u` is tiles `units[u] .. units[u + 1]` (a stream-K balanced round: one CTA's
+    /// share of the work). A launch moves the queue head by exactly the unit count plus
+    /// `gridDim.x`. A CTA claims its next unit as it starts one (the claim's latency hides
+    /// behind the unit).
     ///
     /// `done[slot]` counts finished tiles per completion slot (release increments); `status`
-    /// receives the first error code. A CTA claims its next tile while it starts one (the claim's
-    /// latency hides behind the tile), or with `claim_late != 0` when it has finished one: then
-    /// the tiles go out in the greedy list schedule the host's cost model predicts, which a
-    /// stream-K balanced queue relies on (its order replays a static cut of the work).
-    /// The host JIT-caps this build's registers (two CTAs per SM);
+    /// receives the first error code. The host JIT-caps this build's registers (two CTAs per SM);
     /// a tile of a [`TileKind::is_wide`] kind reports `status::NEEDS_WIDE`.
     ///
     /// # Safety
@@ -186,12 +189,14 @@ unsafe fn round<const WIDE: bool>(
     queue_base: u64,
     done: u64,
     status_addr: u64,
-    claim_late: bool,
+    units: u64,
+    num_units: u32,
 ) {
     let tid = thread_idx_x();
     let header = smem_base();
     let desc = Problem(header + SMEM_DESC_OFFSET);
     let smem = header + SMEM_HEADER_BYTES;
+    let claimable = if units == 0 { num_tiles } else { num_units };
 
     if tid == 0 {
         // SAFETY: `queue` is the round's queue head; the header's first word is the claim slot.
@@ -200,45 +205,66 @@ unsafe fn round<const WIDE: bool>(
     sync_threads();
     loop {
         // SAFETY: the claim slot, written before the last barrier.
-        let idx = unsafe { ld_shared_u32(header) };
-        if idx >= num_tiles {
+        let u = unsafe { ld_shared_u32(header) };
+        if u >= claimable {
             break;
         }
-        // SAFETY: idx < num_tiles: inside the round's tile array.
-        let t = unsafe { load_tile(tiles + idx as u64 * 16) };
-        let valid = t.problem < num_problems;
-        if valid {
-            // SAFETY: t.problem < num_problems; the descriptor slot is free (last read before
-            // the previous barrier).
-            unsafe { stage_problem(tid, problems, t.problem, desc.0) };
-        }
-        // Prefetch the next claim (its latency hides behind this tile), unless claiming late.
-        // SAFETY: as above.
-        let next = if tid == 0 && !claim_late { unsafe { claim(queue, queue_base) } } else { 0 };
-        sync_threads(); // descriptor staged; every thread has read the claim slot
-        let slot = if valid {
-            // SAFETY: staged above; the rest per this kernel's contract.
-            unsafe { run_tile::<WIDE>(desc, t, smem, status_addr) }
+        let (first, end) = if units == 0 {
+            (u, u + 1)
         } else {
+            // SAFETY: u < num_units: inside the unit array's num_units + 1 words.
+            unsafe { (ld_global_nc_u32(units + u as u64 * 4), ld_global_nc_u32(units + u as u64 * 4 + 4)) }
+        };
+        // Prefetch the next claim: its latency hides behind this unit.
+        // SAFETY: as above.
+        let next = if tid == 0 { unsafe { claim(queue, queue_base) } } else { 0 };
+        if first >= end || end > num_tiles {
+            // A malformed unit (the host's check rules it out): nothing of it runs.
             if tid == 0 {
                 // SAFETY: the launch's status word.
-                unsafe { report(status_addr, status::BAD_PROBLEM) };
+                unsafe { report(status_addr, status::BAD_TILE_COORD) };
             }
-            None
-        };
-        if tid == 0 {
-            // SAFETY: every thread read the claim slot before the barrier above; the queue head
-            // as above.
-            unsafe { st_shared_u32(header, if claim_late { claim(queue, queue_base) } else { next }) };
-        }
-        // The tile's stores are issued, shared memory (stages, descriptor) is free again and the
-        // next claim is visible.
-        sync_threads();
-        if let Some(slot) = slot {
+            sync_threads(); // every thread has read the claim slot
             if tid == 0 {
-                fence_acq_rel_gpu();
-                // SAFETY: the host sized `done` for every completion slot of the round.
-                unsafe { red_add_release_gpu_u32(done + slot as u64 * 4, 1) };
+                // SAFETY: the claim slot, read by every thread before the barrier.
+                unsafe { st_shared_u32(header, next) };
+            }
+            sync_threads();
+            continue;
+        }
+        for idx in first..end {
+            // SAFETY: idx < end <= num_tiles: inside the round's tile array.
+            let t = unsafe { load_tile(tiles + idx as u64 * 16) };
+            let valid = t.problem < num_problems;
+            if valid {
+                // SAFETY: t.problem < num_problems; the descriptor slot is free (last read before
+                // the previous barrier).
+                unsafe { stage_problem(tid, problems, t.problem, desc.0) };
+            }
+            sync_threads(); // descriptor staged; every thread has read the claim slot
+            let slot = if valid {
+                // SAFETY: staged above; the rest per this kernel's contract.
+                unsafe { run_tile::<WIDE>(desc, t, smem, status_addr) }
+            } else {
+                if tid == 0 {
+                    // SAFETY: the launch's status word.
+                    unsafe { report(status_addr, status::BAD_PROBLEM) };
+                }
+                None
+            };
+            if tid == 0 && idx + 1 == end {
+                // SAFETY: every thread read the claim slot before the barrier above.
+                unsafe { st_shared_u32(header, next) };
+            }
+            // The tile's stores are issued, shared memory (stages, descriptor) is free again and
+            // (after a unit's last tile) the next claim is visible.
+            sync_threads();
+            if let Some(slot) = slot {
+                if tid == 0 {
+                    fence_acq_rel_gpu();
+                    // SAFETY: the host sized `done` for every completion slot of the round.
+                    unsafe { red_add_release_gpu_u32(done + slot as u64 * 4, 1) };
+                }
             }
         }
     }

@@ -57,15 +57,24 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     })?;
     let mut results: Vec<(String, Option<Plan>, f64, f64)> = Vec::new();
     let probe = sets[0].staged.descs(&sets[0].cases)[0];
-    let build = |plan: Option<Plan>| -> Vec<tilemux::round::Round> {
+    // A forced plan as planned (`balance: None`: the round builder decides on stream-K), or
+    // forced unbalanced / balanced.
+    let build = |plan: Option<Plan>, balance: Option<bool>| -> Vec<tilemux::round::Round> {
         sets.iter()
             .map(|s| {
                 let d = s.staged.descs(&s.cases);
-                TileChooser::for_device(dev).build(&d, &vec![plan; d.len()], &CostModel::default(), dev.slots())
+                let chooser = TileChooser { no_balance: balance.is_some(), ..TileChooser::for_device(dev) };
+                let cost = CostModel::default();
+                let mut r = chooser.build(&d, &vec![plan; d.len()], &cost, dev.slots());
+                if balance == Some(true) {
+                    let slots = chooser.round_slots(&r, dev.slots());
+                    r.force_balance(&cost, slots);
+                }
+                r
             })
             .collect()
     };
-    let auto = build(None);
+    let auto = build(None, None);
     let e = verify(&gpu, &sets[0], &auto[0])?;
     results.push((format!("chooser: {}", plan_label(&auto[0])), None, time_rounds(dev, &auto, 3, reps)?, e));
     for kind in TileKind::ALL.into_iter().filter(|k| k.supports(shape.1, 0)) {
@@ -73,9 +82,13 @@ pub fn run(args: &TuneArgs) -> Result<()> {
         let splits: Vec<u32> = if args.quick { vec![1, 4] } else { vec![1, 2, 3, 4, 6, 8, 12, 16] };
         for s in splits.into_iter().filter(|&s| s <= max) {
             let plan = Plan { kind, k_splits: s };
-            let rounds = build(Some(plan));
-            let e = verify(&gpu, &sets[0], &rounds[0])?;
-            results.push((plan_label(&rounds[0]), Some(plan), time_rounds(dev, &rounds, 3, reps)?, e));
+            // Unsplit plans both ways: as they are, and recut by stream-K balancing.
+            let ways: &[Option<bool>] = if s == 1 { &[Some(false), Some(true)] } else { &[Some(false)] };
+            for &balance in ways {
+                let rounds = build(Some(plan), balance);
+                let e = verify(&gpu, &sets[0], &rounds[0])?;
+                results.push((plan_label(&rounds[0]), Some(plan), time_rounds(dev, &rounds, 3, reps)?, e));
+            }
         }
     }
     results.sort_by(|a, b| a.2.total_cmp(&b.2));

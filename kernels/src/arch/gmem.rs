@@ -15,6 +15,18 @@ pub unsafe fn ld_global_nc_f32(addr: u64) -> f32 {
     v
 }
 
+/// `ld.global.nc.u32`.
+///
+/// # Safety
+/// `addr` is a valid, 4-byte aligned global address of a `u32` not written during the launch.
+#[inline(always)]
+pub unsafe fn ld_global_nc_u32(addr: u64) -> u32 {
+    let v: u32;
+    // SAFETY: the caller guarantees the address.
+    unsafe { asm!("ld.global.nc.u32 {0}, [{1}];", out(reg32) v, in(reg64) addr, options(pure, readonly, nostack)) };
+    v
+}
+
 /// `ld.global.nc.v4.f32`: 16 bytes.
 ///
 /// # Safety
