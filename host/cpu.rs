@@ -108,6 +108,10 @@ pub(crate) unsafe fn run_tile(p: &ProblemDesc, t: &TileDesc) {
 }
 
 impl Device for CpuDevice {
+    fn splits_k_in_parallel(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> String {
         format!("CPU ({} threads)", self.threads)
     }

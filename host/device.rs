@@ -48,6 +48,12 @@ pub trait Device: Send + Sync {
     fn wide_slots(&self) -> Option<usize> {
         None
     }
+    /// Whether the parts of an output tile split along `k` run in parallel here (the CUDA
+    /// megakernel). The CPU backend computes a split tile whole in its first part, so stream-K
+    /// balancing ([`crate::round::Round::balance`]) would only unbalance it.
+    fn splits_k_in_parallel(&self) -> bool {
+        true
+    }
     /// Copies `data` to device address `addr`.
     fn write(&self, addr: u64, data: &[f32]) -> Result<()>;
     /// Copies from device address `addr` into `out`.

@@ -117,8 +117,14 @@ impl Round {
     fn recut(&mut self, cost: &CostModel, slots: usize, force: bool) -> bool {
         let slots = slots.max(1);
         let desc_ns = |ps: &[ProblemDesc], t: &TileDesc| cost.desc_ns(&ps[t.problem as usize], t);
-        let before = CostModel::makespan_ns(self.tiles.iter().map(|t| desc_ns(&self.problems, t)), slots);
-        let total: f64 = self.tiles.iter().map(|t| desc_ns(&self.problems, t)).sum();
+        // Every tile of an unsplit problem costs the same: one cost-model call per problem.
+        let per_problem: Vec<f64> = self.problems.iter().map(|p| cost.tile_ns(p)).collect();
+        let tile_ns = |t: &TileDesc| {
+            let p = &self.problems[t.problem as usize];
+            if p.k_splits <= 1 { per_problem[t.problem as usize] } else { cost.desc_ns(p, t) }
+        };
+        let before = CostModel::makespan_ns(self.tiles.iter().map(tile_ns), slots);
+        let total: f64 = self.tiles.iter().map(tile_ns).sum();
         if !force && before <= total / slots as f64 * 1.01 {
             return false; // no slot idles
         }
@@ -138,34 +144,33 @@ impl Round {
         if sk.is_empty() {
             return false;
         }
-        // Cost of grain g of p, and of starting a part (prologue, epilogue).
-        let grain_ns = |p: &ProblemDesc, g: u32| {
-            let t = TileDesc {
-                problem: 0,
-                tile_m: 0,
-                tile_n: 0,
-                split: KPart { first: g, last: g, index: 0, count: 1 }.encode(),
-            };
-            let kind = TileKind::from_u32(p.tile_kind).unwrap_or(TileKind::Sgemm64x64);
-            cost.desc_ns(p, &t) - cost.scale() * cost.kind(kind).0
-        };
+        // Cost of each grain of each candidate problem (the same for all its tiles), and of
+        // starting a part (prologue, epilogue).
+        let grains: Vec<Vec<f64>> = problems
+            .iter()
+            .zip(&self.problems)
+            .map(|(p, orig)| {
+                if !candidate(orig) {
+                    return Vec::new();
+                }
+                let kind = TileKind::from_u32(p.tile_kind).unwrap_or(TileKind::Sgemm64x64);
+                let fixed = cost.scale() * cost.kind(kind).0;
+                (0..p.k_splits)
+                    .map(|g| {
+                        let split = KPart { first: g, last: g, index: 0, count: 1 }.encode();
+                        cost.desc_ns(p, &TileDesc { problem: 0, tile_m: 0, tile_n: 0, split }) - fixed
+                    })
+                    .collect()
+            })
+            .collect();
         let start_ns = |p: &ProblemDesc| {
             cost.scale() * cost.kind(TileKind::from_u32(p.tile_kind).unwrap_or(TileKind::Sgemm64x64)).0
         };
-        let work: f64 = sk
-            .iter()
-            .map(|t| {
-                let p = &problems[t.problem as usize];
-                start_ns(p) + (0..p.k_splits).map(|g| grain_ns(p, g)).sum::<f64>()
-            })
-            .sum();
+        let tile_work = |t: &TileDesc| grains[t.problem as usize].iter().sum::<f64>();
+        let work: f64 = sk.iter().map(|t| start_ns(&problems[t.problem as usize]) + tile_work(t)).sum();
         let mean_start = sk.iter().map(|t| start_ns(&problems[t.problem as usize])).sum::<f64>() / sk.len() as f64;
         let target = (work + mean_start * slots as f64) / slots as f64;
-        let longest = sk.iter().map(|t| {
-            let p = &problems[t.problem as usize];
-            (0..p.k_splits).map(|g| grain_ns(p, g)).sum::<f64>()
-        });
-        if !force && longest.fold(0.0, f64::max) > MAX_SHARES * target {
+        if !force && sk.iter().map(tile_work).fold(0.0, f64::max) > MAX_SHARES * target {
             return false; // few tiles for many slots: uniform split-K's regime, not a last wave's
         }
 
@@ -180,8 +185,7 @@ impl Round {
             let p = &problems[t.problem as usize];
             let mut first = 0;
             total += start_ns(p);
-            for g in 0..p.k_splits {
-                let ns = grain_ns(p, g);
+            for (g, &ns) in (0..).zip(&grains[t.problem as usize]) {
                 total += ns;
                 if slot + 1 < slots && total >= (slot + 1) as f64 * target - ns / 2.0 {
                     segments.push((ti, first, g));
@@ -888,6 +892,17 @@ impl TileChooser {
         cost: &CostModel,
         slots: usize,
     ) -> Vec<Plan> {
+        self.plan(problems, overrides, cost, slots).0
+    }
+
+    /// [`TileChooser::choose`], and whether the winning plan counted on stream-K balancing.
+    fn plan(
+        &self,
+        problems: &[ProblemDesc],
+        overrides: &[Option<Plan>],
+        cost: &CostModel,
+        slots: usize,
+    ) -> (Vec<Plan>, bool) {
         let usable = |k: TileKind, p: &ProblemDesc| k.supports(p.n, p.flags) && !(self.no_wide && k.is_wide());
         let fixed = |i: usize, p: &ProblemDesc| -> Option<Plan> {
             let o = overrides.get(i).copied().flatten().filter(|o| usable(o.kind, p));
@@ -902,6 +917,7 @@ impl TileChooser {
             })
             .collect();
 
+        let mut relies_on_balance = false;
         if plans.iter().any(|k| k.is_none()) {
             // A fixed wide plan puts the whole round on the wide build.
             let forced_wide = plans.iter().flatten().any(|p| p.kind.is_wide());
@@ -921,7 +937,7 @@ impl TileChooser {
                     .collect();
                 let lpt = CostModel::makespan_groups(&mut groups, slots);
                 if splits > 1 || self.no_split_k || self.no_balance {
-                    return lpt;
+                    return (lpt, false);
                 }
                 // Stream-K balancing (`Round::balance`) spreads the work evenly when no tile is
                 // longer than a few slot shares, at the price of a prologue and a partial per slot.
@@ -929,9 +945,10 @@ impl TileChooser {
                 let share = total / slots as f64;
                 let longest = groups.iter().map(|g| g.0).fold(0.0, f64::max);
                 if longest > MAX_SHARES * share {
-                    return lpt;
+                    return (lpt, false);
                 }
-                lpt.min(share + cost.scale() * (cost.kind(g).0 + 2.0 * cost.part_cost(g)))
+                let balanced = share + cost.scale() * (cost.kind(g).0 + 2.0 * cost.part_cost(g));
+                if balanced < lpt { (balanced, true) } else { (lpt, false) }
             };
 
             // Candidates, largest tile first: the wide kind on the wide build's slots, then every
@@ -960,9 +977,9 @@ impl TileChooser {
                 // Splitting only pays while the output tiles alone leave slots idle.
                 let splits = if tiles < 2 * slots && !self.no_split_k { &SPLITS[..] } else { &SPLITS[..1] };
                 for &sp in splits {
-                    let t = makespan(g, sp, slots);
+                    let (t, balanced) = makespan(g, sp, slots);
                     if t < best.0 * 0.97 || (best.0.is_infinite()) {
-                        best = (t, Plan { kind: g, k_splits: sp });
+                        (best, relies_on_balance) = ((t, Plan { kind: g, k_splits: sp }), balanced);
                     }
                 }
             }
@@ -972,7 +989,7 @@ impl TileChooser {
                 }
             }
         }
-        plans.into_iter().map(|k| k.unwrap_or(Plan::new(TileKind::Sgemm64x64))).collect()
+        (plans.into_iter().map(|k| k.unwrap_or(Plan::new(TileKind::Sgemm64x64))).collect(), relies_on_balance)
     }
 
     /// CTA slots a round planned by this chooser runs on: the wide build's for a wide round.
@@ -983,9 +1000,14 @@ impl TileChooser {
         }
     }
 
-    /// The chooser for rounds on `device`: it weighs the wide build where the device has one.
+    /// The chooser for rounds on `device`: it weighs the wide build where the device has one,
+    /// and balances rounds only where k-parts run in parallel.
     pub fn for_device(device: &dyn crate::device::Device) -> TileChooser {
-        TileChooser { wide_slots: device.wide_slots(), ..TileChooser::default() }
+        TileChooser {
+            wide_slots: device.wide_slots(),
+            no_balance: !device.splits_k_in_parallel(),
+            ..TileChooser::default()
+        }
     }
 
     /// The chooser for persistent mode: no split-K workspace and only the narrow build's kinds.
@@ -1027,17 +1049,21 @@ impl TileChooser {
     /// Builds a round from `problems` with chosen plans, tiles ordered longest first, then
     /// stream-K balanced ([`Round::balance`]) unless split-K or balancing is off.
     pub fn build(&self, problems: &[ProblemDesc], overrides: &[Option<Plan>], cost: &CostModel, slots: usize) -> Round {
-        let mut plans = self.choose(problems, overrides, cost, slots);
+        let (mut plans, relies_on_balance) = self.plan(problems, overrides, cost, slots);
         if self.no_split_k {
             plans.iter_mut().for_each(|p| p.k_splits = 1);
         }
         let mut round = Round::default();
-        for (p, plan) in problems.iter().zip(plans) {
+        for (p, plan) in problems.iter().zip(&plans) {
             round.push(*p, plan.kind, plan.k_splits);
         }
         round.order_longest_first(cost);
-        if !self.no_split_k && !self.no_balance && !round.balance(cost, self.round_slots(&round, slots)) {
-            // The plan may have counted on a balance the cut could not reach: plan without it.
+        if !self.no_split_k
+            && !self.no_balance
+            && !round.balance(cost, self.round_slots(&round, slots))
+            && relies_on_balance
+        {
+            // The plan counted on a balance the cut could not reach: plan without it.
             let plain = TileChooser { no_balance: true, ..self.clone() };
             let again = plain.choose(problems, overrides, cost, slots);
             let chosen = |r: &Round| cost.predict(r, self.round_slots(r, slots));

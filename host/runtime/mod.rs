@@ -488,6 +488,7 @@ impl Runtime {
             None => TileChooser::default(),
         };
         chooser.wide_slots = device.wide_slots();
+        chooser.no_balance |= !device.splits_k_in_parallel();
         let persistent = match &cfg.mode {
             Mode::Rounds => None,
             Mode::Persistent(p) => {
