@@ -50,7 +50,8 @@ enum Bench {
     /// Open-loop Poisson arrivals at 30/60/90% of capacity: per-tenant tail latency; noisy
     /// neighbour.
     Latency(latency::LatencyArgs),
-    /// Every tile kind and k-split for one shape next to cuBLAS; can write the tuning table.
+    /// Every tile kind and k-split (and stream-K recut) for one shape next to cuBLAS; can write
+    /// the tuning table.
     Tune(tune::TuneArgs),
     /// Submit-to-result latency of single requests: persistent vs round mode vs cuBLAS; and
     /// saturated throughput, persistent vs round mode.

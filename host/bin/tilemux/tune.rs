@@ -1,6 +1,8 @@
 //! `tilemux bench tune`: every tile kind (and k-split) the megakernel has, for one shape and
-//! count, timed side by side with cuBLAS; optionally records the winner in the tile chooser's
-//! tuning table, which the runtime loads (`RuntimeConfig::tuning` or `TILEMUX_TUNING`).
+//! count, timed side by side with cuBLAS — each unsplit kind twice, as is and recut by stream-K
+//! balancing (`/sk`, forced) — and the chooser's own plan; optionally records the winner in the
+//! tile chooser's tuning table, which the runtime loads (`RuntimeConfig::tuning` or
+//! `TILEMUX_TUNING`).
 
 use std::path::PathBuf;
 
