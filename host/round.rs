@@ -1003,11 +1003,15 @@ impl TileChooser {
     /// The chooser for rounds on `device`: it weighs the wide build where the device has one,
     /// and balances rounds only where k-parts run in parallel.
     pub fn for_device(device: &dyn crate::device::Device) -> TileChooser {
-        TileChooser {
-            wide_slots: device.wide_slots(),
-            no_balance: !device.splits_k_in_parallel(),
-            ..TileChooser::default()
-        }
+        TileChooser::default().fitted_to(device)
+    }
+
+    /// This chooser (its table and settings) with `device`'s facts: the wide build's slots, and
+    /// no stream-K balancing where k-parts do not run in parallel.
+    pub fn fitted_to(mut self, device: &dyn crate::device::Device) -> TileChooser {
+        self.wide_slots = device.wide_slots();
+        self.no_balance |= !device.splits_k_in_parallel();
+        self
     }
 
     /// The chooser for persistent mode: no split-K workspace and only the narrow build's kinds.

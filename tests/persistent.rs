@@ -150,6 +150,25 @@ runtime_test!(hazards_between_requests_in_flight, |d: Arc<dyn Device>, _gpu: boo
     }
 });
 
+runtime_test!(set_chooser_keeps_persistent_limits, |d: Arc<dyn Device>, _gpu: bool| {
+    // A chooser set later (here the round-mode default, which splits a lone conv2_2 along k)
+    // keeps persistent mode's limits: the ring has no split-K workspace.
+    let rt = Runtime::with_device(d, persistent(16, WhenFull::Wait)).unwrap();
+    rt.set_chooser(TileChooser::default());
+    let t = rt.add_tenant(TenantSpec::new("tuned").quota(64 << 20)).unwrap();
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    let case = Case::plain(&mut rng, (256, 128, 1152));
+    let bufs = case.alloc(&t).unwrap();
+    case.upload(&bufs).unwrap();
+    let split = tilemux::round::Plan { kind: TileKind::Sgemm64x64, k_splits: 16 };
+    for op in [case.op(&bufs), case.op(&bufs).tile(split)] {
+        bufs.c.write(&vec![f32::NAN; 256 * 128]).unwrap();
+        rt.submit(&t, op).unwrap().wait().unwrap();
+        let e = case.error(&bufs.c.read().unwrap(), &case.reference());
+        assert!(e < 1e-4, "relative error {e:e}");
+    }
+});
+
 runtime_test!(ring_full, |d: Arc<dyn Device>, _gpu: bool| {
     let cfg = RuntimeConfig { start_paused: true, ..persistent(4, WhenFull::Error) };
     let rt = Runtime::with_device(d.clone(), cfg).unwrap();

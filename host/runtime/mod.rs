@@ -486,9 +486,8 @@ impl Runtime {
         let mut chooser = match tuning {
             Some(p) => TileChooser::load(&p)?,
             None => TileChooser::default(),
-        };
-        chooser.wide_slots = device.wide_slots();
-        chooser.no_balance |= !device.splits_k_in_parallel();
+        }
+        .fitted_to(&*device);
         let persistent = match &cfg.mode {
             Mode::Rounds => None,
             Mode::Persistent(p) => {
@@ -637,9 +636,16 @@ impl Runtime {
         self.inner().cost.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Replaces the tile chooser (e.g. with a tuning table from `tilemux bench tune`).
+    /// Replaces the tile chooser (e.g. with a tuning table from `tilemux bench tune`), fitted to
+    /// the runtime's device ([`TileChooser::fitted_to`]); in persistent mode it keeps that mode's
+    /// limits (no split-K, which the ring has no workspace for, and no wide kinds).
     pub fn set_chooser(&self, chooser: TileChooser) {
-        *self.inner().chooser.write().unwrap_or_else(|e| e.into_inner()) = chooser;
+        let inner = self.inner();
+        let mut chooser = chooser.fitted_to(&*inner.device);
+        if inner.persistent.is_some() {
+            (chooser.no_split_k, chooser.no_wide) = (true, true);
+        }
+        *inner.chooser.write().unwrap_or_else(|e| e.into_inner()) = chooser;
     }
 
     /// Closes the runtime: new calls fail with [`Error::Closed`], queued requests resolve with

@@ -307,8 +307,9 @@ fn fast_path(inner: &Inner, mut s: std::sync::MutexGuard<'_, SchedState>, tenant
     drop(s);
     let (descs, overrides): (Vec<_>, Vec<_>) = p.ops.iter().map(|o| (o.get().desc, o.get().plan)).unzip();
     let round = {
+        // A copy of the cost model: every submitter takes its lock.
+        let cost = inner.cost.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let chooser = inner.chooser.read().unwrap_or_else(|e| e.into_inner());
-        let cost = inner.cost.lock().unwrap_or_else(|e| e.into_inner());
         if let [desc] = descs[..] {
             // One problem: its plan, without the round builder's ordering and balancing (the
             // persistent chooser splits nothing).
