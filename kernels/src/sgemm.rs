@@ -161,14 +161,7 @@ pub unsafe fn sgemm_tile<
     let (m0, n0) = (tile_m * BM, tile_n * BN);
     let fl = d.flags();
     let k = d.k();
-    let a: [Chunk; CA] = core::array::from_fn(|c| {
-        Chunk::new::<BM, BK>(tid + c as u32 * BLOCK_THREADS, d.a(), d.lda(), fl & flags::TRANS_A == 0, m0, d.m())
-    });
-    let b: [Chunk; CB] = core::array::from_fn(|c| {
-        Chunk::new::<BN, BK>(tid + c as u32 * BLOCK_THREADS, d.b(), d.ldb(), fl & flags::TRANS_B != 0, n0, d.n())
-    });
-    // Slices [kt0, kt1) of BK (the part's grains); slices below `full` lie wholly inside k. Only
-    // the packed word stays live across the main loop (registers go to accumulators).
+    // Slices [kt0, kt1) of BK (the part's grains); slices below `full` lie wholly inside k.
     let part = KPart::decode(split);
     let steps = k.div_ceil(BK);
     let (kt0, kt1, full) = if d.k_splits() > 1 {
@@ -177,7 +170,163 @@ pub unsafe fn sgemm_tile<
     } else {
         (0, steps, k / BK)
     };
+    let slices = Slices { kt0, kt1, smem, tx, ty };
 
+    // Interior tile of an untransposed, 16-byte aligned problem (the common case): every chunk of
+    // every slice but a k tail is one 16-byte load, so nothing about bounds stays live in the loop.
+    let interior = fl & (flags::TRANS_A | flags::TRANS_B) == 0
+        && m0 + BM <= d.m()
+        && n0 + BN <= d.n()
+        && (d.a() | d.b()) % 16 == 0
+        && (d.lda() | d.ldb()) % 4 == 0;
+    // SAFETY (both arms): the caller's contract; the chunks address the validated operands.
+    let mut acc = if interior {
+        let a: [u64; CA] = core::array::from_fn(|c| {
+            let idx = tid + c as u32 * BLOCK_THREADS;
+            d.a() + (((m0 + idx / (BK / 4)) as u64) * d.lda() as u64 + (idx % (BK / 4) * 4) as u64) * 4
+        });
+        let b: [u64; CB] = core::array::from_fn(|c| {
+            let idx = tid + c as u32 * BLOCK_THREADS;
+            d.b() + (((idx / (BN / 4)) as u64) * d.ldb() as u64 + (n0 + idx % (BN / 4) * 4) as u64) * 4
+        });
+        let b_step = BK as u64 * d.ldb() as u64 * 4;
+        // Chunk c of this thread exists (small panels leave some threads without; folds to
+        // `true` where the panel has a multiple of BLOCK_THREADS chunks).
+        let has = |c: usize, chunks: u32| chunks % BLOCK_THREADS == 0 || tid + (c as u32) * BLOCK_THREADS < chunks;
+        let load = #[inline(always)]
+        |kt: u32| unsafe {
+            if kt < full {
+                (
+                    core::array::from_fn(|c| {
+                        if has(c, BM * BK / 4) { ld_global_nc_v4(a[c] + kt as u64 * BK as u64 * 4) } else { [0.0; 4] }
+                    }),
+                    core::array::from_fn(|c| {
+                        if has(c, BN * BK / 4) { ld_global_nc_v4(b[c] + kt as u64 * b_step) } else { [0.0; 4] }
+                    }),
+                )
+            } else {
+                // The k tail: chunks of k-contiguous A lose their last elements, rows of B past k
+                // are zero.
+                let kt_first = kt * BK;
+                (
+                    core::array::from_fn(|c| {
+                        let k0 = kt_first + (tid + c as u32 * BLOCK_THREADS) % (BK / 4) * 4;
+                        core::array::from_fn(|j| {
+                            if has(c, BM * BK / 4) && k0 + (j as u32) < k {
+                                ld_global_nc_f32(a[c] + kt as u64 * BK as u64 * 4 + j as u64 * 4)
+                            } else {
+                                0.0
+                            }
+                        })
+                    }),
+                    core::array::from_fn(|c| {
+                        let k0 = kt_first + (tid + c as u32 * BLOCK_THREADS) / (BN / 4);
+                        if has(c, BN * BK / 4) && k0 < k {
+                            ld_global_nc_v4(b[c] + kt as u64 * b_step)
+                        } else {
+                            [0.0; 4]
+                        }
+                    }),
+                )
+            }
+        };
+        let store = #[inline(always)]
+        |stage: u32, v: ([[f32; 4]; CA], [[f32; 4]; CB])| unsafe {
+            let (a_row, b_row) = ((BM + SGEMM_SMEM_PAD) * 4, (BN + SGEMM_SMEM_PAD) * 4);
+            for c in 0..CA {
+                let idx = tid + c as u32 * BLOCK_THREADS;
+                if has(c, BM * BK / 4) {
+                    let at = stage + idx % (BK / 4) * 4 * a_row + idx / (BK / 4) * 4;
+                    for j in 0..4u32 {
+                        st_shared_f32(at + j * a_row, v.0[c][j as usize]);
+                    }
+                }
+            }
+            for c in 0..CB {
+                let idx = tid + c as u32 * BLOCK_THREADS;
+                if has(c, BN * BK / 4) {
+                    st_shared_v4(stage + BK * a_row + idx / (BN / 4) * b_row + idx % (BN / 4) * 16, v.1[c]);
+                }
+            }
+        };
+        unsafe { k_loop::<BM, BN, BK, TM, TN, CA, CB>(load, store, slices) }
+    } else {
+        let a: [Chunk; CA] = core::array::from_fn(|c| {
+            Chunk::new::<BM, BK>(tid + c as u32 * BLOCK_THREADS, d.a(), d.lda(), fl & flags::TRANS_A == 0, m0, d.m())
+        });
+        let b: [Chunk; CB] = core::array::from_fn(|c| {
+            Chunk::new::<BN, BK>(tid + c as u32 * BLOCK_THREADS, d.b(), d.ldb(), fl & flags::TRANS_B != 0, n0, d.n())
+        });
+        let a_stage = BK * (BM + SGEMM_SMEM_PAD) * 4;
+        let load =
+            #[inline(always)]
+            |kt: u32| unsafe { (a.map(|c| c.load::<BK>(d, 0, kt, full)), b.map(|c| c.load::<BK>(d, 1, kt, full))) };
+        let store = #[inline(always)]
+        |stage: u32, v: ([[f32; 4]; CA], [[f32; 4]; CB])| unsafe {
+            for c in 0..CA {
+                a[c].store::<BM>(stage, m0, v.0[c]);
+            }
+            for c in 0..CB {
+                b[c].store::<BN>(stage + a_stage, n0, v.1[c]);
+            }
+        };
+        unsafe { k_loop::<BM, BN, BK, TM, TN, CA, CB>(load, store, slices) }
+    };
+
+    let part = KPart::decode(split);
+    if part.count > 1 {
+        // SAFETY: the backend sized the workspace and counters for this problem's grid and parts.
+        match unsafe { reduce_splits::<BM, BN, TM, TN>(d, tile_m, tile_n, part, &mut acc) } {
+            true => {}
+            false => return, // another slice finishes this tile
+        }
+    }
+
+    let epi = Epilogue::new(d);
+    for i in 0..TM {
+        let row = m0 + (i as u32 / 4) * (BM / (TM as u32 / 4)) + ty * 4 + i as u32 % 4;
+        for h in 0..TN / 4 {
+            let col = n0 + h as u32 * (BN / (TN as u32 / 4)) + tx * 4;
+            let v = [acc[i][h * 4], acc[i][h * 4 + 1], acc[i][h * 4 + 2], acc[i][h * 4 + 3]];
+            // SAFETY: this thread alone owns these outputs of the tile; the problem is validated.
+            unsafe { epi.store4(row, col, v) };
+        }
+    }
+}
+
+/// The slices a tile multiplies and where its stages live.
+#[derive(Clone, Copy)]
+struct Slices {
+    /// Slices `[kt0, kt1)` of `BK`.
+    kt0: u32,
+    kt1: u32,
+    /// The stages' shared address.
+    smem: u32,
+    /// This thread's column and row in the 16 × 16 thread grid.
+    tx: u32,
+    ty: u32,
+}
+
+/// The k-loop of [`sgemm_tile`]: multiplies slices `[kt0, kt1)` into fresh accumulators. `load`
+/// fetches a slice's chunks of A and B into registers, `store` writes them into a stage.
+///
+/// # Safety
+/// As [`sgemm_tile`]; `load` and `store` are safe to call for the tile's slices and stages.
+#[inline(always)]
+unsafe fn k_loop<
+    const BM: u32,
+    const BN: u32,
+    const BK: u32,
+    const TM: usize,
+    const TN: usize,
+    const CA: usize,
+    const CB: usize,
+>(
+    load: impl Fn(u32) -> ([[f32; 4]; CA], [[f32; 4]; CB]),
+    store: impl Fn(u32, ([[f32; 4]; CA], [[f32; 4]; CB])),
+    s: Slices,
+) -> [[f32; TN]; TM] {
+    let Slices { kt0, kt1, smem, tx, ty } = s;
     // Two stages, each [BK][BM + pad] for A then [BK][BN + pad] for B.
     let a_row = (BM + SGEMM_SMEM_PAD) * 4; // bytes per k-row of an A stage
     let b_row = (BN + SGEMM_SMEM_PAD) * 4;
@@ -185,18 +334,6 @@ pub unsafe fn sgemm_tile<
     let stage_bytes = a_stage + BK * b_row;
 
     let mut acc = [[0.0f32; TN]; TM]; // (TM, TN)
-
-    // SAFETY (`load`, `store`): per `Chunk::load` / `Chunk::store`; the problem is validated and
-    // the stages are inside `smem`.
-    let load = |kt: u32| unsafe { (a.map(|c| c.load::<BK>(d, 0, kt, full)), b.map(|c| c.load::<BK>(d, 1, kt, full))) };
-    let store = |stage: u32, v: ([[f32; 4]; CA], [[f32; 4]; CB])| unsafe {
-        for c in 0..CA {
-            a[c].store::<BM>(stage, m0, v.0[c]);
-        }
-        for c in 0..CB {
-            b[c].store::<BN>(stage + a_stage, n0, v.1[c]);
-        }
-    };
     store(smem, load(kt0));
     sync_threads();
     for kt in kt0..kt1 {
@@ -232,26 +369,7 @@ pub unsafe fn sgemm_tile<
         }
         sync_threads();
     }
-
-    let part = KPart::decode(split);
-    if part.count > 1 {
-        // SAFETY: the backend sized the workspace and counters for this problem's grid and parts.
-        match unsafe { reduce_splits::<BM, BN, TM, TN>(d, tile_m, tile_n, part, &mut acc) } {
-            true => {}
-            false => return, // another slice finishes this tile
-        }
-    }
-
-    let epi = Epilogue::new(d);
-    for i in 0..TM {
-        let row = m0 + (i as u32 / 4) * (BM / (TM as u32 / 4)) + ty * 4 + i as u32 % 4;
-        for h in 0..TN / 4 {
-            let col = n0 + h as u32 * (BN / (TN as u32 / 4)) + tx * 4;
-            let v = [acc[i][h * 4], acc[i][h * 4 + 1], acc[i][h * 4 + 2], acc[i][h * 4 + 3]];
-            // SAFETY: this thread alone owns these outputs of the tile; the problem is validated.
-            unsafe { epi.store4(row, col, v) };
-        }
-    }
+    acc
 }
 
 /// Split-K: publishes this part's accumulators and, if it is the last part of the output tile
