@@ -196,38 +196,38 @@ pub unsafe fn sgemm_tile<
         let load = #[inline(always)]
         |kt: u32| unsafe {
             if kt < full {
-                (
-                    core::array::from_fn(|c| {
-                        if has(c, BM * BK / 4) { ld_global_nc_v4(a[c] + kt as u64 * BK as u64 * 4) } else { [0.0; 4] }
-                    }),
-                    core::array::from_fn(|c| {
-                        if has(c, BN * BK / 4) { ld_global_nc_v4(b[c] + kt as u64 * b_step) } else { [0.0; 4] }
-                    }),
-                )
+                let (mut va, mut vb) = ([[0.0f32; 4]; CA], [[0.0f32; 4]; CB]);
+                for (c, v) in va.iter_mut().enumerate() {
+                    if has(c, BM * BK / 4) {
+                        *v = ld_global_nc_v4(a[c] + kt as u64 * BK as u64 * 4);
+                    }
+                }
+                for (c, v) in vb.iter_mut().enumerate() {
+                    if has(c, BN * BK / 4) {
+                        *v = ld_global_nc_v4(b[c] + kt as u64 * b_step);
+                    }
+                }
+                (va, vb)
             } else {
                 // The k tail: chunks of k-contiguous A lose their last elements, rows of B past k
                 // are zero.
-                let kt_first = kt * BK;
-                (
-                    core::array::from_fn(|c| {
-                        let k0 = kt_first + (tid + c as u32 * BLOCK_THREADS) % (BK / 4) * 4;
-                        core::array::from_fn(|j| {
-                            if has(c, BM * BK / 4) && k0 + (j as u32) < k {
-                                ld_global_nc_f32(a[c] + kt as u64 * BK as u64 * 4 + j as u64 * 4)
-                            } else {
-                                0.0
-                            }
-                        })
-                    }),
-                    core::array::from_fn(|c| {
-                        let k0 = kt_first + (tid + c as u32 * BLOCK_THREADS) / (BN / 4);
-                        if has(c, BN * BK / 4) && k0 < k {
-                            ld_global_nc_v4(b[c] + kt as u64 * b_step)
-                        } else {
-                            [0.0; 4]
+                let mut va = [[0.0f32; 4]; CA];
+                for (c, v) in va.iter_mut().enumerate() {
+                    let k0 = kt * BK + (tid + c as u32 * BLOCK_THREADS) % (BK / 4) * 4;
+                    for (j, x) in v.iter_mut().enumerate() {
+                        if has(c, BM * BK / 4) && k0 + (j as u32) < k {
+                            *x = ld_global_nc_f32(a[c] + kt as u64 * BK as u64 * 4 + j as u64 * 4);
                         }
-                    }),
-                )
+                    }
+                }
+                let mut vb = [[0.0f32; 4]; CB];
+                for (c, v) in vb.iter_mut().enumerate() {
+                    let k0 = kt * BK + (tid + c as u32 * BLOCK_THREADS) / (BN / 4);
+                    if has(c, BN * BK / 4) && k0 < k {
+                        *v = ld_global_nc_v4(b[c] + kt as u64 * b_step);
+                    }
+                }
+                (va, vb)
             }
         };
         let store = #[inline(always)]
