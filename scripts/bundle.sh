@@ -16,6 +16,7 @@ cp target/release/tilemux "$out/"
 cargo test --release --no-run 2>&1 | tee /dev/stderr |
   sed -n 's/^ *Executable \(tests\/[^ ]*\)\.rs (\(.*\))$/\1 \2/p' |
   while read -r name path; do cp "$path" "$out/$name"; done
+cp scripts/ncu.sh "$out/"
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # Runs a bundled tilemux program on a GPU host; cuBLAS comes from the CUDA toolkit.
