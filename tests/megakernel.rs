@@ -4,10 +4,10 @@
 mod common;
 
 use common::{Kinds, check_cases, say};
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tilemux::Device;
-use tilemux::abi::{Activation, BiasMode, TileKind};
+use tilemux::abi::{Activation, BiasMode, TileKind, flags};
 use tilemux::reference::{AWKWARD_DIMS, Case, SEED_SHAPES, random_dims};
 
 /// A fresh seed per run (printed), or `TILEMUX_SEED` to replay one.
@@ -73,6 +73,28 @@ device_test!(every_kind_flag_and_epilogue, 0, 0, |d: &dyn Device, _max: u32| {
         worst = worst.max(check_cases(d, &mut cases, Kinds::Only(kind, 1), 1, &mut rng));
     }
     say(&format!("every_kind_flag_and_epilogue on {}: worst relative error {worst:.2e}", d.name()));
+});
+
+device_test!(interior_layouts, 0, 0, |d: &dyn Device, _max: u32| {
+    // Leading dimensions padded to multiples of 4 (16-byte rows): the SGEMM kinds' interior fast
+    // path (A k-contiguous, B either way) takes the inner tiles, the general path the edge tiles
+    // and the transposed A; k = 37 adds a k-tail slice.
+    let mut rng = rng();
+    let mut worst = 0.0f64;
+    for kind in TileKind::ALL.into_iter().filter(|k| !k.is_gemv()) {
+        let mut cases = Vec::new();
+        for fl in 0..4u32 {
+            for (m, n, k) in [(256u32, 256u32, 72u32), (384, 320, 37), (512, 128, 1152)] {
+                let ac = if fl & flags::TRANS_A != 0 { m } else { k };
+                let bc = if fl & flags::TRANS_B != 0 { k } else { n };
+                let pad = (ac.next_multiple_of(4) - ac, bc.next_multiple_of(4) - bc, 0);
+                let (alpha, beta) = (rng.random_range(-2.0f32..2.0), rng.random_range(-1.5f32..1.5));
+                cases.push(Case::build(&mut rng, (m, n, k), fl, pad, (alpha, beta), Activation::None, BiasMode::Col));
+            }
+        }
+        worst = worst.max(check_cases(d, &mut cases, Kinds::Only(kind, 1), 1, &mut rng));
+    }
+    say(&format!("interior_layouts on {}: worst relative error {worst:.2e}", d.name()));
 });
 
 device_test!(tile_edges, 0, 0, |d: &dyn Device, _max: u32| {

@@ -172,84 +172,19 @@ pub unsafe fn sgemm_tile<
     };
     let slices = Slices { kt0, kt1, smem, tx, ty };
 
-    // Interior tile of an untransposed, 16-byte aligned problem (the common case): every chunk of
-    // every slice but a k tail is one 16-byte load, so nothing about bounds stays live in the loop.
-    let interior = fl & (flags::TRANS_A | flags::TRANS_B) == 0
+    // Interior tile of a problem with k-contiguous A and 16-byte aligned operands (the common
+    // case: A row-major, B either way): every chunk of every slice but a k tail is one 16-byte
+    // load, so nothing about bounds stays live in the loop.
+    let interior = fl & flags::TRANS_A == 0
         && m0 + BM <= d.m()
         && n0 + BN <= d.n()
         && (d.a() | d.b()) % 16 == 0
         && (d.lda() | d.ldb()) % 4 == 0;
-    // SAFETY (both arms): the caller's contract; the chunks address the validated operands.
-    let mut acc = if interior {
-        let a: [u64; CA] = core::array::from_fn(|c| {
-            let idx = tid + c as u32 * BLOCK_THREADS;
-            d.a() + (((m0 + idx / (BK / 4)) as u64) * d.lda() as u64 + (idx % (BK / 4) * 4) as u64) * 4
-        });
-        let b: [u64; CB] = core::array::from_fn(|c| {
-            let idx = tid + c as u32 * BLOCK_THREADS;
-            d.b() + (((idx / (BN / 4)) as u64) * d.ldb() as u64 + (n0 + idx % (BN / 4) * 4) as u64) * 4
-        });
-        let b_step = BK as u64 * d.ldb() as u64 * 4;
-        // Chunk c of this thread exists (small panels leave some threads without; folds to
-        // `true` where the panel has a multiple of BLOCK_THREADS chunks).
-        let has = |c: usize, chunks: u32| chunks % BLOCK_THREADS == 0 || tid + (c as u32) * BLOCK_THREADS < chunks;
-        let load = #[inline(always)]
-        |kt: u32| unsafe {
-            if kt < full {
-                let (mut va, mut vb) = ([[0.0f32; 4]; CA], [[0.0f32; 4]; CB]);
-                for (c, v) in va.iter_mut().enumerate() {
-                    if has(c, BM * BK / 4) {
-                        *v = ld_global_nc_v4(a[c] + kt as u64 * BK as u64 * 4);
-                    }
-                }
-                for (c, v) in vb.iter_mut().enumerate() {
-                    if has(c, BN * BK / 4) {
-                        *v = ld_global_nc_v4(b[c] + kt as u64 * b_step);
-                    }
-                }
-                (va, vb)
-            } else {
-                // The k tail: chunks of k-contiguous A lose their last elements, rows of B past k
-                // are zero.
-                let mut va = [[0.0f32; 4]; CA];
-                for (c, v) in va.iter_mut().enumerate() {
-                    let k0 = kt * BK + (tid + c as u32 * BLOCK_THREADS) % (BK / 4) * 4;
-                    for (j, x) in v.iter_mut().enumerate() {
-                        if has(c, BM * BK / 4) && k0 + (j as u32) < k {
-                            *x = ld_global_nc_f32(a[c] + kt as u64 * BK as u64 * 4 + j as u64 * 4);
-                        }
-                    }
-                }
-                let mut vb = [[0.0f32; 4]; CB];
-                for (c, v) in vb.iter_mut().enumerate() {
-                    let k0 = kt * BK + (tid + c as u32 * BLOCK_THREADS) / (BN / 4);
-                    if has(c, BN * BK / 4) && k0 < k {
-                        *v = ld_global_nc_v4(b[c] + kt as u64 * b_step);
-                    }
-                }
-                (va, vb)
-            }
-        };
-        let store = #[inline(always)]
-        |stage: u32, v: ([[f32; 4]; CA], [[f32; 4]; CB])| unsafe {
-            let (a_row, b_row) = ((BM + SGEMM_SMEM_PAD) * 4, (BN + SGEMM_SMEM_PAD) * 4);
-            for c in 0..CA {
-                let idx = tid + c as u32 * BLOCK_THREADS;
-                if has(c, BM * BK / 4) {
-                    let at = stage + idx % (BK / 4) * 4 * a_row + idx / (BK / 4) * 4;
-                    for j in 0..4u32 {
-                        st_shared_f32(at + j * a_row, v.0[c][j as usize]);
-                    }
-                }
-            }
-            for c in 0..CB {
-                let idx = tid + c as u32 * BLOCK_THREADS;
-                if has(c, BN * BK / 4) {
-                    st_shared_v4(stage + BK * a_row + idx / (BN / 4) * b_row + idx % (BN / 4) * 16, v.1[c]);
-                }
-            }
-        };
-        unsafe { k_loop::<BM, BN, BK, TM, TN, CA, CB>(load, store, slices) }
+    // SAFETY (every arm): the caller's contract; the chunks address the validated operands.
+    let mut acc = if interior && fl & flags::TRANS_B == 0 {
+        unsafe { interior_k_loop::<BM, BN, BK, TM, TN, CA, CB, false>(d, m0, n0, full, slices) }
+    } else if interior {
+        unsafe { interior_k_loop::<BM, BN, BK, TM, TN, CA, CB, true>(d, m0, n0, full, slices) }
     } else {
         let a: [Chunk; CA] = core::array::from_fn(|c| {
             Chunk::new::<BM, BK>(tid + c as u32 * BLOCK_THREADS, d.a(), d.lda(), fl & flags::TRANS_A == 0, m0, d.m())
@@ -292,6 +227,126 @@ pub unsafe fn sgemm_tile<
             unsafe { epi.store4(row, col, v) };
         }
     }
+}
+
+/// The k-loop of an interior tile (see [`sgemm_tile`]): A k-contiguous, B n-contiguous or, with
+/// `B_KC`, k-contiguous (`TRANS_B`: the stage transposes it like A); both 16-byte aligned with
+/// leading dimensions that are multiples of 4, the tile inside `m` and `n`. Chunks are 16-byte
+/// loads at a pointer plus a fixed step per slice; only slices from `full` on (the k tail) check
+/// bounds.
+///
+/// # Safety
+/// As [`sgemm_tile`], and the tile and problem meet the conditions above.
+#[inline(always)]
+unsafe fn interior_k_loop<
+    const BM: u32,
+    const BN: u32,
+    const BK: u32,
+    const TM: usize,
+    const TN: usize,
+    const CA: usize,
+    const CB: usize,
+    const B_KC: bool,
+>(
+    d: Problem,
+    m0: u32,
+    n0: u32,
+    full: u32,
+    slices: Slices,
+) -> [[f32; TN]; TM] {
+    let tid = thread_idx_x();
+    let k = d.k();
+    // Chunk `idx` of a k-contiguous panel: mn offset idx / (BK/4), k offset (idx % (BK/4)) * 4;
+    // of an n-contiguous one: n offset (idx % (BN/4)) * 4, k offset idx / (BN/4).
+    let a: [u64; CA] = core::array::from_fn(|c| {
+        let idx = tid + c as u32 * BLOCK_THREADS;
+        d.a() + (((m0 + idx / (BK / 4)) as u64) * d.lda() as u64 + (idx % (BK / 4) * 4) as u64) * 4
+    });
+    let b: [u64; CB] = core::array::from_fn(|c| {
+        let idx = tid + c as u32 * BLOCK_THREADS;
+        if B_KC {
+            d.b() + (((n0 + idx / (BK / 4)) as u64) * d.ldb() as u64 + (idx % (BK / 4) * 4) as u64) * 4
+        } else {
+            d.b() + (((idx / (BN / 4)) as u64) * d.ldb() as u64 + (n0 + idx % (BN / 4) * 4) as u64) * 4
+        }
+    });
+    let b_step = if B_KC { BK as u64 * 4 } else { BK as u64 * d.ldb() as u64 * 4 };
+    // Chunk c of this thread exists (small panels leave some threads without; folds to
+    // `true` where the panel has a multiple of BLOCK_THREADS chunks).
+    let has = |c: usize, chunks: u32| chunks % BLOCK_THREADS == 0 || tid + (c as u32) * BLOCK_THREADS < chunks;
+    // SAFETY (`load`, `store`): interior chunks of the validated operands (the function's
+    // contract); stage offsets inside `smem`.
+    let load = #[inline(always)]
+    |kt: u32| unsafe {
+        let (mut va, mut vb) = ([[0.0f32; 4]; CA], [[0.0f32; 4]; CB]);
+        if kt < full {
+            for (c, v) in va.iter_mut().enumerate() {
+                if has(c, BM * BK / 4) {
+                    *v = ld_global_nc_v4(a[c] + kt as u64 * BK as u64 * 4);
+                }
+            }
+            for (c, v) in vb.iter_mut().enumerate() {
+                if has(c, BN * BK / 4) {
+                    *v = ld_global_nc_v4(b[c] + kt as u64 * b_step);
+                }
+            }
+        } else {
+            // The k tail: k-contiguous chunks lose their last elements, n-contiguous rows of B
+            // past k are zero.
+            for (c, v) in va.iter_mut().enumerate() {
+                let k0 = kt * BK + (tid + c as u32 * BLOCK_THREADS) % (BK / 4) * 4;
+                for (j, x) in v.iter_mut().enumerate() {
+                    if has(c, BM * BK / 4) && k0 + (j as u32) < k {
+                        *x = ld_global_nc_f32(a[c] + kt as u64 * BK as u64 * 4 + j as u64 * 4);
+                    }
+                }
+            }
+            for (c, v) in vb.iter_mut().enumerate() {
+                let idx = tid + c as u32 * BLOCK_THREADS;
+                if B_KC {
+                    let k0 = kt * BK + idx % (BK / 4) * 4;
+                    for (j, x) in v.iter_mut().enumerate() {
+                        if has(c, BN * BK / 4) && k0 + (j as u32) < k {
+                            *x = ld_global_nc_f32(b[c] + kt as u64 * b_step + j as u64 * 4);
+                        }
+                    }
+                } else if has(c, BN * BK / 4) && kt * BK + idx / (BN / 4) < k {
+                    *v = ld_global_nc_v4(b[c] + kt as u64 * b_step);
+                }
+            }
+        }
+        (va, vb)
+    };
+    let store = #[inline(always)]
+    |stage: u32, v: ([[f32; 4]; CA], [[f32; 4]; CB])| unsafe {
+        let (a_row, b_row) = ((BM + SGEMM_SMEM_PAD) * 4, (BN + SGEMM_SMEM_PAD) * 4);
+        let b_stage = stage + BK * a_row;
+        for c in 0..CA {
+            let idx = tid + c as u32 * BLOCK_THREADS;
+            if has(c, BM * BK / 4) {
+                // Transposed: element j of the chunk is k row (idx % (BK/4)) * 4 + j.
+                let at = stage + idx % (BK / 4) * 4 * a_row + idx / (BK / 4) * 4;
+                for j in 0..4u32 {
+                    st_shared_f32(at + j * a_row, v.0[c][j as usize]);
+                }
+            }
+        }
+        for c in 0..CB {
+            let idx = tid + c as u32 * BLOCK_THREADS;
+            if has(c, BN * BK / 4) {
+                if B_KC {
+                    let at = b_stage + idx % (BK / 4) * 4 * b_row + idx / (BK / 4) * 4;
+                    for j in 0..4u32 {
+                        st_shared_f32(at + j * b_row, v.1[c][j as usize]);
+                    }
+                } else {
+                    st_shared_v4(b_stage + idx / (BN / 4) * b_row + idx % (BN / 4) * 16, v.1[c]);
+                }
+            }
+        }
+    };
+    // SAFETY: the caller's contract.
+    unsafe { k_loop::<BM, BN, BK, TM, TN, CA, CB>(load, store, slices) }
 }
 
 /// The slices a tile multiplies and where its stages live.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use tilemux::Device;
-use tilemux::abi::TileKind;
+use tilemux::abi::{Activation, BiasMode, TileKind, flags};
 use tilemux::memory::Arena;
 use tilemux::reference::{Case, SEED_MIX, SEED_SHAPES, Staged};
 use tilemux::round::{CostModel, Plan, Round, TileChooser};
@@ -35,6 +35,9 @@ pub struct KernelArgs {
     /// Only these workloads (rnn512, rnn1024, conv2_2, square256, mix).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// B stored transposed (`n × k`, as `nn.Linear` keeps its weights), for both sides.
+    #[arg(long)]
+    pub trans_b: bool,
     /// Directory for the CSV and markdown outputs.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -64,15 +67,19 @@ pub struct Set {
     pub blas: BlasArrays,
 }
 
-/// Stages enough copies of the workload that rotating through them defeats the 50 MB L2.
-pub fn stage_sets(gpu: &Gpu, arena: &mut Arena, shapes: &[(u32, u32, u32)]) -> Result<Vec<Set>> {
+/// Stages enough copies of the workload that rotating through them defeats the 50 MB L2; `flags`
+/// are every problem's transposes (`abi::flags`).
+pub fn stage_sets(gpu: &Gpu, arena: &mut Arena, shapes: &[(u32, u32, u32)], flags: u32) -> Result<Vec<Set>> {
     let dev: &dyn Device = &*gpu.dev;
     let mut rng = rand::rng();
     let one: f64 = shapes.iter().map(|&(m, n, k)| 4.0 * (m * k + k * n + 2 * m * n) as f64).sum();
     let sets = ((256e6 / one).ceil() as usize).clamp(1, 8);
     (0..sets)
         .map(|_| {
-            let cases: Vec<Case> = shapes.iter().map(|&s| Case::plain(&mut rng, s)).collect();
+            let cases: Vec<Case> = shapes
+                .iter()
+                .map(|&s| Case::build(&mut rng, s, flags, (0, 0, 0), (1.0, 0.0), Activation::None, BiasMode::None))
+                .collect();
             let staged = Staged::new(dev, arena, &cases)?;
             let blas = BlasArrays::new(dev, arena, &staged, &cases)?;
             Ok(Set { cases, staged, blas })
@@ -139,7 +146,8 @@ pub fn verify(gpu: &Gpu, set: &Set, round: &Round) -> Result<f64> {
 
 pub fn run(args: &KernelArgs) -> Result<()> {
     let gpu = Gpu::open(48 << 30, args.max_registers)?;
-    println!("# tilemux bench kernel\n{}", gpu.describe());
+    let layout = if args.trans_b { " (B transposed: n × k)" } else { "" };
+    println!("# tilemux bench kernel{layout}\n{}", gpu.describe());
     let log = gpu.dev.kernel().jit_log();
     println!(
         "JIT: {}",
@@ -168,7 +176,7 @@ pub fn run(args: &KernelArgs) -> Result<()> {
             let shapes = workload(name, count);
             let pool = dev.pool();
             let mut arena = Arena::new(pool.start, pool.end - pool.start);
-            let sets = stage_sets(&gpu, &mut arena, &shapes)?;
+            let sets = stage_sets(&gpu, &mut arena, &shapes, if args.trans_b { flags::TRANS_B } else { 0 })?;
             let auto = rounds(dev, &sets, None, true);
             let plain = rounds(dev, &sets, None, false);
             let err = verify(&gpu, &sets[0], &auto[0])?;

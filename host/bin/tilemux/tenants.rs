@@ -167,7 +167,7 @@ pub fn run(mut args: TableArgs, mix: bool) -> Result<()> {
     for (wi, (name, shapes)) in workloads.iter().enumerate() {
         let pool = dev.pool();
         let mut arena = Arena::new(pool.start, pool.end - pool.start);
-        let set = stage_sets(&gpu, &mut arena, shapes)?.swap_remove(0);
+        let set = stage_sets(&gpu, &mut arena, shapes, 0)?.swap_remove(0);
         // Runtime tenants with the same data, one per problem.
         let tenants: Vec<(tilemux::runtime::Tenant, Op, Buffer)> = set
             .cases

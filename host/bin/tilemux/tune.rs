@@ -50,7 +50,7 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     let dev: &dyn Device = &*gpu.dev;
     let pool = dev.pool();
     let mut arena = Arena::new(pool.start, pool.end - pool.start);
-    let sets = stage_sets(&gpu, &mut arena, &vec![shape; args.count])?;
+    let sets = stage_sets(&gpu, &mut arena, &vec![shape; args.count], 0)?;
     let mut i = 0;
     let blas_us = gpu.time(3, reps, || {
         let r = run_blas(&gpu, &sets[i % sets.len()]);
