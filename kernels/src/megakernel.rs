@@ -3,8 +3,8 @@
 
 use crate::abi::{Activation, BiasMode, SMEM_DESC_OFFSET, SMEM_HEADER_BYTES, TileDesc, TileKind, status};
 use crate::arch::{
-    atom_add_relaxed_gpu_u64, atom_cas_relaxed_gpu_u32, fence_acq_rel_gpu, ld_global_nc_u32, ld_global_nc_v4_u32,
-    ld_shared_u32, red_add_release_gpu_u32, smem_base, st_shared_u32, st_shared_v4_u32, sync_threads, thread_idx_x,
+    atom_add_relaxed_gpu_u64, atom_cas_relaxed_gpu_u32, ld_global_nc_u32, ld_global_nc_v4_u32, ld_shared_u32,
+    red_add_relaxed_gpu_u32, smem_base, st_shared_u32, st_shared_v4_u32, sync_threads, thread_idx_x,
 };
 use crate::gemv::gemv_tile;
 use crate::problem::Problem;
@@ -152,9 +152,10 @@ round_entry!(
     /// `gridDim.x`. A CTA claims its next unit as it starts one (the claim's latency hides
     /// behind the unit).
     ///
-    /// `done[slot]` counts finished tiles per completion slot (release increments); `status`
-    /// receives the first error code. The host JIT-caps this build's registers (two CTAs per SM);
-    /// a tile of a [`TileKind::is_wide`] kind reports `status::NEEDS_WIDE`.
+    /// `done[slot]` counts finished tiles per completion slot (relaxed increments: the host reads
+    /// them after the launch); `status` receives the first error code. The host JIT-caps this
+    /// build's registers (two CTAs per SM); a tile of a [`TileKind::is_wide`] kind reports
+    /// `status::NEEDS_WIDE`.
     ///
     /// # Safety
     /// The addresses are the round's device buffers as the host backend laid them out, holding
@@ -261,9 +262,9 @@ unsafe fn round<const WIDE: bool>(
             sync_threads();
             if let Some(slot) = slot {
                 if tid == 0 {
-                    fence_acq_rel_gpu();
+                    // Relaxed: only the host reads `done`, after the launch completes (QUEUE.md).
                     // SAFETY: the host sized `done` for every completion slot of the round.
-                    unsafe { red_add_release_gpu_u32(done + slot as u64 * 4, 1) };
+                    unsafe { red_add_relaxed_gpu_u32(done + slot as u64 * 4, 1) };
                 }
             }
         }

@@ -432,7 +432,8 @@ unsafe fn k_loop<
 ///
 /// Ordering: every thread stores its partial, the barrier makes them CTA-ordered, thread 0's
 /// `fence.acq_rel.gpu` + `atom.acq_rel.gpu` releases them (cumulatively) and acquires the
-/// earlier slices' releases; the last CTA's threads fence again and read partials through L2.
+/// earlier parts' releases; the barrier after it orders every thread's reads of the partials
+/// (through L2, `ld.global.cg`) after that acquire.
 ///
 /// # Safety
 /// All threads of the CTA call this; `d.workspace()` holds `tiles_m · tiles_n · k_parts`
@@ -474,7 +475,6 @@ unsafe fn reduce_splits<const BM: u32, const BN: u32, const TM: usize, const TN:
     if unsafe { ld_shared_u32(flag) } == 0 {
         return false;
     }
-    fence_acq_rel_gpu();
     *acc = [[0.0; TN]; TM];
     for s in 0..splits {
         for i in 0..TM {

@@ -16,15 +16,14 @@ pub unsafe fn atom_add_relaxed_gpu_u64(addr: u64, v: u64) -> u64 {
     old
 }
 
-/// `red.release.gpu.global.add.u32`: a release increment (orders this thread's earlier memory
-/// accesses, and those it observed, before the increment).
+/// `red.relaxed.gpu.global.add.u32`: an atomic increment that orders nothing else.
 ///
 /// # Safety
 /// `addr` is a 4-byte aligned global address.
 #[inline(always)]
-pub unsafe fn red_add_release_gpu_u32(addr: u64, v: u32) {
+pub unsafe fn red_add_relaxed_gpu_u32(addr: u64, v: u32) {
     // SAFETY: the caller guarantees the address.
-    unsafe { asm!("red.release.gpu.global.add.u32 [{0}], {1};", in(reg64) addr, in(reg32) v, options(nostack)) };
+    unsafe { asm!("red.relaxed.gpu.global.add.u32 [{0}], {1};", in(reg64) addr, in(reg32) v, options(nostack)) };
 }
 
 /// `atom.acq_rel.gpu.global.add.u32`: returns the old value.
