@@ -8,9 +8,14 @@
 //! stage afterwards (one barrier per slice).
 //!
 //! Each thread owns one 4-element chunk of each panel slice (two of the wide tile's 256-row A
-//! panel). A chunk's address advances by a fixed step per slice; while the chunk lies inside the operand and is 16-byte aligned (the interior), it is
-//! one `ld.global.nc.v4`. Chunks on an edge take a predicated scalar path that reads the operand's
-//! bounds from the staged descriptor, so no bounds live in registers across the loop.
+//! panel). A chunk's address advances by a fixed step per slice. Two loaders feed the one k-loop
+//! ([`k_loop`]):
+//! - the interior path ([`interior_k_loop`]), for a tile inside `m` and `n` of a problem with A
+//!   k-contiguous, B either way and both 16-byte aligned (every tile of the seed shapes): each
+//!   chunk of a full slice is one `ld.global.nc.v4` at pointer + step, with no bounds in the loop;
+//! - the general path ([`Chunk`]): a chunk inside the operand and 16-byte aligned is one
+//!   `ld.global.nc.v4`; chunks on an edge take a predicated scalar path that reads the operand's
+//!   bounds from the staged descriptor, so no bounds live in registers across the loop.
 //!
 //! Split-K: a tile computes the grains of `k` its [`KPart`] names. An output tile computed in
 //! several parts (uniform split-K, or the unequal runs of stream-K balancing) has each part
