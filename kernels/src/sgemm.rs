@@ -55,6 +55,44 @@ struct Chunk {
     fast: bool,
 }
 
+/// Where chunk `idx` of an `MN × BK` panel slice lies: its mn offset in the tile and its k offset
+/// in the slice. A k-contiguous chunk runs along k, any other along mn.
+#[inline(always)]
+fn chunk_at<const MN: u32, const BK: u32>(idx: u32, k_contig: bool) -> (u32, u32) {
+    if k_contig { (idx / (BK / 4), idx % (BK / 4) * 4) } else { (idx % (MN / 4) * 4, idx / (MN / 4)) }
+}
+
+/// Address of the chunk at absolute mn index `mn`, k offset `kq` in slice 0, of an operand at
+/// `base` with leading dimension `ld`.
+#[inline(always)]
+fn chunk_ptr(base: u64, ld: u32, k_contig: bool, mn: u32, kq: u32) -> u64 {
+    let (r, c) = if k_contig { (mn, kq) } else { (kq, mn) };
+    base + (r as u64 * ld as u64 + c as u64) * 4
+}
+
+/// Writes chunk `v`, whose first element sits at (`dmn`, `kq`), into the `[BK][MN + pad]` stage at
+/// `stage`: down the k rows when the chunk is k-contiguous (the stage transposes it), else as one
+/// 16-byte store.
+///
+/// # Safety
+/// `dmn < MN`, `kq` + the chunk's k extent `<= BK`; `stage` is a 16-byte aligned shared address
+/// with room for the stage.
+#[inline(always)]
+unsafe fn st_chunk<const MN: u32>(stage: u32, dmn: u32, kq: u32, k_contig: bool, v: [f32; 4]) {
+    let row = (MN + SGEMM_SMEM_PAD) * 4;
+    let at = stage + kq * row + dmn * 4;
+    // SAFETY: inside the stage (the caller's contract).
+    unsafe {
+        if k_contig {
+            for j in 0..4u32 {
+                st_shared_f32(at + j * row, v[j as usize]);
+            }
+        } else {
+            st_shared_v4(at, v);
+        }
+    }
+}
+
 impl Chunk {
     /// Chunk `idx` (`thread + c · BLOCK_THREADS` for the thread's `c`-th chunk) of the `MN × BK`
     /// slices of an operand at `base` with leading dimension `ld` and mn extent `mn_lim`, for the
@@ -62,15 +100,10 @@ impl Chunk {
     #[inline(always)]
     fn new<const MN: u32, const BK: u32>(idx: u32, base: u64, ld: u32, k_contig: bool, mn0: u32, mn_lim: u32) -> Chunk {
         let active = idx < MN * BK / 4;
-        let (dmn, kq) =
-            if k_contig { (idx / (BK / 4), idx % (BK / 4) * 4) } else { (idx % (MN / 4) * 4, idx / (MN / 4)) };
+        let (dmn, kq) = chunk_at::<MN, BK>(idx, k_contig);
         let mn = mn0 + dmn;
-        let (r, c, step) = if k_contig {
-            (mn as u64, kq as u64, BK as u64 * 4)
-        } else {
-            (kq as u64, mn as u64, BK as u64 * ld as u64 * 4)
-        };
-        let ptr = base + (r * ld as u64 + c) * 4;
+        let ptr = chunk_ptr(base, ld, k_contig, mn, kq);
+        let step = if k_contig { BK as u64 * 4 } else { BK as u64 * ld as u64 * 4 };
         let last_mn = if k_contig { mn } else { mn + 3 };
         let fast = active && last_mn < mn_lim && base % 16 == 0 && ld % 4 == 0;
         Chunk { ptr, step, mn, kq, k_contig, active, fast }
@@ -115,18 +148,8 @@ impl Chunk {
         if !self.active {
             return;
         }
-        let row = (MN + SGEMM_SMEM_PAD) * 4;
-        let at = stage + self.kq * row + (self.mn - mn0) * 4;
         // SAFETY: mn - mn0 < MN and kq < BK by construction; the stage holds BK rows.
-        unsafe {
-            if self.k_contig {
-                for j in 0..4u32 {
-                    st_shared_f32(at + j * row, v[j as usize]);
-                }
-            } else {
-                st_shared_v4(at, v);
-            }
-        }
+        unsafe { st_chunk::<MN>(stage, self.mn - mn0, self.kq, self.k_contig, v) }
     }
 }
 
@@ -261,19 +284,16 @@ unsafe fn interior_k_loop<
 ) -> [[f32; TN]; TM] {
     let tid = thread_idx_x();
     let k = d.k();
-    // Chunk `idx` of a k-contiguous panel: mn offset idx / (BK/4), k offset (idx % (BK/4)) * 4;
-    // of an n-contiguous one: n offset (idx % (BN/4)) * 4, k offset idx / (BN/4).
+    // Chunk c of this thread: (mn offset, k offset) in A's and B's panel slices.
+    let at_a = |c: usize| chunk_at::<BM, BK>(tid + c as u32 * BLOCK_THREADS, true);
+    let at_b = |c: usize| chunk_at::<BN, BK>(tid + c as u32 * BLOCK_THREADS, B_KC);
     let a: [u64; CA] = core::array::from_fn(|c| {
-        let idx = tid + c as u32 * BLOCK_THREADS;
-        d.a() + (((m0 + idx / (BK / 4)) as u64) * d.lda() as u64 + (idx % (BK / 4) * 4) as u64) * 4
+        let (dm, kq) = at_a(c);
+        chunk_ptr(d.a(), d.lda(), true, m0 + dm, kq)
     });
     let b: [u64; CB] = core::array::from_fn(|c| {
-        let idx = tid + c as u32 * BLOCK_THREADS;
-        if B_KC {
-            d.b() + (((n0 + idx / (BK / 4)) as u64) * d.ldb() as u64 + (idx % (BK / 4) * 4) as u64) * 4
-        } else {
-            d.b() + (((idx / (BN / 4)) as u64) * d.ldb() as u64 + (n0 + idx % (BN / 4) * 4) as u64) * 4
-        }
+        let (dn, kq) = at_b(c);
+        chunk_ptr(d.b(), d.ldb(), B_KC, n0 + dn, kq)
     });
     let b_step = if B_KC { BK as u64 * 4 } else { BK as u64 * d.ldb() as u64 * 4 };
     // Chunk c of this thread exists (small panels leave some threads without; folds to
@@ -299,7 +319,7 @@ unsafe fn interior_k_loop<
             // The k tail: k-contiguous chunks lose their last elements, n-contiguous rows of B
             // past k are zero.
             for (c, v) in va.iter_mut().enumerate() {
-                let k0 = kt * BK + (tid + c as u32 * BLOCK_THREADS) % (BK / 4) * 4;
+                let k0 = kt * BK + at_a(c).1;
                 for (j, x) in v.iter_mut().enumerate() {
                     if has(c, BM * BK / 4) && k0 + (j as u32) < k {
                         *x = ld_global_nc_f32(a[c] + kt as u64 * BK as u64 * 4 + j as u64 * 4);
@@ -307,15 +327,14 @@ unsafe fn interior_k_loop<
                 }
             }
             for (c, v) in vb.iter_mut().enumerate() {
-                let idx = tid + c as u32 * BLOCK_THREADS;
+                let k0 = kt * BK + at_b(c).1;
                 if B_KC {
-                    let k0 = kt * BK + idx % (BK / 4) * 4;
                     for (j, x) in v.iter_mut().enumerate() {
                         if has(c, BN * BK / 4) && k0 + (j as u32) < k {
                             *x = ld_global_nc_f32(b[c] + kt as u64 * b_step + j as u64 * 4);
                         }
                     }
-                } else if has(c, BN * BK / 4) && kt * BK + idx / (BN / 4) < k {
+                } else if has(c, BN * BK / 4) && k0 < k {
                     *v = ld_global_nc_v4(b[c] + kt as u64 * b_step);
                 }
             }
@@ -324,29 +343,17 @@ unsafe fn interior_k_loop<
     };
     let store = #[inline(always)]
     |stage: u32, v: ([[f32; 4]; CA], [[f32; 4]; CB])| unsafe {
-        let (a_row, b_row) = ((BM + SGEMM_SMEM_PAD) * 4, (BN + SGEMM_SMEM_PAD) * 4);
-        let b_stage = stage + BK * a_row;
+        let b_stage = stage + BK * (BM + SGEMM_SMEM_PAD) * 4;
         for c in 0..CA {
-            let idx = tid + c as u32 * BLOCK_THREADS;
             if has(c, BM * BK / 4) {
-                // Transposed: element j of the chunk is k row (idx % (BK/4)) * 4 + j.
-                let at = stage + idx % (BK / 4) * 4 * a_row + idx / (BK / 4) * 4;
-                for j in 0..4u32 {
-                    st_shared_f32(at + j * a_row, v.0[c][j as usize]);
-                }
+                let (dm, kq) = at_a(c);
+                st_chunk::<BM>(stage, dm, kq, true, v.0[c]);
             }
         }
         for c in 0..CB {
-            let idx = tid + c as u32 * BLOCK_THREADS;
             if has(c, BN * BK / 4) {
-                if B_KC {
-                    let at = b_stage + idx % (BK / 4) * 4 * b_row + idx / (BK / 4) * 4;
-                    for j in 0..4u32 {
-                        st_shared_f32(at + j * b_row, v.1[c][j as usize]);
-                    }
-                } else {
-                    st_shared_v4(b_stage + idx / (BN / 4) * b_row + idx % (BN / 4) * 16, v.1[c]);
-                }
+                let (dn, kq) = at_b(c);
+                st_chunk::<BN>(b_stage, dn, kq, B_KC, v.1[c]);
             }
         }
     };
