@@ -86,6 +86,65 @@ impl Epilogue {
         }
     }
 
+    /// Writes a thread's `TM × TN` block of a tile: `acc[i][4h + j]` goes to
+    /// `C[row0 + (i / 4)·row_step + i % 4][col0 + h·col_step + j]`. When the tile lies inside `C`
+    /// (`inside`), `C` allows 16-byte stores and there is no bias, the block is straight-line
+    /// code: one branch on `beta` for the whole block, no bounds; else element by element
+    /// through [`Epilogue::store4`].
+    ///
+    /// # Safety
+    /// As [`Epilogue::store4`] for every element of the block; `inside` only when every row and
+    /// column of the block is inside `m × n`, and `col0`, `col_step` are multiples of 4.
+    #[inline(always)]
+    pub unsafe fn store_block<const TM: usize, const TN: usize>(
+        &self,
+        acc: &[[f32; TN]; TM],
+        (row0, row_step): (u32, u32),
+        (col0, col_step): (u32, u32),
+        inside: bool,
+    ) {
+        let row = |i: usize| row0 + (i as u32 / 4) * row_step + i as u32 % 4;
+        let quad = |i: usize, h: usize| [acc[i][h * 4], acc[i][h * 4 + 1], acc[i][h * 4 + 2], acc[i][h * 4 + 3]];
+        if !(inside && self.c_vec && self.bias == BiasMode::None) {
+            for i in 0..TM {
+                for h in 0..TN / 4 {
+                    // SAFETY: the caller's contract; store4 checks the bounds.
+                    unsafe { self.store4(row(i), col0 + h as u32 * col_step, quad(i, h)) };
+                }
+            }
+            return;
+        }
+        let (alpha, beta, act) = (self.alpha, self.beta, self.relu);
+        let out = #[inline(always)]
+        |i: usize, h: usize, old: [f32; 4]| {
+            let v = quad(i, h);
+            core::array::from_fn::<f32, 4, _>(
+                #[inline(always)]
+                |j| {
+                    let x = if beta != 0.0 { fma(beta, old[j], alpha * v[j]) } else { alpha * v[j] };
+                    if act { relu(x) } else { x }
+                },
+            )
+        };
+        // SAFETY (both loops): every element is inside `C` (`inside`), 16-byte aligned (`c_vec`,
+        // columns multiples of 4) and this thread's alone (the caller's contract).
+        if beta == 0.0 {
+            for i in 0..TM {
+                for h in 0..TN / 4 {
+                    let a = self.addr(row(i), col0 + h as u32 * col_step);
+                    unsafe { st_global_v4(a, out(i, h, [0.0; 4])) };
+                }
+            }
+        } else {
+            for i in 0..TM {
+                for h in 0..TN / 4 {
+                    let a = self.addr(row(i), col0 + h as u32 * col_step);
+                    unsafe { st_global_v4(a, out(i, h, ld_global_v4(a))) };
+                }
+            }
+        }
+    }
+
     /// Writes `acc[j]` to `C[row][col + j]` for `j < 4`, as one 16-byte store when all four are
     /// inside `C` and aligned; columns past `n` (and rows past `m`) are skipped.
     ///

@@ -246,15 +246,12 @@ pub unsafe fn sgemm_tile<
     }
 
     let epi = Epilogue::new(d);
-    for i in 0..TM {
-        let row = m0 + (i as u32 / 4) * (BM / (TM as u32 / 4)) + ty * 4 + i as u32 % 4;
-        for h in 0..TN / 4 {
-            let col = n0 + h as u32 * (BN / (TN as u32 / 4)) + tx * 4;
-            let v = [acc[i][h * 4], acc[i][h * 4 + 1], acc[i][h * 4 + 2], acc[i][h * 4 + 3]];
-            // SAFETY: this thread alone owns these outputs of the tile; the problem is validated.
-            unsafe { epi.store4(row, col, v) };
-        }
-    }
+    let inside = m0 + BM <= d.m() && n0 + BN <= d.n();
+    let rows = (m0 + ty * 4, BM / (TM as u32 / 4));
+    let cols = (n0 + tx * 4, BN / (TN as u32 / 4));
+    // SAFETY: this thread alone owns these outputs of the tile; the problem is validated; the
+    // block's rows and columns lie inside the tile, which lies inside `C` when `inside`.
+    unsafe { epi.store_block(&acc, rows, cols, inside) };
 }
 
 /// The k-loop of an interior tile (see [`sgemm_tile`]): A k-contiguous, B n-contiguous or, with
@@ -400,41 +397,57 @@ unsafe fn k_loop<
     let a_stage = BK * a_row;
     let stage_bytes = a_stage + BK * b_row;
 
+    // This thread's A and B fragments of k-row `kk` of the stage at `stage`.
+    let frag = #[inline(always)]
+    |stage: u32, kk: u32| {
+        let (mut af, mut bf) = ([0.0f32; TM], [0.0f32; TN]);
+        let (a_base, b_base) = (stage + ty * 16, stage + a_stage + tx * 16);
+        for g in 0..TM / 4 {
+            // SAFETY: row kk < BK of the A stage, columns ty*4 + g*BM/(TM/4) + 0..4 < BM.
+            let v = unsafe { ld_shared_v4(a_base + kk * a_row + g as u32 * (BM / (TM as u32 / 4)) * 4) };
+            af[g * 4..g * 4 + 4].copy_from_slice(&v);
+        }
+        for h in 0..TN / 4 {
+            // SAFETY: row kk < BK of the B stage, columns tx*4 + h*BN/(TN/4) + 0..4 < BN.
+            let v = unsafe { ld_shared_v4(b_base + kk * b_row + h as u32 * (BN / (TN as u32 / 4)) * 4) };
+            bf[h * 4..h * 4 + 4].copy_from_slice(&v);
+        }
+        (af, bf)
+    };
     let mut acc = [[0.0f32; TN]; TM]; // (TM, TN)
+    let mul = #[inline(always)]
+    |acc: &mut [[f32; TN]; TM], (af, bf): ([f32; TM], [f32; TN])| {
+        for i in 0..TM {
+            for j in 0..TN {
+                acc[i][j] = fma(af[i], bf[j], acc[i][j]);
+            }
+        }
+    };
     store(smem, load(kt0));
     sync_threads();
+    // Fragments of the slice's first k-row, read ahead: each slice reads the next stage's first
+    // row right after the barrier and multiplies its own last row meanwhile, so no warp waits on
+    // shared memory after a barrier.
+    let mut cur = frag(smem, 0);
     for kt in kt0..kt1 {
         let stage = smem + ((kt - kt0) & 1) * stage_bytes;
+        let other = smem + ((kt + 1 - kt0) & 1) * stage_bytes;
         let more = kt + 1 < kt1;
         let next = if more { load(kt + 1) } else { ([[0.0; 4]; CA], [[0.0; 4]; CB]) };
-
-        let a_base = stage + ty * 16;
-        let b_base = stage + a_stage + tx * 16;
-        for kk in 0..BK {
-            let mut af = [0.0f32; TM];
-            let mut bf = [0.0f32; TN];
-            for g in 0..TM / 4 {
-                // SAFETY: row kk < BK of the A stage, columns ty*4 + g*BM/(TM/4) + 0..4 < BM.
-                let v = unsafe { ld_shared_v4(a_base + kk * a_row + g as u32 * (BM / (TM as u32 / 4)) * 4) };
-                af[g * 4..g * 4 + 4].copy_from_slice(&v);
-            }
-            for h in 0..TN / 4 {
-                // SAFETY: row kk < BK of the B stage, columns tx*4 + h*BN/(TN/4) + 0..4 < BN.
-                let v = unsafe { ld_shared_v4(b_base + kk * b_row + h as u32 * (BN / (TN as u32 / 4)) * 4) };
-                bf[h * 4..h * 4 + 4].copy_from_slice(&v);
-            }
-            for i in 0..TM {
-                for j in 0..TN {
-                    acc[i][j] = fma(af[i], bf[j], acc[i][j]);
-                }
-            }
+        for kk in 0..BK - 1 {
+            let ahead = frag(stage, kk + 1);
+            mul(&mut acc, cur);
+            cur = ahead;
         }
-
         if more {
             // The other stage was last read before the previous barrier: free to overwrite.
-            store(smem + ((kt + 1 - kt0) & 1) * stage_bytes, next);
+            store(other, next);
         }
         sync_threads();
+        // After the last slice this reads a stale stage, unused (inside `smem` either way).
+        let ahead = frag(other, 0);
+        mul(&mut acc, cur);
+        cur = ahead;
     }
     acc
 }
