@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use tilemux::Device;
+use tilemux::abi::ProblemDesc;
 use tilemux::abi::{Activation, BiasMode, TileKind, flags};
+use tilemux::cuda::cublas::Group;
 use tilemux::memory::Arena;
-use tilemux::reference::{Case, SEED_MIX, SEED_SHAPES, Staged};
+use tilemux::reference::{Case, SEED_MIX, SEED_SHAPES, Staged, alloc};
 use tilemux::round::{CostModel, Plan, Round, TileChooser};
 
 use crate::gpu::{BlasArrays, Gpu, cross_check, groups, median};
@@ -38,6 +40,10 @@ pub struct KernelArgs {
     /// B stored transposed (`n × k`, as `nn.Linear` keeps its weights), for both sides.
     #[arg(long)]
     pub trans_b: bool,
+    /// Tuning table for the chooser (`m n k kind k_splits` lines, as `bench tune --write` and
+    /// the runtime's `TILEMUX_TUNING` use); default: that variable, else none.
+    #[arg(long, env = "TILEMUX_TUNING")]
+    pub tuning: Option<PathBuf>,
     /// Directory for the CSV and markdown outputs.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -87,6 +93,38 @@ pub fn stage_sets(gpu: &Gpu, arena: &mut Arena, shapes: &[(u32, u32, u32)], flag
         .collect()
 }
 
+/// The seed mix in arrival order: indices into `shapes` (sorted, as [`workload`] returns them)
+/// that interleave the seed shapes round-robin, the order tenants' requests would arrive in.
+pub fn arrival_order(shapes: &[(u32, u32, u32)]) -> Vec<usize> {
+    let mut next: Vec<usize> = SEED_MIX.iter().map(|s| shapes.iter().position(|x| x == s).unwrap_or(0)).collect();
+    (0..shapes.len())
+        .map(|i| {
+            let s = i % SEED_MIX.len();
+            let at = next[s];
+            next[s] += 1;
+            at
+        })
+        .collect()
+}
+
+/// `cublasSgemmGroupedBatched` over a set's problems taken in `order` (the baseline's own outputs):
+/// consecutive problems of one shape form a group, so the arrival order of the mix makes every
+/// problem a group of its own. Returns the groups and the pointer arrays to call it with.
+pub fn grouped_in_order(gpu: &Gpu, arena: &mut Arena, set: &Set, order: &[usize]) -> Result<(Vec<Group>, [u64; 3])> {
+    let dev: &dyn Device = &*gpu.dev;
+    let descs = set.blas.descs(&set.staged, &set.cases);
+    let ordered: Vec<ProblemDesc> = order.iter().map(|&i| descs[i]).collect();
+    let mut array = |ptrs: Vec<u64>| -> Result<u64> {
+        let addr = alloc(arena, (ptrs.len() * 8) as u64)?;
+        dev.write(addr, bytemuck::cast_slice(&ptrs))?;
+        Ok(addr)
+    };
+    let a = array(ordered.iter().map(|d| d.a).collect())?;
+    let b = array(ordered.iter().map(|d| d.b).collect())?;
+    let c = array(ordered.iter().map(|d| d.c).collect())?;
+    Ok((groups(&ordered), [a, b, c]))
+}
+
 /// Runs the cuBLAS baseline of a set: batched for one shape, grouped otherwise.
 pub fn run_blas(gpu: &Gpu, set: &Set) -> Result<()> {
     let descs = set.blas.descs(&set.staged, &set.cases);
@@ -116,10 +154,21 @@ pub fn time_rounds(dev: &dyn Device, rounds: &[Round], warmup: usize, reps: usiz
 
 /// Rounds for every set with the chooser (or one forced kind), stream-K balanced or not.
 pub fn rounds(dev: &dyn Device, sets: &[Set], kind: Option<TileKind>, balance: bool) -> Vec<Round> {
+    rounds_with(dev, sets, kind, balance, &TileChooser::default())
+}
+
+/// [`rounds`] with `chooser`'s tuning table.
+pub fn rounds_with(
+    dev: &dyn Device,
+    sets: &[Set],
+    kind: Option<TileKind>,
+    balance: bool,
+    chooser: &TileChooser,
+) -> Vec<Round> {
     sets.iter()
         .map(|s| {
             let descs = s.staged.descs(&s.cases);
-            TileChooser { no_balance: !balance, ..TileChooser::for_device(dev) }.build(
+            TileChooser { no_balance: !balance, ..chooser.clone().fitted_to(dev) }.build(
                 &descs,
                 &vec![kind.map(Plan::new); descs.len()],
                 &CostModel::default(),
@@ -156,6 +205,13 @@ pub fn run(args: &KernelArgs) -> Result<()> {
     let (copy_tbs, peak_tflops) = gpu.ceilings()?;
     println!("ceilings: device copy {copy_tbs:.2} TB/s, cuBLAS SGEMM 8192³ {peak_tflops:.1} TFLOP/s");
     let dev: &dyn Device = &*gpu.dev;
+    let chooser = match &args.tuning {
+        Some(path) => {
+            println!("tuning table: {}", path.display());
+            TileChooser::load(path)?
+        }
+        None => TileChooser::default(),
+    };
 
     let mut table = Table::new(&[
         "workload",
@@ -177,8 +233,8 @@ pub fn run(args: &KernelArgs) -> Result<()> {
             let pool = dev.pool();
             let mut arena = Arena::new(pool.start, pool.end - pool.start);
             let sets = stage_sets(&gpu, &mut arena, &shapes, if args.trans_b { flags::TRANS_B } else { 0 })?;
-            let auto = rounds(dev, &sets, None, true);
-            let plain = rounds(dev, &sets, None, false);
+            let auto = rounds_with(dev, &sets, None, true, &chooser);
+            let plain = rounds_with(dev, &sets, None, false, &chooser);
             let err = verify(&gpu, &sets[0], &auto[0])?;
             let (bytes, flops) = traffic(&sets[0].cases);
             let gemv = shapes.iter().all(|s| s.1 == 1);
@@ -197,6 +253,30 @@ pub fn run(args: &KernelArgs) -> Result<()> {
             })?;
             let blas_name = if name == "mix" { "cublasSgemmGroupedBatched" } else { "cublasSgemmBatched" };
             let mut variants = vec![(blas_name.to_string(), blas_us, f64::NAN)];
+            if name == "mix" && count > 1 {
+                // The same call with the problems in arrival order: a group per problem.
+                let order = arrival_order(&shapes);
+                let calls = sets
+                    .iter()
+                    .map(|set| grouped_in_order(&gpu, &mut arena, set, &order))
+                    .collect::<Result<Vec<_>>>()?;
+                let call = |(g, [a, b, c]): &(Vec<Group>, [u64; 3])| {
+                    // SAFETY: pointer arrays and matrices are staged device memory of this context.
+                    unsafe { gpu.blas.sgemm_grouped(g, *a, *b, *c) }
+                };
+                call(&calls[0])?;
+                gpu.stream.sync()?;
+                let got = sets[0].staged.read_c(dev, &sets[0].cases)?;
+                let want = sets[0].blas.read_c(dev, &sets[0].cases)?;
+                let e = cross_check("grouped in arrival order", &sets[0].cases, &got, &want, 1e-4)?;
+                let mut i = 0;
+                let us = gpu.time(args.warmup, args.reps, || {
+                    let r = call(&calls[i % calls.len()]);
+                    i += 1;
+                    r.map_err(Into::into)
+                })?;
+                variants.push((format!("{blas_name}, arrival order ({} groups)", calls[0].0.len()), us, e));
+            }
             variants.push((
                 format!("megakernel (auto: {})", plan_label(&auto[0])),
                 time_rounds(dev, &auto, args.warmup, args.reps)?,
