@@ -640,17 +640,17 @@ impl Default for CostModel {
         // wide build is a whole SM (twice the peak).
         let flops_ns = |bm: f64, bn: f64, eff: f64| 2.0 * bm * bn / (eff * 254.0);
         CostModel {
-            // The wide kind: fitted to 120 × conv2_2 and 120 × 256³ on the H100 relative to the
-            // 128×128 kind (`docs/results/`): a slightly faster k-step, but a large per-tile cost
-            // (prologue and a 128 KB epilogue that no second CTA on the SM overlaps).
-            fixed_ns: [2000.0, 1500.0, 1000.0, 1500.0, 2000.0, 16_400.0],
+            // The wide kind: fitted on the H100 to 40 and 120 × conv2_2 and × 256³ relative to
+            // the 128×128 kind, the same rounds timed both ways (`docs/results/`): 0.86× its
+            // time at k = 1152 and 0.91× at k = 256 (a per-tile cost no second CTA overlaps).
+            fixed_ns: [2000.0, 1500.0, 1000.0, 1500.0, 2000.0, 5100.0],
             per_unit_ns: [
                 flops_ns(128.0, 128.0, 0.70),
                 flops_ns(128.0, 64.0, 0.62),
                 flops_ns(64.0, 64.0, 0.50),
                 1.0 / 9.5,
                 1.0 / 9.5,
-                flops_ns(256.0, 128.0, 0.77) / 2.0,
+                flops_ns(256.0, 128.0, 0.835) / 2.0,
             ],
             scale: 1.0,
             round_overhead_ns: 8000.0,
@@ -932,7 +932,11 @@ impl TileChooser {
                         let mut q = *p;
                         q.k_splits = plan.k_splits;
                         let n = (p.m.div_ceil(sh.bm) * p.n.div_ceil(sh.bn) * plan.k_splits) as usize;
-                        (cost.kind_tile_ns(plan.kind, &q), n)
+                        // A slot of the wide build is a whole SM: a GEMV tile there has twice a
+                        // narrow slot's share of the memory bandwidth.
+                        let on_wide = wide_slots.is_some_and(|w| w == slots) && (g.is_wide() || forced_wide);
+                        let ns = cost.kind_tile_ns(plan.kind, &q);
+                        (if on_wide && plan.kind.is_gemv() { ns / 2.0 } else { ns }, n)
                     })
                     .collect();
                 let lpt = CostModel::makespan_groups(&mut groups, slots);
@@ -974,8 +978,11 @@ impl TileChooser {
                     .filter(|(_, k)| k.is_none())
                     .map(|(p, _)| (p.m.div_ceil(sh.bm) * p.n.div_ceil(sh.bn)) as usize)
                     .sum();
-                // Splitting only pays while the output tiles alone leave slots idle.
-                let splits = if tiles < 2 * slots && !self.no_split_k { &SPLITS[..] } else { &SPLITS[..1] };
+                // Splitting only pays while the output tiles alone leave slots idle, and never
+                // measured faster than stream-K balancing for the wide kind (its parts each
+                // write and reread a 128 KB partial, with no second CTA on the SM to hide it).
+                let splits =
+                    if tiles < 2 * slots && !self.no_split_k && !g.is_wide() { &SPLITS[..] } else { &SPLITS[..1] };
                 for &sp in splits {
                     let (t, balanced) = makespan(g, sp, slots);
                     if t < best.0 * 0.97 || (best.0.is_infinite()) {
@@ -1114,10 +1121,17 @@ mod tests {
         let wide = TileChooser { wide_slots: Some(132), ..TileChooser::default() };
         let best = wide.build(&conv2_2(120), &[], &cost, 264);
         assert!(cost.predict(&best, wide.round_slots(&best, 264)) <= cost.predict(&big, 132));
-        // 120 × 256³ has short tiles: the wide build's per-tile cost loses to 128×128 there.
+        // As measured on the H100 (docs/results/h100-2026-11-24/wide-*): 120 × 256³ runs wide
+        // unsplit, 40 × 256³ narrow; the wide kind never takes uniform split-K.
         let sq =
             problem((0, 0, 0, 0), (256, 256, 256), (256, 256, 256), (1.0, 0.0), 0, Activation::None, BiasMode::None);
-        assert!(!wide.build(&vec![sq; 120], &[], &cost, 264).is_wide());
+        let sq120 = wide.build(&vec![sq; 120], &[], &cost, 264);
+        assert!(sq120.is_wide() && sq120.units.is_empty() && sq120.problems.iter().all(|p| p.k_splits == 1));
+        assert!(!wide.build(&vec![sq; 40], &[], &cost, 264).is_wide());
+        for n in [10, 40, 80, 120] {
+            let r = wide.build(&conv2_2(n), &[], &cost, 264);
+            assert!(!r.is_wide() || r.problems.iter().all(|p| p.k_splits == 1 || !r.units.is_empty()), "{n}");
+        }
         let one = wide.build(&conv2_2(1), &[], &cost, 264);
         assert!(!one.is_wide() && one.problems[0].k_splits > 1, "one problem wants split-K tiles");
         assert_eq!(wide.round_slots(&one, 264), 264);
