@@ -5,7 +5,9 @@
 //! k-slice of `BK` is staged through shared memory as `[BK][MN + pad]`, mn fastest, so that the
 //! inner product reads 16-byte fragments along m and n. Two stages: while the CTA multiplies one
 //! slice, each thread holds the next slice's 16 bytes in registers and stores them into the other
-//! stage afterwards (one barrier per slice).
+//! stage before the slice's last k-row (one barrier per slice); the last k-row is multiplied
+//! after the barrier while the next stage's first fragments load, so no warp waits on shared
+//! memory right after a barrier ([`k_loop`]).
 //!
 //! Each thread owns one 4-element chunk of each panel slice (two of the wide tile's 256-row A
 //! panel). A chunk's address advances by a fixed step per slice. Two loaders feed the one k-loop
