@@ -934,7 +934,7 @@ impl TileChooser {
                         let n = (p.m.div_ceil(sh.bm) * p.n.div_ceil(sh.bn) * plan.k_splits) as usize;
                         // A slot of the wide build is a whole SM: a GEMV tile there has twice a
                         // narrow slot's share of the memory bandwidth.
-                        let on_wide = wide_slots.is_some_and(|w| w == slots) && (g.is_wide() || forced_wide);
+                        let on_wide = g.is_wide() || (forced_wide && wide_slots.is_some());
                         let ns = cost.kind_tile_ns(plan.kind, &q);
                         (if on_wide && plan.kind.is_gemv() { ns / 2.0 } else { ns }, n)
                     })

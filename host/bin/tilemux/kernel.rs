@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use tilemux::Device;
-use tilemux::abi::ProblemDesc;
-use tilemux::abi::{Activation, BiasMode, TileKind, flags};
+use tilemux::abi::{Activation, BiasMode, ProblemDesc, TileKind, flags};
 use tilemux::cuda::cublas::Group;
 use tilemux::memory::Arena;
 use tilemux::reference::{Case, SEED_MIX, SEED_SHAPES, Staged, alloc};
@@ -107,22 +106,24 @@ pub fn arrival_order(shapes: &[(u32, u32, u32)]) -> Vec<usize> {
         .collect()
 }
 
-/// `cublasSgemmGroupedBatched` over a set's problems taken in `order` (the baseline's own outputs):
-/// consecutive problems of one shape form a group, so the arrival order of the mix makes every
-/// problem a group of its own. Returns the groups and the pointer arrays to call it with.
-pub fn grouped_in_order(gpu: &Gpu, arena: &mut Arena, set: &Set, order: &[usize]) -> Result<(Vec<Group>, [u64; 3])> {
-    let dev: &dyn Device = &*gpu.dev;
+/// Device pointer arrays for `cublasSgemmGroupedBatched` over a set's problems taken in `order`
+/// (the baseline's own outputs), and their groups: consecutive problems of one shape form a
+/// group, so the arrival order of the mix makes every problem a group of its own.
+pub fn grouped_in_order(
+    dev: &dyn Device,
+    arena: &mut Arena,
+    set: &Set,
+    order: &[usize],
+) -> Result<([u64; 3], Vec<Group>)> {
     let descs = set.blas.descs(&set.staged, &set.cases);
     let ordered: Vec<ProblemDesc> = order.iter().map(|&i| descs[i]).collect();
-    let mut array = |ptrs: Vec<u64>| -> Result<u64> {
-        let addr = alloc(arena, (ptrs.len() * 8) as u64)?;
-        dev.write(addr, bytemuck::cast_slice(&ptrs))?;
+    let mut array = |f: &dyn Fn(&ProblemDesc) -> u64| -> Result<u64> {
+        let v: Vec<u64> = ordered.iter().map(f).collect();
+        let addr = alloc(arena, (v.len() * 8) as u64)?;
+        dev.write(addr, bytemuck::cast_slice(&v))?;
         Ok(addr)
     };
-    let a = array(ordered.iter().map(|d| d.a).collect())?;
-    let b = array(ordered.iter().map(|d| d.b).collect())?;
-    let c = array(ordered.iter().map(|d| d.c).collect())?;
-    Ok((groups(&ordered), [a, b, c]))
+    Ok(([array(&|d| d.a)?, array(&|d| d.b)?, array(&|d| d.c)?], groups(&ordered)))
 }
 
 /// Runs the cuBLAS baseline of a set: batched for one shape, grouped otherwise.
@@ -258,9 +259,9 @@ pub fn run(args: &KernelArgs) -> Result<()> {
                 let order = arrival_order(&shapes);
                 let calls = sets
                     .iter()
-                    .map(|set| grouped_in_order(&gpu, &mut arena, set, &order))
+                    .map(|set| grouped_in_order(dev, &mut arena, set, &order))
                     .collect::<Result<Vec<_>>>()?;
-                let call = |(g, [a, b, c]): &(Vec<Group>, [u64; 3])| {
+                let call = |([a, b, c], g): &([u64; 3], Vec<Group>)| {
                     // SAFETY: pointer arrays and matrices are staged device memory of this context.
                     unsafe { gpu.blas.sgemm_grouped(g, *a, *b, *c) }
                 };
@@ -275,7 +276,7 @@ pub fn run(args: &KernelArgs) -> Result<()> {
                     i += 1;
                     r.map_err(Into::into)
                 })?;
-                variants.push((format!("{blas_name}, arrival order ({} groups)", calls[0].0.len()), us, e));
+                variants.push((format!("{blas_name}, arrival order ({} groups)", calls[0].1.len()), us, e));
             }
             variants.push((
                 format!("megakernel (auto: {})", plan_label(&auto[0])),

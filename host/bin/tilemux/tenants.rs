@@ -16,13 +16,13 @@ use tilemux::abi::ProblemDesc;
 use tilemux::cuda::cublas::Group;
 use tilemux::cuda::{CudaConfig, CudaDevice};
 use tilemux::memory::Arena;
-use tilemux::reference::{SEED_MIX, SEED_SHAPES, alloc};
+use tilemux::reference::{SEED_MIX, SEED_SHAPES};
 use tilemux::round::{CostModel, TileChooser};
 use tilemux::runtime::{Buffer, Mat, Op, Policy, Runtime, RuntimeConfig, TenantSpec};
 
 use crate::baselines::{self, Graph, Streams};
-use crate::gpu::{Gpu, cross_check, groups, median};
-use crate::kernel::{Set, stage_sets, time_rounds};
+use crate::gpu::{Gpu, cross_check, median};
+use crate::kernel::{Set, grouped_in_order, stage_sets, time_rounds};
 use crate::plot::{self, Series};
 use crate::report::Table;
 
@@ -92,17 +92,9 @@ pub fn mix_shapes(n: usize) -> Vec<(u32, u32, u32)> {
 
 /// Device pointer arrays of `idx` problems sorted by shape, and their groups, for grouped GEMM.
 fn grouped(dev: &dyn Device, arena: &mut Arena, set: &Set, idx: &[usize]) -> Result<([u64; 3], Vec<Group>)> {
-    let descs = set.blas.descs(&set.staged, &set.cases);
     let mut order: Vec<usize> = idx.to_vec();
-    order.sort_by_key(|&i| (descs[i].m, descs[i].n, descs[i].k));
-    let sorted: Vec<ProblemDesc> = order.iter().map(|&i| descs[i]).collect();
-    let mut arr = |f: &dyn Fn(&ProblemDesc) -> u64| -> Result<u64> {
-        let v: Vec<u64> = sorted.iter().map(f).collect();
-        let a = alloc(arena, (v.len() * 8) as u64)?;
-        dev.write(a, bytemuck::cast_slice(&v))?;
-        Ok(a)
-    };
-    Ok(([arr(&|d| d.a)?, arr(&|d| d.b)?, arr(&|d| d.c)?], groups(&sorted)))
+    order.sort_by_key(|&i| (set.cases[i].m, set.cases[i].n, set.cases[i].k));
+    grouped_in_order(dev, arena, set, &order)
 }
 
 /// Throughput of `shapes` done in `us`: TB/s of the bytes they must move when all are GEMVs
