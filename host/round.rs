@@ -909,12 +909,17 @@ impl TileChooser {
             o.or_else(|| self.table.iter().find(|(s, k)| *s == (p.m, p.n, p.k) && usable(k.kind, p)).map(|e| e.1))
                 .map(|o| Plan { kind: o.kind, k_splits: o.k_splits.clamp(1, max_splits(o.kind, p)) })
         };
+        // GEMV problems without an override take the 32-row GEMV kind (the 64-row one in a round
+        // that runs wide, below).
+        let default_gemv: Vec<bool> = problems
+            .iter()
+            .enumerate()
+            .map(|(i, p)| fixed(i, p).is_none() && TileKind::Gemv32.supports(p.n, p.flags))
+            .collect();
         let mut plans: Vec<Option<Plan>> = problems
             .iter()
             .enumerate()
-            .map(|(i, p)| {
-                fixed(i, p).or_else(|| TileKind::Gemv32.supports(p.n, p.flags).then(|| Plan::new(TileKind::Gemv32)))
-            })
+            .map(|(i, p)| fixed(i, p).or_else(|| default_gemv[i].then(|| Plan::new(TileKind::Gemv32))))
             .collect();
 
         let mut relies_on_balance = false;
@@ -993,6 +998,14 @@ impl TileChooser {
             for (p, k) in problems.iter().zip(plans.iter_mut()) {
                 if k.is_none() {
                     *k = Some(Plan { kind: best.1.kind, k_splits: best.1.k_splits.min(max_splits(best.1.kind, p)) });
+                }
+            }
+            // One CTA per SM keeps fewer loads in flight per SM: bigger GEMV tiles (more rows,
+            // so more independent loads per lane) measured 2–3% faster on the 120-problem seed
+            // mix (docs/results/h100-2026-11-24/wide-27feeb2/gemv-tiles.log).
+            if forced_wide || best.1.kind.is_wide() {
+                for (k, _) in plans.iter_mut().zip(&default_gemv).filter(|(_, d)| **d) {
+                    *k = Some(Plan::new(TileKind::Gemv64));
                 }
             }
         }
@@ -1096,6 +1109,8 @@ pub use abi::TileShape;
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use rand::{Rng, SeedableRng};
 
@@ -1132,6 +1147,17 @@ mod tests {
             let r = wide.build(&conv2_2(n), &[], &cost, 264);
             assert!(!r.is_wide() || r.problems.iter().all(|p| p.k_splits == 1 || !r.units.is_empty()), "{n}");
         }
+        // The seed mix: 40 each of GEMV, conv2_2 and 256³ run wide with 64-row GEMV tiles; 10
+        // of them run narrow with 32-row ones.
+        let rnn = problem((0, 0, 0, 0), (512, 1, 512), (512, 1, 1), (1.0, 0.0), 0, Activation::None, BiasMode::None);
+        let mix = |n: usize| -> Vec<ProblemDesc> { (0..n).map(|i| [rnn, conv2_2(1)[0], sq][i % 3]).collect() };
+        let gemv_kinds = |r: &Round| -> Vec<u32> {
+            r.problems.iter().filter(|p| p.n == 1).map(|p| p.tile_kind).collect::<BTreeSet<_>>().into_iter().collect()
+        };
+        let big = wide.build(&mix(120), &[], &cost, 264);
+        assert!(big.is_wide() && gemv_kinds(&big) == [TileKind::Gemv64 as u32]);
+        let small = wide.build(&mix(10), &[], &cost, 264);
+        assert!(!small.is_wide() && gemv_kinds(&small) == [TileKind::Gemv32 as u32]);
         let one = wide.build(&conv2_2(1), &[], &cost, 264);
         assert!(!one.is_wide() && one.problems[0].k_splits > 1, "one problem wants split-K tiles");
         assert_eq!(wide.round_slots(&one, 264), 264);
