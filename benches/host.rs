@@ -67,6 +67,25 @@ fn rounds(c: &mut Criterion) {
             })
         });
     }
+    // Persistent mode's fast path plans and checks one request on the submitting thread.
+    let gemv = [problem(
+        (1 << 30, (1 << 30) + (2 << 20), (1 << 30) + (4 << 20), 0),
+        (512, 1, 512),
+        (512, 1, 1),
+        (1.0, 0.0),
+        0,
+        Activation::None,
+        BiasMode::None,
+    )];
+    let persistent = TileChooser::persistent();
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("persistent fast path: build+check one GEMV", |bch| {
+        bch.iter(|| {
+            let r = persistent.build(&gemv, &[], &cost, 264);
+            check(&r, (1u64 << 30)..(1u64 << 31)).unwrap();
+            r.tiles.len()
+        })
+    });
     g.finish();
 }
 
