@@ -911,16 +911,15 @@ impl TileChooser {
         };
         // GEMV problems without an override take the 32-row GEMV kind (the 64-row one in a round
         // that runs wide, below).
-        let default_gemv: Vec<bool> = problems
+        let (mut plans, default_gemv): (Vec<Option<Plan>>, Vec<bool>) = problems
             .iter()
             .enumerate()
-            .map(|(i, p)| fixed(i, p).is_none() && TileKind::Gemv32.supports(p.n, p.flags))
-            .collect();
-        let mut plans: Vec<Option<Plan>> = problems
-            .iter()
-            .enumerate()
-            .map(|(i, p)| fixed(i, p).or_else(|| default_gemv[i].then(|| Plan::new(TileKind::Gemv32))))
-            .collect();
+            .map(|(i, p)| match fixed(i, p) {
+                Some(plan) => (Some(plan), false),
+                None if TileKind::Gemv32.supports(p.n, p.flags) => (Some(Plan::new(TileKind::Gemv32)), true),
+                None => (None, false),
+            })
+            .unzip();
 
         let mut relies_on_balance = false;
         if plans.iter().any(|k| k.is_none()) {
