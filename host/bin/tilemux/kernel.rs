@@ -153,13 +153,9 @@ pub fn time_rounds(dev: &dyn Device, rounds: &[Round], warmup: usize, reps: usiz
     Ok(median(&mut t))
 }
 
-/// Rounds for every set with the chooser (or one forced kind), stream-K balanced or not.
-pub fn rounds(dev: &dyn Device, sets: &[Set], kind: Option<TileKind>, balance: bool) -> Vec<Round> {
-    rounds_with(dev, sets, kind, balance, &TileChooser::default())
-}
-
-/// [`rounds`] with `chooser`'s tuning table.
-pub fn rounds_with(
+/// Rounds for every set with `chooser` (its tuning table; or one forced kind), stream-K
+/// balanced or not.
+pub fn rounds(
     dev: &dyn Device,
     sets: &[Set],
     kind: Option<TileKind>,
@@ -234,8 +230,8 @@ pub fn run(args: &KernelArgs) -> Result<()> {
             let pool = dev.pool();
             let mut arena = Arena::new(pool.start, pool.end - pool.start);
             let sets = stage_sets(&gpu, &mut arena, &shapes, if args.trans_b { flags::TRANS_B } else { 0 })?;
-            let auto = rounds_with(dev, &sets, None, true, &chooser);
-            let plain = rounds_with(dev, &sets, None, false, &chooser);
+            let auto = rounds(dev, &sets, None, true, &chooser);
+            let plain = rounds(dev, &sets, None, false, &chooser);
             let err = verify(&gpu, &sets[0], &auto[0])?;
             let (bytes, flops) = traffic(&sets[0].cases);
             let gemv = shapes.iter().all(|s| s.1 == 1);
@@ -296,7 +292,7 @@ pub fn run(args: &KernelArgs) -> Result<()> {
                     if !sets[0].cases.iter().all(|c| k.supports(c.n, c.flags)) {
                         continue;
                     }
-                    let r = rounds(dev, &sets, Some(k), false);
+                    let r = rounds(dev, &sets, Some(k), false, &chooser);
                     let e = verify(&gpu, &sets[0], &r[0])?;
                     variants.push((
                         format!("megakernel {}", k.name()),
