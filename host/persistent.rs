@@ -1,29 +1,31 @@
 //! Persistent mode, host side: the ring (layout in [`crate::abi::ring`], protocol in
 //! `kernels/src/QUEUE.md`) and the engines that drain it: the resident CUDA kernel
-//! ([`crate::cuda::persistent`]) or CPU threads standing in for its worker CTAs ([`CpuEngine`]),
-//! which follow the same claim/find/complete protocol.
+//! ([`crate::cuda::persistent`]) or CPU threads standing in for its forwarder and CTAs
+//! ([`CpuEngine`]), which follow the same poll/claim/find/complete protocol.
 //!
-//! One thread writes ([`RingWriter`]: fill slots in host memory, then one release store of the
-//! header's `published` word publishes them; no driver call), one thread watches completions
-//! ([`RingMemory::is_done`]);
-//! a slot is reused only after the problem that held it is done. Slot words are accessed with
-//! atomics on the host, so a CPU engine reading a slot the writer is refilling is never a data
-//! race (the protocol discards such a read).
+//! One thread writes ([`RingWriter`]: fill a slot's image in host memory, then publish it by
+//! storing its stamps; no driver call), completions are watched in the completion words
+//! ([`RingMemory::is_done`]); a slot is reused only after the problem that held it is done.
+//! Image words are accessed with atomics on the host, so a CPU forwarder reading an image the
+//! writer is filling is never a data race (its stamps tell it the image is not there yet).
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::abi::ProblemDesc;
-use crate::abi::ring::{HostHeader, RingSlot, done_offset, host_bytes, host_slot_offset};
+use crate::abi::ring::{
+    CLAIM_TABLE, HOST_SLOT_CHUNKS, HostHeader, MAX_PROBLEM_TILES, RingSlot, done_offset, entry, host_bytes,
+    host_slot_offset, stamp,
+};
 use crate::error::{Error, Result};
 
-/// Host memory of a ring: the [`HostHeader`] (published count, heartbeat, stop), `slots` slot
-/// images (written by the host, copied to the device ring by the forwarder CTA), then `slots`
-/// completion words (written by the device side). 64-byte aligned, zeroed. For CUDA it is
+/// Host memory of a ring: the [`HostHeader`] (published count, heartbeat, stop), `slots` stamped
+/// slot images (written by the host, polled and copied to the device ring by the forwarder),
+/// then `slots` completion words (written by the device side). 64-byte aligned, zeroed. For CUDA it is
 /// pinned and device-mapped.
 pub struct RingMemory {
     base: NonNull<u8>,
@@ -95,9 +97,9 @@ impl RingMemory {
         self.u64_at(done_offset(self.slots, i))
     }
 
-    /// Publishes problems `..to` (their slots written): one release store, which the device
-    /// side's acquire of the word pairs with.
-    pub fn publish(&self, to: u64) {
+    /// Records that problems `..to` are published (their stamps stored). The device side does
+    /// not read the word: it polls the stamps.
+    fn publish(&self, to: u64) {
         self.u64_at(std::mem::offset_of!(HostHeader, published)).store(to, Ordering::Release);
     }
 
@@ -127,21 +129,43 @@ impl RingMemory {
         self.done_word((seq % self.slots as u64) as u32).load(Ordering::Acquire) > seq
     }
 
-    /// Writes slot `i` with relaxed atomic stores (callers publish with a release).
-    fn store_slot(&self, i: u32, s: &RingSlot) {
+    /// Writes slot `i`'s image but its stamps: every word of `s` but `seq`, with relaxed atomic
+    /// stores ([`RingMemory::stamp_slot`] publishes it).
+    fn store_image(&self, i: u32, s: &RingSlot) {
         let words: &[u32] = bytemuck::cast_slice(bytemuck::bytes_of(s));
-        for (j, w) in words.iter().enumerate() {
-            self.u32_at(host_slot_offset(i) + 4 * j).store(*w, Ordering::Relaxed);
+        for (j, w) in words[2..].iter().enumerate() {
+            self.u32_at(host_slot_offset(i) + 16 * (j / 3) + 4 * (1 + j % 3)).store(*w, Ordering::Relaxed);
         }
     }
 
-    /// Reads slot `i` with relaxed atomic loads (the CPU engine's view of the device ring).
-    fn load_slot(&self, i: u32) -> RingSlot {
-        let mut words = [0u32; size_of::<RingSlot>() / 4];
-        for (j, w) in words.iter_mut().enumerate() {
-            *w = self.u32_at(host_slot_offset(i) + 4 * j).load(Ordering::Relaxed);
+    /// Publishes problem `seq` (its image written in slot `seq % slots`): each chunk's stamp, a
+    /// release store after the chunk's data.
+    fn stamp_slot(&self, seq: u64) {
+        let i = (seq % self.slots as u64) as u32;
+        for c in 0..HOST_SLOT_CHUNKS {
+            self.u32_at(host_slot_offset(i) + 16 * c).store(stamp(seq), Ordering::Release);
         }
-        bytemuck::pod_read_unaligned(bytemuck::cast_slice::<u32, u8>(&words))
+    }
+
+    /// Reads problem `seq` from its slot's image if every chunk carries its stamp (the CPU
+    /// forwarder's poll; acquire loads of the stamps, then the chunks' data).
+    fn load_image(&self, seq: u64) -> Option<RingSlot> {
+        let i = (seq % self.slots as u64) as u32;
+        let mut words = [0u32; size_of::<RingSlot>() / 4];
+        for c in 0..HOST_SLOT_CHUNKS {
+            let at = host_slot_offset(i) + 16 * c;
+            if self.u32_at(at).load(Ordering::Acquire) != stamp(seq) {
+                return None;
+            }
+            for m in 0..3 {
+                if let Some(w) = words.get_mut(2 + 3 * c + m) {
+                    *w = self.u32_at(at + 4 * (1 + m)).load(Ordering::Relaxed);
+                }
+            }
+        }
+        let mut slot: RingSlot = bytemuck::pod_read_unaligned(bytemuck::cast_slice::<u32, u8>(&words));
+        slot.seq = seq;
+        Some(slot)
     }
 }
 
@@ -159,47 +183,83 @@ pub struct RingWriter {
     next_seq: u64,
     next_tile: u64,
     published: u64,
+    /// Per slot: tiles of every problem it has held (the target its counter reaches when the
+    /// newest is done).
+    slot_tiles: Vec<u64>,
+    /// Per slot: the first tile of the problem it holds.
+    slot_first: Vec<u64>,
+    /// No problem before this one is unfinished.
+    oldest: u64,
 }
 
 impl RingWriter {
     /// A writer for a fresh ring.
     pub fn new(mem: Arc<RingMemory>) -> RingWriter {
-        RingWriter { mem, next_seq: 0, next_tile: 0, published: 0 }
+        let n = mem.slots as usize;
+        RingWriter {
+            mem,
+            next_seq: 0,
+            next_tile: 0,
+            published: 0,
+            slot_tiles: vec![0; n],
+            slot_first: vec![0; n],
+            oldest: 0,
+        }
     }
 
-    /// Whether the slot the next problem needs is free (its previous problem is done).
-    pub fn has_room(&self) -> bool {
+    /// Whether `p` can be written now: the slot the next problem needs is free (its previous
+    /// problem is done), and `p`'s tiles keep the tiles in flight within the claim table (they
+    /// end at most [`CLAIM_TABLE`] past the oldest unfinished problem's first tile, or the ring
+    /// is empty).
+    pub fn has_room(&mut self, p: &ProblemDesc) -> bool {
         let n = self.mem.slots as u64;
-        self.next_seq < n || self.mem.is_done(self.next_seq - n)
+        if self.next_seq >= n && !self.mem.is_done(self.next_seq - n) {
+            return false;
+        }
+        while self.oldest < self.next_seq && self.mem.is_done(self.oldest) {
+            self.oldest += 1;
+        }
+        self.oldest == self.next_seq
+            || self.next_tile + p.tile_count() as u64 <= self.slot_first[(self.oldest % n) as usize] + CLAIM_TABLE
     }
 
-    /// Whether the slots the next `n` problems need are all free.
-    pub fn has_room_for(&self, n: u64) -> bool {
-        let slots = self.mem.slots as u64;
-        n <= slots && (self.next_seq..self.next_seq + n).all(|q| q < slots || self.mem.is_done(q - slots))
-    }
-
-    /// Writes `p` (tile grid set, `k_splits == 1`) into the next slot without publishing it.
-    /// Returns its sequence number. Callers check [`RingWriter::has_room`] first.
+    /// Writes `p` (tile grid set, `k_splits == 1`, 1 to [`MAX_PROBLEM_TILES`] tiles) into the
+    /// next slot without publishing it. Returns its sequence number. Callers check
+    /// [`RingWriter::has_room`] first.
     pub fn write(&mut self, mut p: ProblemDesc) -> u64 {
-        assert!(self.has_room(), "RingWriter::write without room");
+        assert!(self.has_room(&p), "RingWriter::write without room");
+        let tiles = p.tile_count();
+        assert!((1..=MAX_PROBLEM_TILES).contains(&tiles), "a ring problem of {tiles} tiles");
         let seq = self.next_seq;
         let i = (seq % self.mem.slots as u64) as u32;
         p.completion = i;
-        let tiles = p.tile_count();
+        self.slot_tiles[i as usize] += tiles as u64;
+        self.slot_first[i as usize] = self.next_tile;
         // The slot's previous problem is done (acquired in `has_room`); this fence orders that
-        // before the refill, so a reader that sees any refilled word also sees the slot done
-        // on its re-check and discards what it read.
+        // before the refill.
         fence(Ordering::Release);
-        self.mem.store_slot(i, &RingSlot { seq, first_tile: self.next_tile, tiles, _reserved: [0; 3], problem: p });
+        self.mem.store_image(
+            i,
+            &RingSlot {
+                seq,
+                first_tile: self.next_tile,
+                tiles,
+                _reserved: 0,
+                done_target: self.slot_tiles[i as usize],
+                problem: p,
+            },
+        );
         self.next_seq += 1;
         self.next_tile += tiles as u64;
         seq
     }
 
-    /// Publishes every written problem.
+    /// Publishes every written problem: their stamps, in order.
     pub fn publish(&mut self) {
         if self.published < self.next_seq {
+            for q in self.published..self.next_seq {
+                self.mem.stamp_slot(q);
+            }
             self.mem.publish(self.next_seq);
             self.published = self.next_seq;
         }
@@ -211,40 +271,46 @@ impl RingWriter {
     }
 }
 
-/// CPU threads running the resident kernel's worker protocol (the stand-in for CTAs in CI): they
-/// read the host block directly, so the forwarder's copy is the identity.
+/// CPU threads running the resident kernel's protocol (the stand-in for its CTAs in CI): a
+/// forwarder thread polls the stamped images, copies each problem into a device-ring stand-in
+/// and publishes its tiles in a claim table; worker threads claim tiles, find them in the table,
+/// run them and count them as the kernel's CTAs do.
 pub struct CpuEngine {
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 struct CpuState {
     claim: AtomicU64,
-    /// Per slot: `seq + 1` of its last finished problem (the device-side done words).
-    dev_done: Vec<AtomicU64>,
-    done_ctr: Vec<AtomicU32>,
+    /// The device ring: per slot, the words of a [`RingSlot`].
+    ring: Vec<Vec<AtomicU32>>,
+    /// Per slot: tiles finished of every problem it has held.
+    done_ctr: Vec<AtomicU64>,
+    table: Vec<AtomicU64>,
+    tiles_published: AtomicU64,
+    /// The forwarder stopped (after its last `tiles_published`).
+    stop: AtomicBool,
 }
 
-/// Problems a worker looks through at once (the kernel's block size).
-const WINDOW: u64 = crate::abi::BLOCK_THREADS as u64;
-
 impl CpuEngine {
-    /// Starts `workers` threads on `mem` (its problems' addresses point into a CPU pool).
+    /// Starts a forwarder and `workers` threads on `mem` (its problems' addresses point into a
+    /// CPU pool).
     pub fn start(mem: Arc<RingMemory>, workers: usize) -> CpuEngine {
         let n = mem.slots as usize;
+        let words = size_of::<RingSlot>() / 4;
         let state = Arc::new(CpuState {
             claim: AtomicU64::new(0),
-            dev_done: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            done_ctr: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            ring: (0..n).map(|_| (0..words).map(|_| AtomicU32::new(0)).collect()).collect(),
+            done_ctr: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            table: (0..CLAIM_TABLE).map(|_| AtomicU64::new(0)).collect(),
+            tiles_published: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
         });
-        let threads = (0..workers.max(1))
-            .map(|i| {
-                let (mem, state) = (mem.clone(), state.clone());
-                std::thread::Builder::new()
-                    .name(format!("tilemux-cta-{i}"))
-                    .spawn(move || cpu_cta(&mem, &state))
-                    .expect("spawning a CPU CTA")
-            })
-            .collect();
+        let spawn = |name: String, f: fn(&RingMemory, &CpuState)| {
+            let (mem, state) = (mem.clone(), state.clone());
+            std::thread::Builder::new().name(name).spawn(move || f(&mem, &state)).expect("spawning a CPU CTA")
+        };
+        let mut threads = vec![spawn("tilemux-forwarder".into(), cpu_forward)];
+        threads.extend((0..workers.max(1)).map(|i| spawn(format!("tilemux-cta-{i}"), cpu_cta)));
         CpuEngine { threads: Mutex::new(threads) }
     }
 }
@@ -259,51 +325,61 @@ impl Engine for CpuEngine {
     }
 }
 
-/// Waits until more than `cursor` problems are published; `None` once a stop was requested and
-/// none past `cursor` will come (the worker's `wait_published`).
-fn cpu_wait_published(mem: &RingMemory, cursor: u64) -> Option<u64> {
-    let idle = Instant::now();
-    loop {
-        let p = mem.published();
-        if p > cursor {
-            return Some(p);
-        }
-        if mem.stop_requested() && mem.published() <= cursor {
-            return None;
-        }
-        if idle.elapsed() > Duration::from_micros(50) {
-            std::thread::sleep(Duration::from_micros(50));
-        } else {
-            std::hint::spin_loop();
-        }
+/// Spins, then sleeps in short steps, once `idle` is long ago.
+fn idle_wait(idle: Instant) {
+    if idle.elapsed() > Duration::from_micros(50) {
+        std::thread::sleep(Duration::from_micros(50));
+    } else {
+        std::hint::spin_loop();
     }
 }
 
-/// One CPU "CTA": the worker loop of `kernels/src/persistent.rs`, step for step (the window of
-/// candidates the kernel's threads check at once is checked in a loop here).
+/// The forwarder (the kernel's `forward`): problem by problem, in order.
+fn cpu_forward(mem: &RingMemory, st: &CpuState) {
+    let (mut q, mut idle, mut stopping) = (0u64, Instant::now(), false);
+    loop {
+        let Some(slot) = mem.load_image(q) else {
+            // A poll after the stop request was seen, and still nothing: all is forwarded.
+            if stopping {
+                break;
+            }
+            stopping = mem.stop_requested();
+            idle_wait(idle);
+            continue;
+        };
+        let i = (q % mem.slots as u64) as usize;
+        let words: &[u32] = bytemuck::cast_slice(bytemuck::bytes_of(&slot));
+        for (d, w) in st.ring[i].iter().zip(words) {
+            d.store(*w, Ordering::Relaxed);
+        }
+        // Entries released after the copy; a problem larger than the table publishes its last lap.
+        for t in slot.tiles.saturating_sub(CLAIM_TABLE as u32)..slot.tiles {
+            let g = slot.first_tile + t as u64;
+            st.table[(g % CLAIM_TABLE) as usize].store(entry::pack(g, i as u32, t), Ordering::Release);
+        }
+        st.tiles_published.store(slot.first_tile + slot.tiles as u64, Ordering::Release);
+        q += 1;
+        idle = Instant::now();
+    }
+    st.stop.store(true, Ordering::Release);
+}
+
+/// One CPU "CTA": the worker loop of `kernels/src/persistent.rs`, step for step.
 fn cpu_cta(mem: &RingMemory, st: &CpuState) {
-    let slots = mem.slots as u64;
-    let mut cursor = 0u64;
     loop {
         let g = st.claim.fetch_add(1, Ordering::Relaxed);
-        let found = 'find: loop {
-            let Some(p) = cpu_wait_published(mem, cursor) else { break None };
-            let end = p.min(cursor + WINDOW);
-            for q in cursor..end {
-                let i = (q % slots) as usize;
-                let slot = mem.load_slot(i as u32);
-                if slot.seq == q && slot.first_tile <= g && g < slot.first_tile + slot.tiles as u64 {
-                    // Finished while we read: the writer may be refilling the slot.
-                    fence(Ordering::Acquire);
-                    if st.dev_done[i].load(Ordering::Acquire) <= q {
-                        break 'find Some((q, slot, (g - slot.first_tile) as u32));
-                    }
-                }
+        let idle = Instant::now();
+        let (i, tile) = loop {
+            if let Some(found) = entry::find(st.table[(g % CLAIM_TABLE) as usize].load(Ordering::Acquire), g) {
+                break found;
             }
-            cursor = end;
+            if st.stop.load(Ordering::Acquire) && st.tiles_published.load(Ordering::Acquire) <= g {
+                return;
+            }
+            idle_wait(idle);
         };
-        let Some((seq, slot, tile)) = found else { return };
-        cursor = seq;
+        let words: Vec<u32> = st.ring[i as usize].iter().map(|w| w.load(Ordering::Relaxed)).collect();
+        let slot: RingSlot = bytemuck::pod_read_unaligned(bytemuck::cast_slice::<u32, u8>(&words));
         let p = slot.problem;
         let t = crate::abi::TileDesc {
             problem: 0,
@@ -315,11 +391,133 @@ fn cpu_cta(mem: &RingMemory, st: &CpuState) {
         // the scheduler keeps in-flight problems free of hazards, so this tile's output is
         // touched by no one else.
         unsafe { crate::cpu::run_tile(&p, &t) };
-        let i = (seq % slots) as usize;
-        if st.done_ctr[i].fetch_add(1, Ordering::AcqRel) + 1 == slot.tiles {
-            st.done_ctr[i].store(0, Ordering::Relaxed);
-            st.dev_done[i].store(seq + 1, Ordering::Release);
-            mem.done_word(i as u32).store(seq + 1, Ordering::Release);
+        if st.done_ctr[i as usize].fetch_add(1, Ordering::AcqRel) + 1 == slot.done_target {
+            mem.done_word(i).store(slot.seq + 1, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::ring::MAX_PROBLEM_TILES;
+    use crate::abi::{Activation, BiasMode, TileKind};
+
+    /// A problem of `tiles` tiles for the writer's bookkeeping (never run).
+    fn of_tiles(tiles: u32) -> ProblemDesc {
+        let mut p: ProblemDesc = bytemuck::Zeroable::zeroed();
+        (p.tiles_m, p.tiles_n, p.m, p.n, p.k, p.k_splits) = (tiles, 1, tiles * 32, 1, 1, 1);
+        p.tile_kind = TileKind::Gemv32 as u32;
+        p
+    }
+
+    #[test]
+    fn entries_name_their_claim() {
+        let g = 5 * CLAIM_TABLE + 17;
+        assert_eq!(entry::find(entry::pack(g, 3, 40), g), Some((3, 40)));
+        assert_eq!(entry::find(0, 17), None, "a zeroed entry holds nothing");
+        assert_eq!(entry::find(entry::pack(g - CLAIM_TABLE, 3, 40), g), None, "an earlier lap's entry");
+        // A later lap of the same problem (a problem larger than the table) serves this claim too.
+        assert_eq!(entry::find(entry::pack(g + CLAIM_TABLE, 2, 70_000), g), Some((2, 70_000 - CLAIM_TABLE as u32)));
+        assert_eq!(entry::find(entry::pack(g + CLAIM_TABLE, 2, 9), g), None, "a later lap of another problem");
+        let top = MAX_PROBLEM_TILES - 1;
+        assert_eq!(entry::find(entry::pack(7, 65_535, top), 7), Some((65_535, top)));
+    }
+
+    #[test]
+    fn images_are_seen_only_once_stamped() {
+        let mem = Arc::new(RingMemory::on_heap(2).unwrap());
+        let mut w = RingWriter::new(mem.clone());
+        let mut p = of_tiles(3);
+        p.a = 0x1234_5678_9abc;
+        p.alpha = 1.5;
+        assert_eq!(w.write(p), 0);
+        assert!(mem.load_image(0).is_none(), "written, not published");
+        w.publish();
+        let s = mem.load_image(0).expect("published");
+        assert_eq!((s.seq, s.first_tile, s.tiles, s.done_target), (0, 0, 3, 3));
+        assert_eq!((s.problem.a, s.problem.alpha, s.problem.completion), (p.a, 1.5, 0));
+        assert!(mem.load_image(2).is_none(), "slot 0's image is problem 0's, not 2's");
+        assert_eq!(w.write(of_tiles(4)), 1);
+        w.publish();
+        mem.done_word(0).store(1, Ordering::Release);
+        assert_eq!(w.write(of_tiles(5)), 2);
+        w.publish();
+        let s = mem.load_image(2).expect("slot 0 reused");
+        // Slot 0's counter has seen 3 tiles, then 5: the target counts both.
+        assert_eq!((s.seq, s.first_tile, s.tiles, s.done_target), (2, 7, 5, 8));
+        assert!(mem.load_image(0).is_none(), "problem 0's stamps are gone");
+    }
+
+    #[test]
+    fn tiles_in_flight_stay_within_the_claim_table() {
+        let mem = Arc::new(RingMemory::on_heap(8).unwrap());
+        let mut w = RingWriter::new(mem.clone());
+        let half = (CLAIM_TABLE / 2) as u32;
+        w.write(of_tiles(half));
+        w.write(of_tiles(half));
+        assert!(!w.has_room(&of_tiles(1)), "a full table");
+        mem.done_word(1).store(2, Ordering::Release);
+        assert!(!w.has_room(&of_tiles(1)), "only the oldest problem's end frees table entries");
+        mem.done_word(0).store(1, Ordering::Release);
+        assert!(w.has_room(&of_tiles(CLAIM_TABLE as u32)));
+        // A problem larger than the table goes only into an empty ring, and holds it alone.
+        let big = of_tiles(CLAIM_TABLE as u32 + 5);
+        assert!(w.has_room(&big));
+        w.write(big);
+        assert!(!w.has_room(&of_tiles(1)));
+        mem.done_word(2).store(3, Ordering::Release);
+        assert!(w.has_room(&of_tiles(1)));
+    }
+
+    /// A problem larger than the claim table, through the CPU engine: the claims of its earlier
+    /// laps are served from the last lap's entries.
+    #[test]
+    fn cpu_engine_runs_a_problem_larger_than_the_table() {
+        let (rows, k) = ((CLAIM_TABLE as u32 + 3) * 32 - 7, 2u32);
+        let a: Vec<f32> = (0..rows * k).map(|i| (i % 13) as f32 - 6.0).collect();
+        let x = [0.5f32, -2.0];
+        let mut y = vec![f32::NAN; rows as usize];
+        let mut p = crate::round::problem(
+            (a.as_ptr() as u64, x.as_ptr() as u64, y.as_mut_ptr() as u64, 0),
+            (rows, 1, k),
+            (k, 1, 1),
+            (1.0, 0.0),
+            0,
+            Activation::None,
+            BiasMode::None,
+        );
+        let s = TileKind::Gemv32.shape();
+        (p.tile_kind, p.tiles_m, p.tiles_n) = (TileKind::Gemv32 as u32, rows.div_ceil(s.bm), 1);
+        let small = {
+            let mut q = p;
+            (q.m, q.tiles_m) = (40, 2);
+            q
+        };
+        let mem = Arc::new(RingMemory::on_heap(4).unwrap());
+        let engine = CpuEngine::start(mem.clone(), 2);
+        let mut w = RingWriter::new(mem.clone());
+        let seqs: Vec<u64> = [small, p, small]
+            .into_iter()
+            .map(|d| {
+                while !w.has_room(&d) {
+                    w.publish();
+                    std::thread::yield_now();
+                }
+                w.write(d)
+            })
+            .collect();
+        w.publish();
+        let start = Instant::now();
+        while !seqs.iter().all(|&q| mem.is_done(q)) {
+            assert!(start.elapsed() < Duration::from_secs(120), "the ring did not drain");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        mem.request_stop();
+        engine.join().unwrap();
+        for (i, got) in y.iter().enumerate() {
+            let want = a[i * 2] * 0.5 - 2.0 * a[i * 2 + 1];
+            assert_eq!(*got, want, "row {i}");
         }
     }
 }

@@ -28,14 +28,9 @@ pub struct Round {
 impl Round {
     /// Adds `p` to run with `kind` and `k_splits` slices of `k`: fills its tile grid, split count
     /// and completion slot and appends all its tiles. Returns the problem's index.
-    pub fn push(&mut self, mut p: ProblemDesc, kind: TileKind, k_splits: u32) -> usize {
+    pub fn push(&mut self, p: ProblemDesc, kind: TileKind, k_splits: u32) -> usize {
         let idx = self.problems.len();
-        let s = kind.shape();
-        p.tile_kind = kind as u32;
-        p.tiles_m = p.m.div_ceil(s.bm);
-        p.tiles_n = p.n.div_ceil(s.bn);
-        p.k_splits = k_splits;
-        p.k_parts = k_splits;
+        let mut p = Round::planned(p, kind, k_splits);
         p.completion = idx as u32;
         self.tiles.reserve(p.tile_count() as usize);
         for tile_m in 0..p.tiles_m {
@@ -48,6 +43,18 @@ impl Round {
         }
         self.problems.push(p);
         idx
+    }
+
+    /// `p` with its tile grid for `kind` and `k_splits` uniform parts (as [`Round::push`] adds
+    /// it, without listing its tiles: persistent mode's ring runs a problem's tiles implicitly).
+    pub fn planned(mut p: ProblemDesc, kind: TileKind, k_splits: u32) -> ProblemDesc {
+        let s = kind.shape();
+        p.tile_kind = kind as u32;
+        p.tiles_m = p.m.div_ceil(s.bm);
+        p.tiles_n = p.n.div_ceil(s.bn);
+        p.k_splits = k_splits;
+        p.k_parts = k_splits;
+        p
     }
 
     /// Whether some problem runs a [`TileKind::is_wide`] kind: then the whole round runs on the
@@ -391,6 +398,16 @@ fn check_problem(i: usize, p: &ProblemDesc, pool: &Range<u64>) -> Result<TileKin
         }
     }
     Ok(kind)
+}
+
+/// Checks one problem of persistent mode's ring (as [`Round::planned`] made it, whole tiles)
+/// against a device pool: what [`check`] checks of a round holding it alone.
+pub fn check_alone(p: &ProblemDesc, pool: Range<u64>) -> Result<(), DescriptorError> {
+    check_problem(0, p, &pool)?;
+    if p.k_splits != 1 || p.k_parts > 1 {
+        return Err(DescriptorError::KSplits { problem: 0, k_splits: p.k_splits, max: 1 });
+    }
+    Ok(())
 }
 
 /// Checks a round against a device pool. On success, running it reads and writes only inside

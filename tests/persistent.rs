@@ -53,7 +53,7 @@ runtime_test!(ring_protocol, |d: Arc<dyn Device>, _gpu: bool| {
     let mut w = RingWriter::new(ring.clone());
     let mut seqs = Vec::new();
     for p in &round.problems {
-        while !w.has_room() {
+        while !w.has_room(p) {
             w.publish();
             std::thread::yield_now();
         }
@@ -365,5 +365,17 @@ fn echo_probe_answers_every_doorbell() {
             assert!(l[0] > 0.0 && l[199] < 1e6, "{}: {l:?}", how.label());
         }
     }
+    // Several polling warps, the stamped payload polled itself, every kind of reply.
+    use tilemux::cuda::probe::{EchoWay, Reply};
+    for reply in [Reply::TwoReleases, Reply::SysFence, Reply::GpuFence, Reply::Relaxed] {
+        for (pollers, inline, bytes) in [(1, true, 224), (4, true, 224), (8, false, 160), (3, false, 0)] {
+            let w = EchoWay { doorbell: Doorbell::HostStore, pollers, inline, reply };
+            let l = echo(&d, w, bytes, 500).unwrap();
+            assert_eq!(l.len(), 500);
+            assert!(l[0] > 0.0 && l[499] < 1e6, "{}: {l:?}", w.label());
+        }
+    }
     assert!(echo(&d, Doorbell::HostStore, 24, 1).is_err(), "a payload of 24 bytes is refused");
+    let inline_store = EchoWay { doorbell: Doorbell::StreamWrite, pollers: 1, inline: true, reply: Reply::Relaxed };
+    assert!(echo(&d, inline_store, 160, 1).is_err(), "an inline echo needs a host store");
 }

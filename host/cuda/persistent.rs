@@ -1,7 +1,8 @@
 //! The CUDA engine of persistent mode: the resident `tilemux_persistent` kernel, launched
-//! cooperatively (every CTA resident) on a stream of its own. The host publishes by storing to
-//! the ring's pinned, device-mapped header; the kernel's forwarder CTA polls it across the bus and
-//! copies new slots into the device ring. No driver call per request.
+//! cooperatively (every CTA resident) on a stream of its own. The host publishes by storing a
+//! slot's stamped image in the ring's pinned, device-mapped memory; the kernel's forwarder warp
+//! polls the images across the bus and copies new problems into the device ring. No driver call
+//! per request.
 
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use cudarc::driver::sys;
 
 use super::driver::{KernelArgs, ck};
 use super::{CudaDevice, DeviceBuffer, PinnedBuffer, Stream};
-use crate::abi::ring::{DeviceState, RingSlot, TRACE_PROBLEMS, Trace, host_bytes};
+use crate::abi::ring::{CLAIM_TABLE, DeviceState, RingSlot, TRACE_PROBLEMS, Trace, host_bytes};
 use crate::error::{Error, Result};
 use crate::persistent::{Engine, RingMemory};
 
@@ -20,8 +21,8 @@ pub struct CudaEngine {
     kernel_stream: Stream,
     state: DeviceBuffer,
     _slots: DeviceBuffer,
-    _dev_done: DeviceBuffer,
     _done_ctr: DeviceBuffer,
+    _table: DeviceBuffer,
     trace: DeviceBuffer,
     /// Keeps the host block mapped while the kernel may touch it.
     _ring: Arc<RingMemory>,
@@ -75,11 +76,11 @@ impl CudaDevice {
             )
         })?;
         let dev_slots = zeroed(slots as usize * size_of::<RingSlot>())?;
-        let dev_done = zeroed(slots as usize * 8)?;
-        let done_ctr = zeroed(slots as usize * 4)?;
+        let done_ctr = zeroed(slots as usize * 8)?;
+        let table = zeroed(CLAIM_TABLE as usize * 8)?;
         let host = ring.device_base()?;
         let kernel_stream = Stream::new()?;
-        let mut params = KernelArgs::new(&[state.ptr, dev_slots.ptr, dev_done.ptr, done_ctr.ptr, host]);
+        let mut params = KernelArgs::new(&[state.ptr, dev_slots.ptr, done_ctr.ptr, table.ptr, host]);
         // SAFETY: the parameters match `tilemux_persistent`; the grid is at most the
         // co-resident CTAs (cooperative launches fail otherwise) and at least 2; the buffers
         // outlive the kernel (the engine joins it before they drop).
@@ -101,8 +102,8 @@ impl CudaDevice {
             kernel_stream,
             state,
             _slots: dev_slots,
-            _dev_done: dev_done,
             _done_ctr: done_ctr,
+            _table: table,
             trace,
             _ring: ring.clone(),
             gpu: self.gpu().clone(),

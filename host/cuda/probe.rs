@@ -3,13 +3,14 @@
 //! on the machine at hand; `tilemux bench dispatch` reports it next to the ring.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cudarc::driver::sys;
 
 use super::driver::{KernelArgs, ck};
 use super::{CudaDevice, DeviceBuffer, Module, PinnedBuffer, Stream, ptx_with_entries};
+use crate::abi::echo::{INLINE as ECHO_INLINE, REPLY_SHIFT as ECHO_REPLY_SHIFT};
 use crate::error::{Error, Result};
 
 /// How the host rings the doorbell (and where the payload the GPU loads lives).
@@ -23,6 +24,12 @@ pub enum Doorbell {
     /// `cuMemcpyHtoDAsync` of the payload from pinned memory, then `cuStreamWriteValue64`, on one
     /// stream (persistent mode's publish).
     CopyThenWrite,
+}
+
+impl From<Doorbell> for EchoWay {
+    fn from(d: Doorbell) -> EchoWay {
+        EchoWay::plain(d)
+    }
 }
 
 impl Doorbell {
@@ -39,14 +46,68 @@ impl Doorbell {
     }
 }
 
-/// Round-trip times, sorted, in µs: `n` doorbells rung one at a time, each answered by one warp
-/// after it loaded `payload_bytes` (≤ 512, a multiple of 16) from where the doorbell says, the
-/// reply written to host-mapped memory and polled by this thread.
-pub fn echo(dev: &CudaDevice, how: Doorbell, payload_bytes: usize, n: usize) -> Result<Vec<f64>> {
+/// How the GPU side writes its reply to host memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Two `st.release.sys` stores (payload check word, then the echo number).
+    TwoReleases,
+    /// Relaxed stores around one `fence.acq_rel.sys`.
+    SysFence,
+    /// Relaxed stores around one `fence.acq_rel.gpu`.
+    GpuFence,
+    /// Two relaxed stores, no fence.
+    Relaxed,
+}
+
+/// One way to ring the doorbell, poll it and answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EchoWay {
+    pub doorbell: Doorbell,
+    /// Warps polling, started a fraction of a bus round trip apart (1..=8).
+    pub pollers: u32,
+    /// The payload is polled itself: each 16-byte chunk carries its stamp (host store only).
+    pub inline: bool,
+    pub reply: Reply,
+}
+
+impl EchoWay {
+    /// One warp polling the doorbell word, two releasing stores back.
+    pub fn plain(doorbell: Doorbell) -> EchoWay {
+        EchoWay { doorbell, pollers: 1, inline: false, reply: Reply::TwoReleases }
+    }
+
+    /// Report label.
+    pub fn label(&self) -> String {
+        if *self == EchoWay::plain(self.doorbell) {
+            return self.doorbell.label().to_string();
+        }
+        format!(
+            "{}; {} polling warp(s){}; reply {:?}",
+            self.doorbell.label(),
+            self.pollers,
+            if self.inline { ", stamped payload polled itself" } else { "" },
+            self.reply
+        )
+    }
+}
+
+/// Round-trip times, sorted, in µs: `n` doorbells rung one at a time, each answered by a warp
+/// after it loaded `payload_bytes` (≤ 512, a multiple of 16) from where the doorbell says (or,
+/// inline, polled the stamped payload itself), the reply written to host-mapped memory and
+/// polled by this thread.
+pub fn echo(dev: &CudaDevice, way: impl Into<EchoWay>, payload_bytes: usize, n: usize) -> Result<Vec<f64>> {
+    let way: EchoWay = way.into();
+    let how = way.doorbell;
     if payload_bytes % 16 != 0 || payload_bytes > 512 {
         return Err(Error::Config(format!(
             "echo payload of {payload_bytes} bytes: want a multiple of 16, at most 512"
         )));
+    }
+    if way.inline && (how != Doorbell::HostStore || payload_bytes == 0) {
+        return Err(Error::Config("an inline echo needs a host-store doorbell and a payload".into()));
+    }
+    if !(1..=8).contains(&way.pollers) {
+        return Err(Error::Config(format!("{} polling warps: want 1 to 8", way.pollers)));
     }
     dev.gpu().bind()?;
     let module = Module::load(&ptx_with_entries(&["tilemux_echo"]), 0)?;
@@ -74,23 +135,56 @@ pub fn echo(dev: &CudaDevice, how: Doorbell, payload_bytes: usize, n: usize) -> 
     ck("cuMemsetD8", unsafe { sys::cuMemsetD8_v2(dev_buf.ptr, 0, 1024) })?;
     let (kernel_stream, ops) = (Stream::new()?, Stream::new()?);
     let timeout = Duration::from_secs(1);
+    let chunks = payload_bytes / 16;
+    let mode = match way.reply {
+        Reply::TwoReleases => 0,
+        Reply::SysFence => 1,
+        Reply::GpuFence => 2,
+        Reply::Relaxed => 3,
+    };
+    let flags = way.pollers | if way.inline { ECHO_INLINE } else { 0 } | mode << ECHO_REPLY_SHIFT;
     let mut params = KernelArgs::new(&[
         doorbell,
         hdev + 64,
         payload,
-        (payload_bytes / 16) as u64,
+        chunks as u64,
         n as u64,
         timeout.as_nanos() as u64,
+        flags as u64,
     ]);
+    let stamp = |c: usize| -> &AtomicU32 {
+        // SAFETY: 4-aligned offset inside the payload area; accessed only atomically by the host.
+        unsafe { &*(host.ptr().add(512 + 16 * c) as *const AtomicU32) }
+    };
+    if way.inline {
+        (0..chunks).for_each(|c| stamp(c).store(0, Ordering::Relaxed));
+    }
     // SAFETY: parameters match `tilemux_echo`; the buffers outlive the kernel (joined below).
     ck("cuLaunchKernel", unsafe {
-        sys::cuLaunchKernel(func, 1, 1, 1, 32, 1, 1, 0, kernel_stream.0, params.as_mut_ptr(), std::ptr::null_mut())
+        sys::cuLaunchKernel(
+            func,
+            1,
+            1,
+            1,
+            32 * way.pollers,
+            1,
+            1,
+            16,
+            kernel_stream.0,
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
     })?;
     let mut out = Vec::with_capacity(n);
     let mut failed = None;
     for i in 1..=n as u64 {
         let t = Instant::now();
         let rung = match how {
+            Doorbell::HostStore if way.inline => {
+                // Each chunk's stamp after its data (one cache line's stores stay in order).
+                (0..chunks).for_each(|c| stamp(c).store(i as u32, Ordering::Release));
+                Ok(())
+            }
             Doorbell::HostStore => {
                 word(0).store(i, Ordering::Release);
                 Ok(())

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::ticket::{Resolver, Ticket, ticket};
 use super::{Done, Inner, Policy, Request, RoundInfo, TenantState};
-use crate::abi::{Activation, BiasMode, TileKind};
+use crate::abi::{Activation, BiasMode, ProblemDesc, TileKind};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::memory::Arena;
@@ -118,7 +118,7 @@ pub(crate) struct Ring {
     /// submitting thread's for a request that finds nothing queued (the fast path).
     writer: std::sync::Mutex<crate::persistent::RingWriter>,
     /// Written requests on their way to the completer; `None` once the writer thread is done.
-    flights: std::sync::Mutex<Option<std::sync::mpsc::Sender<Vec<Flight>>>>,
+    flights: std::sync::Mutex<Option<std::sync::mpsc::Sender<Vec<Arc<FlightCell>>>>>,
     /// Buffers of requests on the device, `(readers, writers)` per buffer id: requests overlap
     /// there, so one must not touch what another in flight writes. Taken after the scheduler
     /// lock where both are needed; the completer needs only this one.
@@ -278,7 +278,7 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
 /// `assemble` would); after releasing it, it plans and writes the request under the ring's writer
 /// lock and hands it to the completer. Returns whether it took the request; the scheduler lock
 /// is released either way.
-fn fast_path(inner: &Inner, mut s: std::sync::MutexGuard<'_, SchedState>, tenant: u32) -> bool {
+fn fast_path(inner: &Arc<Inner>, mut s: std::sync::MutexGuard<'_, SchedState>, tenant: u32) -> bool {
     let Some(ring) = &inner.persistent else { return false };
     // Alone: the one queued request is this tenant's (its newest, just pushed).
     let SchedState { queues, paused, queued, .. } = &mut *s;
@@ -305,26 +305,29 @@ fn fast_path(inner: &Inner, mut s: std::sync::MutexGuard<'_, SchedState>, tenant
     // Counted while the runtime is open (under the lock): a shutdown waits for it.
     ring.fast_writers.fetch_add(1, Ordering::AcqRel);
     drop(s);
-    let (descs, overrides): (Vec<_>, Vec<_>) = p.ops.iter().map(|o| (o.get().desc, o.get().plan)).unzip();
-    let round = {
-        // A copy of the cost model: every submitter takes its lock.
-        let cost = inner.cost.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let (problems, checked) = {
+        let cost = inner.cost.lock().unwrap_or_else(|e| e.into_inner());
         let chooser = inner.chooser.read().unwrap_or_else(|e| e.into_inner());
-        if let [desc] = descs[..] {
-            // One problem: its plan, without the round builder's ordering and balancing (the
-            // persistent chooser splits nothing).
-            let plan = chooser.choose(&descs, &overrides, &cost, inner.device.slots())[0];
-            let mut round = crate::round::Round::default();
-            round.push(desc, plan.kind, 1);
-            round
+        if let [o] = &p.ops[..] {
+            // One problem (the usual request): its plan and the backend's check, without a round
+            // (the ring lists no tiles; the persistent chooser splits nothing).
+            let o = o.get();
+            let plan = chooser.choose(&[o.desc], &[o.plan], &cost, inner.device.slots())[0];
+            let d = crate::round::Round::planned(o.desc, plan.kind, 1);
+            let checked = crate::round::check_alone(&d, inner.device.pool()).map_err(|e| e.to_string());
+            (vec![d], checked)
         } else {
-            chooser.build(&descs, &overrides, &cost, inner.device.slots())
+            let (descs, overrides): (Vec<_>, Vec<_>) = p.ops.iter().map(|o| (o.get().desc, o.get().plan)).unzip();
+            let round = chooser.build(&descs, &overrides, &cost, inner.device.slots());
+            let checked = crate::round::check(&round, inner.device.pool()).map_err(|e| e.to_string());
+            (round.problems, checked)
         }
     };
-    let batch = Batch { index: 0, round, reqs: vec![(t, p)], predicted: Duration::ZERO };
-    let (flights, failed) = write_batch(inner, &mut ring.writer.lock().unwrap_or_else(|e| e.into_inner()), batch);
+    let (flights, failed) =
+        write_problems(&mut ring.writer.lock().unwrap_or_else(|e| e.into_inner()), &problems, vec![(t, p)], checked);
+    let cells = flights.into_iter().map(|f| FlightCell::with_waiter(f, Arc::downgrade(inner))).collect();
     if let Some(tx) = ring.flights.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-        let _ = tx.send(flights);
+        let _ = tx.send(cells);
     }
     ring.fast_writers.fetch_sub(1, Ordering::AcqRel);
     finish_failed(inner, failed);
@@ -686,25 +689,97 @@ pub(crate) struct Flight {
     published: Instant,
 }
 
+/// A flight on its way to being finished, by the completer or, on the fast path, by the
+/// request's own waiter while it spins (whoever takes it first).
+pub(crate) struct FlightCell {
+    seqs: Vec<u64>,
+    flight: std::sync::Mutex<Option<Flight>>,
+}
+
+impl FlightCell {
+    fn new(f: Flight) -> Arc<FlightCell> {
+        Arc::new(FlightCell { seqs: f.seqs.clone(), flight: std::sync::Mutex::new(Some(f)) })
+    }
+
+    /// A cell whose ticket's waiter finishes it once its problems are done: the completion
+    /// words are in host memory, so the waiting thread sees them as soon as the completer
+    /// would, and the request's result does not wait for a second thread.
+    fn with_waiter(f: Flight, inner: std::sync::Weak<Inner>) -> Arc<FlightCell> {
+        Arc::new_cyclic(|cell: &std::sync::Weak<FlightCell>| {
+            let cell = cell.clone();
+            f.pending.resolver.set_hook(Box::new(move || {
+                let (Some(c), Some(inner)) = (cell.upgrade(), inner.upgrade()) else { return };
+                let Some(ring) = &inner.persistent else { return };
+                if c.is_done(&ring.mem) {
+                    // A contended lock means the completer is taking it.
+                    let f = c.flight.try_lock().ok().and_then(|mut f| f.take());
+                    if let Some(f) = f {
+                        settle(&inner, vec![f]);
+                    }
+                }
+            }));
+            FlightCell { seqs: f.seqs.clone(), flight: std::sync::Mutex::new(Some(f)) }
+        })
+    }
+
+    fn is_done(&self, ring: &crate::persistent::RingMemory) -> bool {
+        self.seqs.iter().all(|&s| ring.is_done(s))
+    }
+
+    /// The flight, unless someone took it.
+    fn take(&self) -> Option<Flight> {
+        self.flight.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Finishes flights whose problems are done and tells whoever waits on progress (admission,
+/// shutdown, a scheduler waiting on hazards).
+fn settle(inner: &Inner, done: Vec<Flight>) {
+    finish_flights(inner, done, None);
+    inner.notify_progress();
+    if inner.sched_sleeping.load(Ordering::Acquire) {
+        inner.wake.notify_all();
+    }
+}
+
 /// Writes a batch's problems into the ring (waiting for their slots) and publishes them; the
 /// device starts at once. Returns the requests written, for the completer, and those that failed
 /// the backend's check with why, for [`finish_failed`] once the writer lock is released.
 fn write_batch(inner: &Inner, w: &mut crate::persistent::RingWriter, b: Batch) -> (Vec<Flight>, Vec<(Flight, String)>) {
     // The backend's own gate, as in round mode: every access inside the pool.
     let checked = crate::round::check(&b.round, inner.device.pool()).map_err(|e| e.to_string());
-    let mut out = Vec::with_capacity(b.reqs.len());
+    write_problems(w, &b.round.problems, b.reqs, checked)
+}
+
+/// Writes `problems` (the requests' problems in order, `checked` by the backend's gate) into
+/// the ring, waiting for their slots, and publishes them. Returns the requests written and those
+/// that failed, with why.
+fn write_problems(
+    w: &mut crate::persistent::RingWriter,
+    problems: &[ProblemDesc],
+    reqs: Vec<(Arc<TenantState>, Pending)>,
+    checked: std::result::Result<(), String>,
+) -> (Vec<Flight>, Vec<(Flight, String)>) {
+    // And the ring's limit on one problem's tiles.
+    let max = crate::abi::ring::MAX_PROBLEM_TILES;
+    let checked = checked.and_then(|()| match problems.iter().map(|d| d.tile_count()).find(|&t| t > max) {
+        Some(t) => Err(format!("a problem of {t} tiles: persistent mode takes at most {max} per problem")),
+        None => Ok(()),
+    });
+    let now = Instant::now();
+    let mut out = Vec::with_capacity(reqs.len());
     let mut failed = Vec::new();
     let mut next = 0;
-    for (t, p) in b.reqs {
+    for (t, p) in reqs {
         let n = p.ops.len();
         if let Err(e) = &checked {
-            failed.push((Flight { tenant: t, pending: p, seqs: Vec::new(), published: Instant::now() }, e.clone()));
+            failed.push((Flight { tenant: t, pending: p, seqs: Vec::new(), published: now }, e.clone()));
             continue;
         }
         let mut seqs = Vec::with_capacity(n);
-        for d in &b.round.problems[next..next + n] {
+        for d in &problems[next..next + n] {
             let mut spins = 0u32;
-            while !w.has_room() {
+            while !w.has_room(d) {
                 // Let the device drain what is written before waiting on it.
                 w.publish();
                 spins += 1;
@@ -717,7 +792,7 @@ fn write_batch(inner: &Inner, w: &mut crate::persistent::RingWriter, b: Batch) -
             seqs.push(w.write(*d));
         }
         next += n;
-        out.push(Flight { tenant: t, pending: p, seqs, published: Instant::now() });
+        out.push(Flight { tenant: t, pending: p, seqs, published: now });
     }
     w.publish();
     let now = Instant::now();
@@ -734,12 +809,12 @@ fn finish_failed(inner: &Inner, failed: Vec<(Flight, String)>) {
 
 /// Persistent mode's executor: writes each scheduled batch into the ring. On shutdown it waits
 /// for everything published to finish, then stops and joins the resident kernel.
-fn ring_writer(inner: &Inner, rx: Receiver<Batch>, flights: std::sync::mpsc::Sender<Vec<Flight>>) {
+fn ring_writer(inner: &Inner, rx: Receiver<Batch>, flights: std::sync::mpsc::Sender<Vec<Arc<FlightCell>>>) {
     let ring = inner.persistent.as_ref().expect("persistent mode");
     while let Some(b) = recv_spinning(&rx) {
         let (out, failed) = write_batch(inner, &mut ring.writer.lock().unwrap_or_else(|e| e.into_inner()), b);
         finish_failed(inner, failed);
-        if flights.send(out).is_err() {
+        if flights.send(out.into_iter().map(FlightCell::new).collect()).is_err() {
             break;
         }
     }
@@ -763,9 +838,9 @@ fn ring_writer(inner: &Inner, rx: Receiver<Batch>, flights: std::sync::mpsc::Sen
 /// Persistent mode's completer: polls the ring's completion words for the requests in flight
 /// (spinning briefly after activity, then sleeping in short steps), resolves finished requests,
 /// and keeps the heartbeat going so the resident kernel knows the host is alive.
-fn ring_completer(inner: &Inner, rx: Receiver<Vec<Flight>>) {
+fn ring_completer(inner: &Inner, rx: Receiver<Vec<Arc<FlightCell>>>) {
     let ring = &inner.persistent.as_ref().expect("persistent mode").mem;
-    let mut flights: VecDeque<Flight> = VecDeque::new();
+    let mut flights: VecDeque<Arc<FlightCell>> = VecDeque::new();
     let mut active = Instant::now();
     let mut connected = true;
     let (mut beats, mut last_beat) = (0u64, Instant::now());
@@ -791,19 +866,16 @@ fn ring_completer(inner: &Inner, rx: Receiver<Vec<Flight>>) {
         let mut done = Vec::new();
         let mut i = 0;
         while i < flights.len() {
-            if flights[i].seqs.iter().all(|&s| ring.is_done(s)) {
-                done.push(flights.swap_remove_back(i).expect("in range"));
+            if flights[i].is_done(ring) {
+                // Unless its waiter took it first.
+                done.extend(flights.swap_remove_back(i).expect("in range").take());
+                active = Instant::now();
             } else {
                 i += 1;
             }
         }
         if !done.is_empty() {
-            finish_flights(inner, done, None);
-            active = Instant::now();
-            inner.notify_progress();
-            if inner.sched_sleeping.load(Ordering::Acquire) {
-                inner.wake.notify_all();
-            }
+            settle(inner, done);
         }
         if flights.is_empty() {
             if !connected {

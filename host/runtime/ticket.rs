@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,9 @@ struct Shared<T> {
     /// Threads blocked on `cv` (changed under `slot`'s lock): the resolver skips the wake-up
     /// system call when there are none, the usual case (waiters spin first).
     sleepers: AtomicU32,
+    /// Called by a spinning waiter: lets it finish the work itself once done (persistent mode's
+    /// fast path, whose completion words the waiter can read), ahead of the completer thread.
+    hook: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// A pending result. Resolves exactly once: with the work's outcome, or with an error when the
@@ -45,11 +48,20 @@ pub(crate) fn ticket<T>() -> (Ticket<T>, Resolver<T>) {
         cv: Condvar::new(),
         ready: AtomicBool::new(false),
         sleepers: AtomicU32::new(0),
+        hook: OnceLock::new(),
     });
     (Ticket { shared: shared.clone() }, Resolver { shared: Some(shared) })
 }
 
 impl<T> Resolver<T> {
+    /// Gives the ticket's spinning waiter `hook` to call (at most once set; it should resolve
+    /// the ticket through this resolver when the work is done, and do nothing otherwise).
+    pub(crate) fn set_hook(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        if let Some(s) = &self.shared {
+            let _ = s.hook.set(hook);
+        }
+    }
+
     /// Resolves the ticket (first call wins; the resolver is consumed).
     pub(crate) fn resolve(mut self, r: Result<T>) {
         self.set(r);
@@ -103,6 +115,9 @@ impl<T> Ticket<T> {
     pub fn wait(self) -> Result<T> {
         let (t, spin) = (Instant::now(), super::scheduler::spin());
         while !self.shared.ready.load(Ordering::Acquire) && t.elapsed() < spin {
+            if let Some(hook) = self.shared.hook.get() {
+                hook();
+            }
             std::hint::spin_loop();
         }
         let mut slot = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());

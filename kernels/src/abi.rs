@@ -493,18 +493,20 @@ impl ProblemDesc {
 /// memory ordering: `kernels/src/QUEUE.md`.
 ///
 /// Problem `q` (the q-th ever written) lives in slot `q % slots`; its tiles are `first_tile ..
-/// first_tile + tiles` of one global tile sequence. The host writes slots into pinned,
-/// device-mapped host memory and publishes them with a release store of
-/// [`HostHeader::published`]; one CTA of the resident kernel (the forwarder) polls that word
-/// across the bus, copies new slots into the device ring and publishes them to the other CTAs
-/// in device memory, so only the forwarder reads host memory. The one word the workers write
-/// to host memory is each problem's completion.
+/// first_tile + tiles` of one global tile sequence. The host writes each slot's stamped image
+/// ([`ring::HOST_SLOT_CHUNKS`] 16-byte chunks, each with `q + 1` in its first word) into pinned,
+/// device-mapped host memory; one warp of the resident kernel (the forwarder) polls the next
+/// slot's image itself across the bus (no separate doorbell word, so one round trip brings both
+/// the news and the problem), copies it into the device ring and publishes each of its tiles in
+/// the claim table ([`ring::entry`]), where the CTA holding that tile's claim finds it. The one
+/// word the workers write to host memory is each problem's completion.
 pub mod ring {
     use super::ProblemDesc;
     #[cfg(not(target_arch = "nvptx64"))]
     use bytemuck::{Pod, Zeroable};
 
-    /// One problem of the ring.
+    /// One problem of the ring (the device ring's format; the host image carries the same bytes
+    /// from `first_tile` on, stamped).
     #[repr(C, align(16))]
     #[derive(Clone, Copy, Debug)]
     #[cfg_attr(not(target_arch = "nvptx64"), derive(Pod, Zeroable))]
@@ -513,12 +515,70 @@ pub mod ring {
         pub seq: u64,
         /// Its first tile in the global tile sequence.
         pub first_tile: u64,
-        /// Its tile count (at least 1).
+        /// Its tile count (at least 1, at most [`MAX_PROBLEM_TILES`]).
         pub tiles: u32,
         /// Reserved, zero.
-        pub _reserved: [u32; 3],
+        pub _reserved: u32,
+        /// The slot's tile counter reads this once the problem's last tile is done: the tiles of
+        /// every problem the slot has held so far, this one included (the counter is never reset).
+        pub done_target: u64,
         /// The problem (tile grid set, `k_splits == 1`, `completion` = slot index).
         pub problem: ProblemDesc,
+    }
+
+    /// 16-byte chunks of a slot's host image: word 0 of each is the stamp (`seq + 1`, low 32
+    /// bits), words 1..4 carry the slot's bytes from `first_tile` on, 12 per chunk.
+    pub const HOST_SLOT_CHUNKS: usize = 13;
+    /// Bytes of a slot's host image.
+    pub const HOST_SLOT_BYTES: usize = HOST_SLOT_CHUNKS * 16;
+    /// Words of [`RingSlot`] the host image carries (all but `seq`).
+    pub const IMAGE_WORDS: usize = core::mem::size_of::<RingSlot>() / 4 - 2;
+
+    /// The stamp of problem `seq` (never 0, so a zeroed image holds no problem).
+    pub const fn stamp(seq: u64) -> u32 {
+        (seq as u32).wrapping_add(1)
+    }
+
+    /// Entries of the claim table: entry `g % CLAIM_TABLE` tells the CTA holding claim `g`
+    /// which slot and tile it has. The host keeps the tiles in flight within the table (a
+    /// problem is written only when its tiles end at most this far past the first tile of the
+    /// oldest unfinished problem, or into an empty ring), so an entry is rewritten only after
+    /// the claim it served was taken.
+    pub const CLAIM_TABLE: u64 = 1 << 16;
+    /// Most tiles one problem may have in persistent mode (the entry's tile field).
+    pub const MAX_PROBLEM_TILES: u32 = 1 << 24;
+
+    /// Claim-table entries: `tag` (24 bits: which lap of the table, plus one) | `slot` (16 bits)
+    /// | `tile` within the problem (24 bits).
+    pub mod entry {
+        use super::CLAIM_TABLE;
+
+        /// Lap tag of claim `g` (never 0: a zeroed table holds no entry).
+        pub const fn tag(g: u64) -> u32 {
+            ((g / CLAIM_TABLE + 1) & 0xff_ffff) as u32
+        }
+
+        /// The entry telling the holder of claim `g` it has tile `tile` of slot `slot`.
+        pub const fn pack(g: u64, slot: u32, tile: u32) -> u64 {
+            (tag(g) as u64) << 40 | ((slot & 0xffff) as u64) << 24 | (tile & 0xff_ffff) as u64
+        }
+
+        /// What entry `e` says the holder of claim `g` has: `(slot, tile)`, or `None` while the
+        /// entry still serves an earlier lap. An entry of a later lap tells the same when it
+        /// belongs to the same problem (a problem larger than the table laps it), which its tile
+        /// index shows.
+        pub const fn find(e: u64, g: u64) -> Option<(u32, u32)> {
+            let (etag, slot, tile) = ((e >> 40) as u32, (e >> 24) as u32 & 0xffff, e as u32 & 0xff_ffff);
+            let ahead = etag.wrapping_sub(tag(g)) & 0xff_ffff;
+            if e == 0 || ahead >= 1 << 23 {
+                return None;
+            }
+            let back = ahead as u64 * CLAIM_TABLE;
+            if back > tile as u64 {
+                return None;
+            }
+            Some((slot, tile - back as u32))
+        }
     }
 
     /// The host's control words, at the start of the host block (written by the host only).
@@ -526,7 +586,8 @@ pub mod ring {
     #[derive(Clone, Copy, Debug)]
     #[cfg_attr(not(target_arch = "nvptx64"), derive(Pod, Zeroable))]
     pub struct HostHeader {
-        /// Problems published (release store after their slots).
+        /// Problems published (their stamps written); for the host's own bookkeeping, the device
+        /// polls the stamps.
         pub published: u64,
         /// Host heartbeat: changes at least every heartbeat period while the host side lives.
         pub heartbeat: u64,
@@ -546,9 +607,9 @@ pub mod ring {
         pub claim: u64,
         /// Problems forwarded: their slots are in the device ring (forwarder).
         pub published: u64,
-        /// Tiles of the forwarded problems (`first_tile + tiles` of the last one): a worker
-        /// whose claim is below it knows its problem is forwarded (forwarder, released after
-        /// `published`).
+        /// Tiles of the forwarded problems (`first_tile + tiles` of the last one), released
+        /// after their claim-table entries: once the forwarder stopped, a claim at or past it
+        /// will never be served (forwarder).
         pub tiles_published: u64,
         /// Nanoseconds without a heartbeat change after which the kernel stops by itself (0:
         /// never).
@@ -575,12 +636,12 @@ pub mod ring {
     #[derive(Clone, Copy, Debug)]
     #[cfg_attr(not(target_arch = "nvptx64"), derive(Pod, Zeroable))]
     pub struct Trace {
-        /// The forwarder saw it published in the host header (problems it forwards at once
-        /// share the stamp).
+        /// The forwarder saw its stamped image complete in host memory (problems it forwards at
+        /// once share the stamp).
         pub seen: u64,
-        /// The forwarder is about to publish it to the workers (its copy is done).
+        /// The forwarder copied it into the device ring and is about to publish its tiles.
         pub forwarded: u64,
-        /// The CTA running tile 0 found it.
+        /// The CTA running tile 0 found its claim-table entry.
         pub found: u64,
         /// That CTA staged its descriptor.
         pub staged: u64,
@@ -597,10 +658,11 @@ pub mod ring {
     /// Bytes of the header at the start of the host block.
     pub const HOST_HEADER_BYTES: usize = core::mem::size_of::<HostHeader>();
 
-    /// Bytes of the host block for `slots` slots: the header, the slots, then the completion
-    /// words (the device writes `seq + 1` into word `q % slots` when problem `q` is done).
+    /// Bytes of the host block for `slots` slots: the header, the slot images, then the
+    /// completion words (the device writes `seq + 1` into word `q % slots` when problem `q` is
+    /// done).
     pub const fn host_bytes(slots: u32) -> usize {
-        HOST_HEADER_BYTES + slots as usize * (core::mem::size_of::<RingSlot>() + 8)
+        HOST_HEADER_BYTES + slots as usize * (HOST_SLOT_BYTES + 8)
     }
 
     /// Byte offset of slot `i` in the device ring.
@@ -608,9 +670,9 @@ pub mod ring {
         i as usize * core::mem::size_of::<RingSlot>()
     }
 
-    /// Byte offset of slot `i` in the host block.
+    /// Byte offset of slot `i`'s image in the host block.
     pub const fn host_slot_offset(i: u32) -> usize {
-        HOST_HEADER_BYTES + slot_offset(i)
+        HOST_HEADER_BYTES + i as usize * HOST_SLOT_BYTES
     }
 
     /// Byte offset of completion word `i` in the host block.
@@ -620,9 +682,22 @@ pub mod ring {
 
     const _: () = {
         assert!(core::mem::size_of::<RingSlot>() == 160);
+        assert!(core::mem::offset_of!(RingSlot, first_tile) == 8);
+        assert!(core::mem::offset_of!(RingSlot, tiles) == 16);
+        assert!(core::mem::offset_of!(RingSlot, done_target) == 24);
         assert!(core::mem::offset_of!(RingSlot, problem) == 32);
+        assert!(IMAGE_WORDS <= HOST_SLOT_CHUNKS * 3 && IMAGE_WORDS > (HOST_SLOT_CHUNKS - 1) * 3);
         assert!(core::mem::size_of::<DeviceState>() == 64);
         assert!(core::mem::size_of::<Trace>() == 64);
         assert!(core::mem::size_of::<HostHeader>() == 64);
     };
+}
+
+/// The transport probe's `how` word (`tilemux_echo`): bits 0..4, polling warps (1..=8).
+pub mod echo {
+    /// The payload is polled itself: each 16-byte chunk carries its stamp in its first word.
+    pub const INLINE: u32 = 1 << 8;
+    /// Shift of the reply mode: 0, two `st.release.sys`; 1, relaxed stores around one
+    /// `fence.acq_rel.sys`; 2, around `fence.acq_rel.gpu`; 3, no fence.
+    pub const REPLY_SHIFT: u32 = 12;
 }

@@ -2,7 +2,8 @@
 //!
 //! Written for bandwidth: each of the 8 warps owns `RPW` consecutive rows; its lanes stride
 //! through `k` in 16-byte chunks (coalesced: a warp reads 512 contiguous bytes of a row per step),
-//! two chunks of every row in flight per step (`2 · RPW` independent 16-byte loads per lane), then
+//! four chunks of every row in flight per step with 4 rows per warp, two with more (`4 · RPW` or
+//! `2 · RPW` independent 16-byte loads per lane), then
 //! a butterfly shuffle sums each row across the warp. Unaligned rows or a strided `x` take a scalar
 //! path with the same structure.
 
@@ -47,6 +48,22 @@ pub unsafe fn gemv_tile<const RPW: usize>(d: Problem, tile_m: u32) {
     // SAFETY (all loads): chunk q < k4 covers elements 4q..4q+4 <= k of a validated row or of
     // x; scalar indices are < k; `vec` guarantees 16-byte alignment of 4-wide loads.
     let mut q = lane;
+    // Four chunks of every row in flight where registers allow (4 rows or fewer per warp): a
+    // 512-wide row is then one round of loads, which is what a lone request waits on.
+    while RPW <= 4 && q + 96 < k4 {
+        let off = [0u32, 1, 2, 3].map(|u| (q + 32 * u) as u64 * 16);
+        let x = unsafe { off.map(|o| ld_global_nc_v4(b + o)) };
+        let mut a4 = [[[0.0f32; 4]; 4]; RPW];
+        for r in 0..RPW {
+            for u in 0..4 {
+                a4[r][u] = unsafe { ld_global_nc_v4(rows[r] + off[u]) };
+            }
+        }
+        for r in 0..RPW {
+            acc[r] = dot4(a4[r][3], x[3], dot4(a4[r][2], x[2], dot4(a4[r][1], x[1], dot4(a4[r][0], x[0], acc[r]))));
+        }
+        q += 128;
+    }
     while q + 32 < k4 {
         let off0 = q as u64 * 16;
         let off1 = off0 + 32 * 16;

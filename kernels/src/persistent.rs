@@ -2,61 +2,60 @@
 //! resident), it drains the ring until told to stop. Protocol and memory ordering: `QUEUE.md`,
 //! "Persistent mode".
 //!
-//! Block 0 is the forwarder: its thread 0 polls the host's `published` word across the bus, and
-//! the whole CTA copies newly published slots from host memory into the device ring, then
-//! publishes them to the workers in device memory. Every other block is a worker: its thread 0
-//! claims the next global tile index and waits (nanosleep backoff on a device word) until a
-//! published problem may cover it; then all its threads look through up to 256 published
-//! problems at once for the one holding the claim, stage its descriptor into shared memory, run
-//! the tile and count it. The CTA finishing a problem's last tile marks the slot done in device
-//! memory and writes the problem's completion word to host memory.
+//! Warp 0 of block 0 is the forwarder: it polls the stamped host images of the next two slots
+//! itself (one bus round trip brings both the news and the problems), copies what arrived into
+//! the device ring, and publishes every tile of it in the claim table. Every other block is a
+//! worker: its thread 0 claims the next global tile index and polls that claim's table entry
+//! (nanosleep backoff, device memory only), which names the slot and the tile; the CTA stages
+//! the slot, runs the tile and counts it on the slot's counter. The CTA whose count reaches the
+//! problem's target writes the problem's completion word to host memory.
 
 use core::mem::offset_of;
 
 use crate::abi::ring::{
-    DeviceState, HOST_HEADER_BYTES, HostHeader, RingSlot, TRACE_PROBLEMS, Trace, done_offset, slot_offset,
+    CLAIM_TABLE, DeviceState, HOST_SLOT_BYTES, HOST_SLOT_CHUNKS, HostHeader, IMAGE_WORDS, RingSlot, TRACE_PROBLEMS,
+    Trace, done_offset, entry, host_slot_offset, slot_offset, stamp,
 };
-use crate::abi::{BLOCK_THREADS, SMEM_DESC_OFFSET, SMEM_HEADER_BYTES, TileDesc};
+use crate::abi::{SMEM_DESC_OFFSET, SMEM_HEADER_BYTES, TileDesc};
 use crate::arch::{
-    atom_add_acq_rel_gpu_u32, atom_add_relaxed_gpu_u64, block_idx_x, fence_acq_rel_gpu, globaltimer,
-    ld_acquire_gpu_u32, ld_acquire_gpu_u64, ld_acquire_sys_u64, ld_shared_u32, ld_shared_u64, ld_volatile_u32,
-    ld_volatile_u64, ld_volatile_v4_u32, nanosleep, smem_base, st_relaxed_gpu_u32, st_relaxed_gpu_u64,
-    st_relaxed_gpu_v4_u32, st_release_gpu_u32, st_release_gpu_u64, st_release_sys_u64, st_shared_u32, st_shared_u64,
-    st_shared_v4_u32, sync_threads, thread_idx_x,
+    atom_add_acq_rel_gpu_u64, atom_add_relaxed_gpu_u64, block_idx_x, fence_acq_rel_gpu, fence_acq_rel_sys, globaltimer,
+    ld_acquire_gpu_u32, ld_acquire_gpu_u64, ld_shared_u32, ld_shared_u64, ld_volatile_u32, ld_volatile_u64,
+    ld_volatile_v4_u32, nanosleep, shfl_idx, smem_base, st_relaxed_gpu_u32, st_relaxed_gpu_u64, st_relaxed_sys_u64,
+    st_release_gpu_u32, st_release_gpu_u64, st_shared_u32, st_shared_u64, st_shared_v4_u32, sync_threads, sync_warp,
+    thread_idx_x, vote_all,
 };
 use crate::megakernel::run_tile;
 use crate::problem::Problem;
 
-/// Longest nanosleep between a waiting worker's polls of the device `published` word: bounds
-/// the wake-up latency of an idle worker.
+/// Longest nanosleep between a waiting worker's polls of its claim-table entry: bounds the
+/// wake-up latency of an idle worker.
 const MAX_BACKOFF_NS: u32 = 128;
-/// The forwarder polls back to back (each poll is one bus round trip, about 1 µs) until this
+/// A waiting worker looks at the stop word every this many polls.
+const WORKER_STOP_EVERY: u32 = 64;
+/// The forwarder polls back to back (each poll is one bus round trip, about 1.5 µs) until this
 /// long passes without work, then sleeps this long between polls.
 const FORWARDER_IDLE_NS: u64 = 1_000_000;
 const FORWARDER_IDLE_SLEEP_NS: u32 = 1000;
-/// The forwarder reads the host's stop and heartbeat words every this many idle polls.
+/// Every this many polls, two more lanes of the forwarder's poll read the host's stop and
+/// heartbeat words (in the same round trip as the slots).
 const FORWARDER_CONTROL_EVERY: u32 = 32;
-/// 16-byte chunks per slot, and per forwarder thread and pass.
-const SLOT_CHUNKS: u32 = (size_of::<RingSlot>() / 16) as u32;
-const CHUNKS_PER_THREAD: u32 = 5;
-/// Slots the forwarder copies per pass (all its threads' chunks).
-const FORWARD_SLOTS: u64 = (BLOCK_THREADS * CHUNKS_PER_THREAD / SLOT_CHUNKS) as u64;
+/// Slots the forwarder polls at once (one 16-byte chunk per lane).
+const WINDOW: u32 = 2;
+const POLL_LANES: u32 = WINDOW * HOST_SLOT_CHUNKS as u32;
+const LANE_STOP: u32 = POLL_LANES;
+const LANE_BEAT: u32 = POLL_LANES + 1;
 /// Scratch words in the tile area of shared memory (free between tiles).
-const SCRATCH_PUBLISHED: u32 = 0;
-const SCRATCH_CLAIM: u32 = 8;
-const SCRATCH_FOUND: u32 = 16;
-const SCRATCH_SLOT: u32 = 24;
-const SCRATCH_TILE: u32 = 28;
-const SCRATCH_TILES: u32 = 32;
-/// The forwarder's scratch words: the range of problems to copy, and the last one's first tile
-/// and tile count (from the chunks that hold them).
-const SCRATCH_FROM: u32 = 0;
-const SCRATCH_TO: u32 = 8;
-const SCRATCH_LAST_FIRST: u32 = 16;
-const SCRATCH_LAST_TILES: u32 = 24;
-/// `first_tile` and `tiles` lie in a slot's first and second 16-byte chunks.
+const SCRATCH_CLAIM: u32 = 0;
+const SCRATCH_SLOT: u32 = 8;
+const SCRATCH_TILE: u32 = 12;
+/// When thread 0 found the entry (for the trace).
+const SCRATCH_FOUND: u32 = 48;
+/// The staged slot's first 32 bytes (`seq`, `first_tile`, `tiles`, `done_target`).
+const SCRATCH_HEAD: u32 = 16;
 const _: () = {
-    assert!(offset_of!(RingSlot, first_tile) == 8 && offset_of!(RingSlot, tiles) == 16);
+    assert!(LANE_BEAT < 32);
+    assert!(HOST_SLOT_BYTES % 16 == 0);
+    assert!(offset_of!(RingSlot, problem) == 32 && offset_of!(RingSlot, done_target) == 24);
 };
 
 /// The resident kernel's buffers.
@@ -66,11 +65,11 @@ struct Ring {
     state: u64,
     /// Device ring of `slots` × `RingSlot`.
     slots_addr: u64,
-    /// Per slot: `seq + 1` of its last finished problem (device memory).
-    dev_done: u64,
-    /// Per slot: tiles finished of its current problem (device memory).
+    /// Per slot: tiles finished of every problem it has held (u64, device memory).
     done_ctr: u64,
-    /// The host block (host-mapped): header, slots, completion words.
+    /// `CLAIM_TABLE` entries (u64, device memory).
+    table: u64,
+    /// The host block (host-mapped): header, slot images, completion words.
     host: u64,
     /// `TRACE_PROBLEMS` × `Trace` (0: none).
     trace: u64,
@@ -80,10 +79,6 @@ struct Ring {
 impl Ring {
     fn state(&self, field: usize) -> u64 {
         self.state + field as u64
-    }
-
-    fn slot(&self, i: u32, field: usize) -> u64 {
-        self.slots_addr + (slot_offset(i) + field) as u64
     }
 
     fn header(&self, field: usize) -> u64 {
@@ -105,140 +100,163 @@ impl Ring {
     }
 }
 
-/// The forwarder's thread 0: waits for host-published problems past `forwarded` and returns
-/// the range to copy next, or `None` once the host asked to stop (and everything it published is
-/// forwarded) or its heartbeat stopped for the timeout.
+/// Lane `lane`'s value of a u64 held by every lane (two 32-bit shuffles).
+fn shfl_u64(v: u64, lane: u32) -> u64 {
+    shfl_idx(v as u32, lane) as u64 | (shfl_idx((v >> 32) as u32, lane) as u64) << 32
+}
+
+/// Warp 0 of block 0: forwards problems from the host images to the device ring and the claim
+/// table until stopped, then sets the device stop word (after its last `tiles_published`).
+///
+/// Each poll is one load per lane: lanes `k·13 + c` read chunk `c` of problem `q + k`'s slot
+/// image; a problem has arrived when all 13 of its stamps are `q + k + 1` (the host stores each
+/// stamp after its chunk's data, and a 16-byte chunk is read at once).
 ///
 /// # Safety
-/// As [`tilemux_persistent`].
-unsafe fn poll_host(r: &Ring, forwarded: u64) -> Option<(u64, u64)> {
-    let published = r.header(offset_of!(HostHeader, published));
-    // SAFETY (loads below): the host header and the device state.
+/// As [`tilemux_persistent`]; called by the 32 lanes of one warp.
+unsafe fn forward(r: &Ring, lane: u32) {
+    // SAFETY (loads and stores below): the device state, the host block, the device ring and
+    // the claim table, as the kernel's contract describes them.
     let timeout = unsafe { ld_volatile_u64(r.state(offset_of!(DeviceState, heartbeat_timeout_ns))) };
     let (mut beat, mut beat_at) = (0u64, globaltimer());
-    let mut polls = 0u32;
-    let start = globaltimer();
+    let (mut q, mut polls, mut busy_at) = (0u64, 0u32, globaltimer());
+    let mut stopping = false;
+    let (k, c) = (lane / HOST_SLOT_CHUNKS as u32, lane % HOST_SLOT_CHUNKS as u32);
     loop {
-        let p = unsafe { ld_acquire_sys_u64(published) };
-        if p > forwarded {
-            let to = if p - forwarded > FORWARD_SLOTS { forwarded + FORWARD_SLOTS } else { p };
-            return Some((forwarded, to));
+        let control = polls % FORWARDER_CONTROL_EVERY == FORWARDER_CONTROL_EVERY - 1;
+        let mut w = [0u32; 4];
+        let mut ctl = 0u64;
+        if lane < POLL_LANES {
+            let at = r.host + (host_slot_offset(r.index(q + k as u64)) + c as usize * 16) as u64;
+            w = unsafe { ld_volatile_v4_u32(at) };
+        } else if control && lane == LANE_STOP {
+            // Relaxed: an acquire at system scope would cost this poll a fence; the one that
+            // orders the next poll after the stop word comes only once it is seen.
+            ctl = unsafe { ld_volatile_u64(r.header(offset_of!(HostHeader, stop))) };
+        } else if control && lane == LANE_BEAT {
+            ctl = unsafe { ld_volatile_u64(r.header(offset_of!(HostHeader, heartbeat))) };
         }
-        polls += 1;
-        let now = globaltimer();
-        if polls % FORWARDER_CONTROL_EVERY == 0 {
-            // The stop word before `published` again: the host stores it after its last publish.
-            if unsafe { ld_acquire_sys_u64(r.header(offset_of!(HostHeader, stop))) } != 0
-                && unsafe { ld_acquire_sys_u64(published) } <= forwarded
-            {
-                return None;
-            }
-            let b = unsafe { ld_volatile_u64(r.header(offset_of!(HostHeader, heartbeat))) };
-            if b != beat || polls == FORWARDER_CONTROL_EVERY {
-                (beat, beat_at) = (b, now);
-            } else if timeout != 0 && now.wrapping_sub(beat_at) > timeout {
-                return None;
-            }
-        }
-        if now.wrapping_sub(start) > FORWARDER_IDLE_NS {
-            nanosleep(FORWARDER_IDLE_SLEEP_NS);
-        }
-    }
-}
-
-/// Block 0: forwards published slots from the host block to the device ring until stopped, then
-/// sets the device stop word (after its last `published`).
-///
-/// # Safety
-/// As [`tilemux_persistent`].
-unsafe fn forward(r: &Ring, tid: u32, scratch: u32) {
-    let mut forwarded = 0u64;
-    loop {
-        if tid == 0 {
-            // SAFETY: this kernel's contract; scratch words in this CTA's shared memory.
-            let (from, to) = unsafe { poll_host(r, forwarded) }.unwrap_or((0, u64::MAX));
-            if to != u64::MAX {
-                r.stamp(from, offset_of!(Trace, seen));
-            }
-            unsafe {
-                st_shared_u64(scratch + SCRATCH_FROM, from);
-                st_shared_u64(scratch + SCRATCH_TO, to);
-            }
-        }
-        sync_threads();
-        // SAFETY: written before the barrier.
-        let (from, to) = unsafe { (ld_shared_u64(scratch + SCRATCH_FROM), ld_shared_u64(scratch + SCRATCH_TO)) };
-        if to == u64::MAX {
-            if tid == 0 {
-                // SAFETY: the device stop word; released after the last `published`.
-                unsafe { st_release_gpu_u32(r.state(offset_of!(DeviceState, stop)), 1) };
-            }
-            return;
-        }
-        // Copy: every thread loads its chunks (all in flight), fences, stores them.
-        let chunks = (to - from) as u32 * SLOT_CHUNKS;
-        let at = |c: u32| {
-            let i = r.index(from + (c / SLOT_CHUNKS) as u64);
-            (slot_offset(i) + (c % SLOT_CHUNKS) as usize * 16) as u64
+        let mine = lane >= POLL_LANES || w[0] == stamp(q + k as u64);
+        let first = vote_all(k != 0 || mine);
+        let n = if !first {
+            0
+        } else if vote_all(k != 1 || mine) {
+            2
+        } else {
+            1
         };
-        let mut buf = [[0u32; 4]; CHUNKS_PER_THREAD as usize];
-        let last = chunks - SLOT_CHUNKS;
-        for (u, b) in buf.iter_mut().enumerate() {
-            let c = tid + u as u32 * BLOCK_THREADS;
-            if c < chunks {
-                // SAFETY: a published slot of the host block, stable until its problem is done.
-                *b = unsafe { ld_volatile_v4_u32(r.host + HOST_HEADER_BYTES as u64 + at(c)) };
-                // SAFETY (both): scratch words of this CTA.
-                if c == last {
-                    unsafe { st_shared_u64(scratch + SCRATCH_LAST_FIRST, b[2] as u64 | (b[3] as u64) << 32) };
-                } else if c == last + 1 {
-                    unsafe { st_shared_u32(scratch + SCRATCH_LAST_TILES, b[0]) };
+        if n == 0 {
+            polls = polls.wrapping_add(1);
+            // A poll issued after the stop word was seen, and still nothing: everything the host
+            // published before asking to stop is forwarded.
+            if stopping {
+                break;
+            }
+            let now = globaltimer();
+            if control {
+                let (stop, b) = (shfl_u64(ctl, LANE_STOP), shfl_u64(ctl, LANE_BEAT));
+                if stop != 0 {
+                    // With the load above, an acquire of the stop word: the next poll sees every
+                    // stamp the host stored before it.
+                    sync_warp();
+                    fence_acq_rel_sys();
+                    stopping = true;
+                }
+                if b != beat || polls == FORWARDER_CONTROL_EVERY {
+                    (beat, beat_at) = (b, now);
+                } else if timeout != 0 && now.wrapping_sub(beat_at) > timeout {
+                    break;
                 }
             }
+            if now.wrapping_sub(busy_at) > FORWARDER_IDLE_NS {
+                nanosleep(FORWARDER_IDLE_SLEEP_NS);
+            }
+            continue;
         }
-        fence_acq_rel_gpu();
-        for (u, b) in buf.iter().enumerate() {
-            let c = tid + u as u32 * BLOCK_THREADS;
-            if c < chunks {
-                // SAFETY: the same slot of the device ring; its previous problem is done.
-                unsafe { st_relaxed_gpu_v4_u32(r.slots_addr + at(c), *b) };
+        busy_at = globaltimer();
+        if lane == 0 {
+            for j in 0..n {
+                r.stamp(q + j as u64, offset_of!(Trace, seen));
             }
         }
-        sync_threads();
-        if tid == 0 {
-            // SAFETY: the device `published` words; scratch words written before the barrier.
-            // One release covers both: workers read `published` only after acquiring
-            // `tiles_published`, and every copying thread's stores precede it (barrier, then the
+        // Copy: lane (k, c) holds image words 3c..3c+3 of problem q + k, which are the slot's
+        // words 2 + 3c.. (the image leaves out `seq`, which its stamps carry).
+        if k < n {
+            let seq = q + k as u64;
+            let dst = r.slots_addr + slot_offset(r.index(seq)) as u64;
+            for m in 0..3u32 {
+                let j = 3 * c + m;
+                if (j as usize) < IMAGE_WORDS {
+                    // SAFETY: the slot's previous problem is done (the host reused its image).
+                    unsafe { st_relaxed_gpu_u32(dst + (2 + j) as u64 * 4, w[1 + m as usize]) };
+                }
+            }
+            if c == 0 {
+                unsafe { st_relaxed_gpu_u64(dst, seq) };
+            }
+        }
+        // Every lane's copy, then each lane's fence, then its entries: the release pattern (a
+        // worker acquiring an entry sees the whole slot).
+        sync_warp();
+        fence_acq_rel_gpu();
+        if lane == 0 {
+            for j in 0..n {
+                r.stamp(q + j as u64, offset_of!(Trace, forwarded));
+            }
+        }
+        let mut end = 0u64;
+        for j in 0..n {
+            // Chunk 0 of problem q + j's image: first_tile (words 1, 2), tiles (word 3).
+            let src = j * HOST_SLOT_CHUNKS as u32;
+            let first = shfl_idx(w[1], src) as u64 | (shfl_idx(w[2], src) as u64) << 32;
+            let tiles = shfl_idx(w[3], src);
+            let slot = r.index(q + j as u64);
+            // A problem larger than the table publishes its last lap only (`entry::find` serves
+            // the earlier laps from it).
+            let mut t = tiles.saturating_sub(CLAIM_TABLE as u32) + lane;
+            while t < tiles {
+                let g = first + t as u64;
+                unsafe { st_relaxed_gpu_u64(r.table + (g % CLAIM_TABLE) * 8, entry::pack(g, slot, t)) };
+                t += 32;
+            }
+            end = first + tiles as u64;
+        }
+        sync_warp();
+        if lane == 0 {
+            // For the stop protocol: released after every lane's entries (the barrier, then the
             // release, cumulative).
             unsafe {
-                let end =
-                    ld_shared_u64(scratch + SCRATCH_LAST_FIRST) + ld_shared_u32(scratch + SCRATCH_LAST_TILES) as u64;
-                st_relaxed_gpu_u64(r.state(offset_of!(DeviceState, published)), to);
-                r.stamp(from, offset_of!(Trace, forwarded));
+                st_relaxed_gpu_u64(r.state(offset_of!(DeviceState, published)), q + n as u64);
                 st_release_gpu_u64(r.state(offset_of!(DeviceState, tiles_published)), end);
             }
-            forwarded = to;
         }
+        q += n as u64;
+    }
+    if lane == 0 {
+        // SAFETY: the device stop word; released after the last `tiles_published`.
+        unsafe { st_release_gpu_u32(r.state(offset_of!(DeviceState, stop)), 1) };
     }
 }
 
-/// A worker's thread 0: waits until the forwarded tiles cover claim `g` and returns how many
-/// problems are forwarded, or `None` once the forwarder stopped and none will cover it.
+/// A worker's thread 0: polls claim `g`'s table entry until it names a slot and tile, or returns
+/// `None` once the forwarder stopped without publishing `g`.
 ///
 /// # Safety
 /// As [`tilemux_persistent`].
-unsafe fn wait_published(r: &Ring, g: u64) -> Option<u64> {
-    let tiles = r.state(offset_of!(DeviceState, tiles_published));
-    let mut ns = 32u32;
+unsafe fn wait_entry(r: &Ring, g: u64) -> Option<(u32, u32)> {
+    let at = r.table + (g % CLAIM_TABLE) * 8;
+    let (mut ns, mut polls) = (32u32, 0u32);
     loop {
-        // SAFETY (loads below): device state words. `published` after `tiles_published`: the
-        // forwarder releases them in the other order, so the problems are all there.
-        if unsafe { ld_acquire_gpu_u64(tiles) } > g {
-            return Some(unsafe { ld_acquire_gpu_u64(r.state(offset_of!(DeviceState, published))) });
+        // SAFETY (loads below): the claim table and device state words.
+        if let Some(found) = entry::find(unsafe { ld_acquire_gpu_u64(at) }, g) {
+            return Some(found);
         }
-        // The stop word before the tiles again: the forwarder releases it after its last ones.
-        if unsafe { ld_acquire_gpu_u32(r.state(offset_of!(DeviceState, stop))) } != 0
-            && unsafe { ld_acquire_gpu_u64(tiles) } <= g
+        polls = polls.wrapping_add(1);
+        // The stop word before the tiles: the forwarder releases it after its last ones, whose
+        // entries precede them.
+        if polls % WORKER_STOP_EVERY == 0
+            && unsafe { ld_acquire_gpu_u32(r.state(offset_of!(DeviceState, stop))) } != 0
+            && unsafe { ld_acquire_gpu_u64(r.state(offset_of!(DeviceState, tiles_published))) } <= g
         {
             return None;
         }
@@ -250,9 +268,9 @@ unsafe fn wait_published(r: &Ring, g: u64) -> Option<u64> {
 /// Persistent-mode entry point. Launch cooperatively with `BLOCK_THREADS` threads, a grid of
 /// at least 2 and at most the co-resident CTAs, and `TileKind::megakernel_smem_bytes()` of
 /// dynamic shared memory. `state` is a [`DeviceState`] (with `slots` and `heartbeat_timeout_ns`
-/// set, the rest zero), `slots_addr` the device ring, `dev_done` and `done_ctr` zeroed per-slot
-/// words (u64, u32), `host` the device address of the host-mapped block (`abi::ring::host_bytes`,
-/// zeroed before launch).
+/// set, the rest zero), `slots_addr` the device ring, `done_ctr` zeroed per-slot u64 counters,
+/// `table` `CLAIM_TABLE` zeroed u64 entries, `host` the device address of the host-mapped block
+/// (`abi::ring::host_bytes`, zeroed before launch).
 ///
 /// # Safety
 /// The buffers are as described; the host follows the protocol in `QUEUE.md`, publishing only
@@ -261,8 +279,8 @@ unsafe fn wait_published(r: &Ring, g: u64) -> Option<u64> {
 pub unsafe extern "ptx-kernel" fn tilemux_persistent(
     state: u64,
     slots_addr: u64,
-    dev_done: u64,
     done_ctr: u64,
+    table: u64,
     host: u64,
 ) {
     let tid = thread_idx_x();
@@ -273,97 +291,58 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
     let slots = unsafe { ld_volatile_u32(state + offset_of!(DeviceState, slots) as u64) };
     // SAFETY: the device state.
     let trace = unsafe { ld_volatile_u64(state + offset_of!(DeviceState, trace) as u64) };
-    let r = Ring { state, slots_addr, dev_done, done_ctr, host, trace, slots };
+    let r = Ring { state, slots_addr, done_ctr, table, host, trace, slots };
     if block_idx_x() == 0 {
-        // SAFETY: this kernel's contract; the scratch words lie in this CTA's tile area.
-        unsafe { forward(&r, tid, smem) };
+        if tid < 32 {
+            // SAFETY: this kernel's contract; one whole warp.
+            unsafe { forward(&r, tid) };
+        }
         return;
     }
     let status = state + offset_of!(DeviceState, status) as u64;
     let host_done = host + done_offset(slots, 0) as u64;
-    // Uniform across the CTA: the oldest problem its claims may still fall in.
-    let mut cursor = 0u64;
     loop {
         if tid == 0 {
-            // SAFETY: the claim counter; a scratch word (the previous tile is over).
+            // SAFETY: the claim counter; scratch words (the previous tile is over).
             unsafe {
                 let g = atom_add_relaxed_gpu_u64(r.state(offset_of!(DeviceState, claim)), 1);
+                let (slot, tile) = wait_entry(&r, g).unwrap_or((u32::MAX, 0));
+                st_shared_u64(smem + SCRATCH_FOUND, globaltimer());
                 st_shared_u64(smem + SCRATCH_CLAIM, g);
-            }
-        }
-        // Find the published problem holding the claim, 256 candidates per look.
-        let (seq, slot, tile, tiles) = loop {
-            if tid == 0 {
-                // SAFETY: this kernel's contract; scratch words (the claim, written above).
-                let p = unsafe { wait_published(&r, ld_shared_u64(smem + SCRATCH_CLAIM)) }.unwrap_or(u64::MAX);
-                unsafe {
-                    st_shared_u64(smem + SCRATCH_PUBLISHED, p);
-                    st_shared_u64(smem + SCRATCH_FOUND, u64::MAX);
-                }
-            }
-            sync_threads();
-            // SAFETY: written before the barrier.
-            let (p, g) = unsafe { (ld_shared_u64(smem + SCRATCH_PUBLISHED), ld_shared_u64(smem + SCRATCH_CLAIM)) };
-            if p == u64::MAX {
-                return;
-            }
-            let end = if p - cursor > BLOCK_THREADS as u64 { cursor + BLOCK_THREADS as u64 } else { p };
-            let q = cursor + tid as u64;
-            if q < end {
-                let i = r.index(q);
-                // SAFETY: slot words of the device ring and the slot's done word. Problem q is
-                // published; if it finished, the forwarder may be rewriting the slot, and the
-                // done re-check after the fence discards what was read.
-                unsafe {
-                    let seq = ld_volatile_u64(r.slot(i, offset_of!(RingSlot, seq)));
-                    let first = ld_volatile_u64(r.slot(i, offset_of!(RingSlot, first_tile)));
-                    let tiles = ld_volatile_u32(r.slot(i, offset_of!(RingSlot, tiles))) as u64;
-                    if seq == q && first <= g && g < first + tiles {
-                        fence_acq_rel_gpu();
-                        if ld_acquire_gpu_u64(r.dev_done + i as u64 * 8) <= q {
-                            // The only thread that can get here: the claim lies in one problem.
-                            st_shared_u64(smem + SCRATCH_FOUND, q);
-                            st_shared_u32(smem + SCRATCH_SLOT, i);
-                            st_shared_u32(smem + SCRATCH_TILE, (g - first) as u32);
-                            st_shared_u32(smem + SCRATCH_TILES, tiles as u32);
-                        }
-                    }
-                }
-            }
-            sync_threads();
-            // SAFETY: written before the barrier.
-            let found = unsafe { ld_shared_u64(smem + SCRATCH_FOUND) };
-            if found != u64::MAX {
-                // SAFETY: as above.
-                // SAFETY: as above.
-                unsafe {
-                    break (
-                        found,
-                        ld_shared_u32(smem + SCRATCH_SLOT),
-                        ld_shared_u32(smem + SCRATCH_TILE),
-                        ld_shared_u32(smem + SCRATCH_TILES),
-                    );
-                }
-            }
-            // Not among these: the claim lies past them (its problem is never done before
-            // this CTA runs the tile, so its slot reads back intact when looked at).
-            cursor = end;
-            sync_threads(); // everyone read the scratch words before thread 0 rewrites them
-        };
-        cursor = seq; // later claims are larger: they lie in this problem or later ones
-        if tid == 0 && tile == 0 {
-            r.stamp(seq, offset_of!(Trace, found));
-        }
-        if tid < 8 {
-            // SAFETY: 128 bytes of the slot's problem; the slot keeps this problem until it
-            // completes, which needs this tile.
-            unsafe {
-                let w = ld_volatile_v4_u32(r.slot(slot, offset_of!(RingSlot, problem)) + tid as u64 * 16);
-                st_shared_v4_u32(desc.0 + tid * 16, w);
+                st_shared_u32(smem + SCRATCH_SLOT, slot);
+                st_shared_u32(smem + SCRATCH_TILE, tile);
             }
         }
         sync_threads();
-        if tid == 0 && tile == 0 {
+        // SAFETY: written before the barrier.
+        let (slot, tile) = unsafe { (ld_shared_u32(smem + SCRATCH_SLOT), ld_shared_u32(smem + SCRATCH_TILE)) };
+        if slot == u32::MAX {
+            return;
+        }
+        if tid < 10 {
+            // SAFETY: the slot's 160 bytes, stable until its problem completes, which needs this
+            // tile; thread 0's acquire of the entry and the barrier order them after the
+            // forwarder's copy.
+            unsafe {
+                let w = ld_volatile_v4_u32(r.slots_addr + slot_offset(slot) as u64 + tid as u64 * 16);
+                let to = if tid < 2 { smem + SCRATCH_HEAD + tid * 16 } else { desc.0 + (tid - 2) * 16 };
+                st_shared_v4_u32(to, w);
+            }
+        }
+        sync_threads();
+        // SAFETY: staged before the barrier.
+        let (seq, target) = unsafe {
+            (
+                ld_shared_u64(smem + SCRATCH_HEAD + offset_of!(RingSlot, seq) as u32),
+                ld_shared_u64(smem + SCRATCH_HEAD + offset_of!(RingSlot, done_target) as u32),
+            )
+        };
+        if tid == 0 && tile == 0 && r.trace != 0 {
+            // SAFETY: the trace buffer; a scratch word written before the barriers.
+            unsafe {
+                let at = r.trace + (seq % TRACE_PROBLEMS as u64) * size_of::<Trace>() as u64;
+                st_relaxed_gpu_u64(at + offset_of!(Trace, found) as u64, ld_shared_u64(smem + SCRATCH_FOUND));
+            }
             r.stamp(seq, offset_of!(Trace, staged));
         }
         let tiles_n = desc.tiles_n();
@@ -372,25 +351,21 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
         let _ =
             unsafe { run_tile::<false>(desc, TileDesc { problem: 0, tile_m: tm, tile_n: tn, split: 0 }, smem, status) };
         sync_threads(); // the tile's stores are issued; descriptor, stages and scratch are free
-        if tid == 0 && tile == 0 {
-            r.stamp(seq, offset_of!(Trace, tile_done));
-        }
         if tid == 0 {
-            let ctr = r.done_ctr + slot as u64 * 4;
-            // SAFETY: the slot's words.
+            if tile == 0 {
+                r.stamp(seq, offset_of!(Trace, tile_done));
+            }
+            // SAFETY: the slot's counter and completion word.
             unsafe {
                 // Release: this CTA's tile results (barrier, then the release, cumulative) precede
-                // the count; acquire: the last CTA sees every other CTA's.
-                if atom_add_acq_rel_gpu_u32(ctr, 1) == tiles - 1 {
-                    // Last tile: reset the counter for the slot's next problem and mark the slot
-                    // done on the device (nothing is read through either: the slot's next problem
-                    // comes only after the host sees the completion word), then tell the host; the
-                    // sys-scope release orders every tile's results, the reset and the device mark
-                    // before it.
-                    st_relaxed_gpu_u32(ctr, 0);
-                    st_relaxed_gpu_u64(r.dev_done + slot as u64 * 8, seq + 1);
+                // the count; acquire: the last CTA sees every other CTA's. The counter is never
+                // reset: each problem's target counts every tile the slot has held.
+                if atom_add_acq_rel_gpu_u64(r.done_ctr + slot as u64 * 8, 1) + 1 == target {
+                    // Last tile: tell the host. Every tile's results are in device memory (L2)
+                    // before this store issues (the acquire above, whose value it depends on);
+                    // see QUEUE.md for why no system-scope fence follows.
                     r.stamp(seq, offset_of!(Trace, completing));
-                    st_release_sys_u64(host_done + slot as u64 * 8, seq + 1);
+                    st_relaxed_sys_u64(host_done + slot as u64 * 8, seq + 1);
                     r.stamp(seq, offset_of!(Trace, completed));
                 }
             }

@@ -1,57 +1,124 @@
-//! The transport probe: how long a doorbell takes to reach a thread polling on the GPU and its
+//! The transport probe: how long a doorbell takes to reach a warp polling on the GPU and its
 //! reply to reach the host, with nothing else in the way. Not used by the runtime; `tilemux bench
-//! dispatch` reports it as the floor under any persistent-mode ring on the machine at hand.
+//! dispatch` reports it as the floor under any persistent-mode ring on the machine at hand, for
+//! each way a ring could be polled and answered.
 
-use crate::arch::{globaltimer, ld_acquire_sys_u64, ld_volatile_v4_u32, shfl_xor, st_release_sys_u64, thread_idx_x};
+use crate::abi::echo::{INLINE, REPLY_SHIFT};
+use crate::arch::{
+    atom_cas_shared_u32, fence_acq_rel_gpu, fence_acq_rel_sys, globaltimer, ld_acquire_sys_u64, ld_volatile_shared_u32,
+    ld_volatile_v4_u32, nanosleep, shfl_idx, shfl_xor, smem_base, st_relaxed_sys_u64, st_release_sys_u64,
+    st_shared_u32, sync_threads, thread_idx_x, vote_all,
+};
 
-/// One warp. For `i = 1..=n`: waits (spinning, no sleep) until the u64 at `doorbell` (host-mapped
-/// or device memory) is at least `i`; lanes below `chunks` (≤ 32) load 16 bytes each of
-/// `payload` (host-mapped or device memory, 16-byte aligned), as a forwarder would load a ring
-/// slot; then lane 0, once every lane's load has arrived (the shuffle needs them), stores their
-/// xor to `reply + 8` and `i` to `reply` (host-mapped) with `st.release.sys`. Returns early when
-/// one doorbell takes longer than `timeout_ns`.
+/// Writes the reply: the payload's xor at `at + 8`, then `i` at `at`. Modes: 0, both with
+/// `st.release.sys`; 1, one `fence.acq_rel.sys` between relaxed stores; 2, `fence.acq_rel.gpu`
+/// instead; 3, no fence.
 ///
 /// # Safety
-/// `doorbell`, `reply` (16 bytes) and `payload` (`16 × chunks` bytes) are valid, aligned global
-/// or host-mapped addresses.
+/// `at` is a valid 16-byte host-mapped (or global) address.
+unsafe fn reply(mode: u32, at: u64, x: u64, i: u64) {
+    // SAFETY: the caller's address.
+    unsafe {
+        match mode {
+            0 => {
+                st_release_sys_u64(at + 8, x);
+                st_release_sys_u64(at, i);
+            }
+            1 | 2 => {
+                st_relaxed_sys_u64(at + 8, x);
+                if mode == 1 {
+                    fence_acq_rel_sys()
+                } else {
+                    fence_acq_rel_gpu()
+                }
+                st_relaxed_sys_u64(at, i);
+            }
+            _ => {
+                st_relaxed_sys_u64(at + 8, x);
+                st_relaxed_sys_u64(at, i);
+            }
+        }
+    }
+}
+
+/// `32 × pollers` threads (`how`: `abi::echo`), 16 bytes of dynamic shared memory. For `i = 1..=n`: the
+/// polling warps, started a fraction of a bus round trip apart, each poll until echo `i` is
+/// rung: the u64 at `doorbell` (host-mapped or device memory) is at least `i`, after which lanes
+/// below `chunks` (≤ 32) load 16 bytes each of `payload`; or, inline, those lanes load their
+/// chunk of `payload` directly and every chunk's stamp is at least `i`. The first warp to see it
+/// claims `i` (a shared-memory compare-and-swap) and its lane 0 replies to `reply` (host-mapped,
+/// 16 bytes). Returns early when one echo takes longer than `timeout_ns`.
+///
+/// # Safety
+/// `doorbell`, `reply` and `payload` (`16 × chunks` bytes) are valid, aligned global or
+/// host-mapped addresses.
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn tilemux_echo(
     doorbell: u64,
-    reply: u64,
+    reply_at: u64,
     payload: u64,
     chunks: u32,
     n: u64,
     timeout_ns: u64,
+    how: u32,
 ) {
-    let lane = thread_idx_x();
-    if lane >= 32 {
+    let tid = thread_idx_x();
+    let (warp, lane) = (tid / 32, tid % 32);
+    let pollers = (how & 15).clamp(1, 8);
+    let inline = how & INLINE != 0;
+    let mode = (how >> REPLY_SHIFT) & 3;
+    let next = smem_base();
+    if tid == 0 {
+        // SAFETY: the launch's 16 bytes of shared memory.
+        unsafe { st_shared_u32(next, 1) };
+    }
+    sync_threads();
+    if warp >= pollers {
         return;
     }
-    let mut i = 1u64;
-    while i <= n {
-        let start = globaltimer();
-        // SAFETY (loads and stores below): the caller's addresses.
-        while unsafe { ld_acquire_sys_u64(doorbell) } < i {
-            if globaltimer().wrapping_sub(start) > timeout_ns {
-                return;
-            }
+    // Spread the warps' polls over one bus round trip (about 1.5 µs).
+    nanosleep(warp * (1500 / pollers));
+    let (mut last, mut since) = (0u64, globaltimer());
+    loop {
+        // SAFETY (loads and stores below): shared memory of the launch and the caller's addresses.
+        let i = unsafe { ld_volatile_shared_u32(next) } as u64;
+        if i > n {
+            return;
+        }
+        if i != last {
+            (last, since) = (i, globaltimer());
         }
         let mut x = 0u32;
-        if lane < chunks {
-            let w = unsafe { ld_volatile_v4_u32(payload + lane as u64 * 16) };
-            x = w[0] ^ w[1] ^ w[2] ^ w[3];
+        let ready = if inline {
+            let mut ok = true;
+            if lane < chunks {
+                let w = unsafe { ld_volatile_v4_u32(payload + lane as u64 * 16) };
+                ok = w[0] >= i as u32;
+                x = w[1] ^ w[2] ^ w[3];
+            }
+            vote_all(ok)
+        } else {
+            let rung = if lane == 0 { (unsafe { ld_acquire_sys_u64(doorbell) } >= i) as u32 } else { 0 };
+            let rung = shfl_idx(rung, 0) != 0;
+            if rung && lane < chunks {
+                let w = unsafe { ld_volatile_v4_u32(payload + lane as u64 * 16) };
+                x = w[0] ^ w[1] ^ w[2] ^ w[3];
+            }
+            rung
+        };
+        if !ready {
+            if globaltimer().wrapping_sub(since) > timeout_ns {
+                return;
+            }
+            continue;
         }
         let mut m = 16;
         while m > 0 {
             x ^= shfl_xor(f32::from_bits(x), m).to_bits();
             m /= 2;
         }
-        if lane == 0 {
-            unsafe {
-                st_release_sys_u64(reply + 8, x as u64);
-                st_release_sys_u64(reply, i);
-            }
+        if lane == 0 && unsafe { atom_cas_shared_u32(next, i as u32, i as u32 + 1) } == i as u32 {
+            unsafe { reply(mode, reply_at, x as u64, i) };
         }
-        i += 1;
     }
 }

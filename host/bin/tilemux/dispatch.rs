@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use tilemux::Device;
 use tilemux::abi::TileKind;
 use tilemux::abi::ring::Trace;
-use tilemux::cuda::probe::{Doorbell, echo};
+use tilemux::cuda::probe::{Doorbell, EchoWay, Reply, echo};
 use tilemux::cuda::{CudaConfig, CudaDevice};
 use tilemux::memory::Arena;
 use tilemux::persistent::Engine;
@@ -48,6 +48,9 @@ pub struct DispatchArgs {
     /// Only the saturated runs (no one-at-a-time latencies).
     #[arg(long)]
     pub saturated_only: bool,
+    /// Only the transport probe (the echo rows).
+    #[arg(long)]
+    pub echo_only: bool,
     /// Output directory.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -232,8 +235,12 @@ fn bare_saturated(dev: &Arc<dyn Device>, depth: u64, secs: f64) -> Result<f64> {
     let (start, dur) = (Instant::now(), Duration::from_secs_f64(secs));
     let mut done = 0u64;
     while start.elapsed() < dur {
-        while w.written() - done < depth && w.has_room() {
-            w.write(problems[(w.written() % problems.len() as u64) as usize]);
+        loop {
+            let p = problems[(w.written() % problems.len() as u64) as usize];
+            if w.written() - done >= depth || !w.has_room(&p) {
+                break;
+            }
+            w.write(p);
         }
         w.publish();
         while done < w.written() && ring.is_done(done) {
@@ -306,7 +313,26 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
             row(&format!("echo, {bytes} B payload"), how.label(), echo(&probe, how, bytes, args.requests)?);
         }
     }
+    // Ways to poll and answer: several warps a fraction of a round trip apart, the stamped
+    // payload polled itself (14 chunks carry 168 bytes beside their stamps), lighter replies.
+    let way = |pollers, inline, reply| EchoWay { doorbell: Doorbell::HostStore, pollers, inline, reply };
+    let ways = [
+        (way(1, false, Reply::Relaxed), 0),
+        (way(4, false, Reply::Relaxed), 0),
+        (way(1, true, Reply::TwoReleases), 224),
+        (way(4, true, Reply::TwoReleases), 224),
+        (way(8, true, Reply::TwoReleases), 224),
+        (way(4, true, Reply::SysFence), 224),
+        (way(4, true, Reply::GpuFence), 224),
+        (way(4, true, Reply::Relaxed), 224),
+    ];
+    for (w, bytes) in ways.into_iter().filter(|_| !args.saturated_only) {
+        row(&format!("echo, {bytes} B payload"), &w.label(), echo(&probe, w, bytes, args.requests)?);
+    }
     drop(probe);
+    if args.echo_only {
+        return table.finish(&format!("{describe}\nTransport probe only.\n"), args.out.as_deref(), "dispatch");
+    }
     for (name, shape) in SHAPES.into_iter().filter(|_| !args.saturated_only) {
         let case = Case::plain(&mut rng, shape);
         // cuBLAS: launch + synchronize.

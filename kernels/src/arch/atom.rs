@@ -216,3 +216,61 @@ pub unsafe fn st_relaxed_gpu_u64(addr: u64, v: u64) {
     // SAFETY: the caller guarantees the address.
     unsafe { asm!("st.relaxed.gpu.global.u64 [{0}], {1};", in(reg64) addr, in(reg64) v, options(nostack)) };
 }
+
+/// `fence.acq_rel.sys`.
+#[inline(always)]
+pub fn fence_acq_rel_sys() {
+    // SAFETY: a fence has no preconditions.
+    unsafe { asm!("fence.acq_rel.sys;", options(nostack)) };
+}
+
+/// `st.relaxed.sys.global.u64`.
+///
+/// # Safety
+/// `addr` is an 8-byte aligned global (or host-mapped) address.
+#[inline(always)]
+pub unsafe fn st_relaxed_sys_u64(addr: u64, v: u64) {
+    // SAFETY: the caller guarantees the address.
+    unsafe { asm!("st.relaxed.sys.global.u64 [{0}], {1};", in(reg64) addr, in(reg64) v, options(nostack)) };
+}
+
+/// `ld.volatile.shared.u32`: a load the compiler keeps inside a polling loop.
+///
+/// # Safety
+/// `addr` lies in the launch's dynamic shared memory.
+#[inline(always)]
+pub unsafe fn ld_volatile_shared_u32(addr: u32) -> u32 {
+    let v: u32;
+    // SAFETY: the caller guarantees the address.
+    unsafe { asm!("ld.volatile.shared.u32 {0}, [{1}];", out(reg32) v, in(reg32) addr, options(nostack)) };
+    v
+}
+
+/// `atom.shared.cas.b32`: returns the old value.
+///
+/// # Safety
+/// `addr` lies in the launch's dynamic shared memory, 4-byte aligned.
+#[inline(always)]
+pub unsafe fn atom_cas_shared_u32(addr: u32, compare: u32, v: u32) -> u32 {
+    let old: u32;
+    // SAFETY: the caller guarantees the address.
+    unsafe {
+        asm!("atom.shared.cas.b32 {0}, [{1}], {2}, {3};",
+            out(reg32) old, in(reg32) addr, in(reg32) compare, in(reg32) v, options(nostack))
+    };
+    old
+}
+
+/// `atom.acq_rel.gpu.global.add.u64`: returns the old value.
+///
+/// # Safety
+/// `addr` is an 8-byte aligned global address.
+#[inline(always)]
+pub unsafe fn atom_add_acq_rel_gpu_u64(addr: u64, v: u64) -> u64 {
+    let old: u64;
+    // SAFETY: the caller guarantees the address.
+    unsafe {
+        asm!("atom.acq_rel.gpu.global.add.u64 {0}, [{1}], {2};", out(reg64) old, in(reg64) addr, in(reg64) v, options(nostack))
+    };
+    old
+}

@@ -15,3 +15,10 @@ pub fn sync_threads() {
     // SAFETY: every tile routine calls this the same number of times in every thread of the CTA.
     unsafe { asm!("barrier.sync 0;", options(nostack)) }
 }
+
+/// `bar.warp.sync -1`: the warp's lanes reconverge; orders memory accesses among them.
+#[inline(always)]
+pub fn sync_warp() {
+    // SAFETY: every lane of the warp executes it (callers are warp-uniform).
+    unsafe { asm!("bar.warp.sync -1;", options(nostack)) }
+}
