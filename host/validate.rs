@@ -163,15 +163,17 @@ pub(crate) fn check_request(tenant: &TenantState, req: Request) -> Result<Vec<Ch
     if req.ops.is_empty() {
         return Err(Error::EmptyRequest);
     }
-    let ops: Vec<CheckedOp> =
-        req.ops.iter().enumerate().map(|(i, op)| check_op(tenant, i, op)).collect::<Result<_>>()?;
-    for (i, a) in ops.iter().enumerate() {
-        for (j, b) in ops.iter().enumerate().skip(i + 1) {
+    // Collected as they will be returned: a request is usually one op, checked on the submitting
+    // thread's critical path, and a second pass would move every op again.
+    let ops: Vec<Checked<CheckedOp>> =
+        req.ops.iter().enumerate().map(|(i, op)| check_op(tenant, i, op).map(Checked)).collect::<Result<_>>()?;
+    for (i, a) in ops.iter().map(Checked::get).enumerate() {
+        for (j, b) in ops.iter().map(Checked::get).enumerate().skip(i + 1) {
             let hits = |w: &Buffer, x: &CheckedOp| x.write.id() == w.id() || x.reads.iter().any(|r| r.id() == w.id());
             if hits(&a.write, b) || hits(&b.write, a) {
                 return Err(Error::ConflictingOps { first: i, second: j });
             }
         }
     }
-    Ok(ops.into_iter().map(Checked).collect())
+    Ok(ops)
 }
