@@ -65,7 +65,8 @@ impl CudaDevice {
             stop: 0,
             status: 0,
             slots,
-            _reserved: [0; 3],
+            worker_spin_polls: worker_spin_polls(),
+            _reserved: [0; 2],
         };
         // SAFETY: the buffer holds a DeviceState.
         ck("cuMemcpyHtoD", unsafe {
@@ -110,6 +111,13 @@ impl CudaDevice {
         };
         Ok((ring, engine))
     }
+}
+
+/// Back-to-back polls of a waiting worker before it backs off: about 1 ms of L2 round trips,
+/// so a worker between requests that come close together does not sleep through the next one.
+/// `TILEMUX_WORKER_SPIN_POLLS` overrides it (0: sleep between polls from the first).
+fn worker_spin_polls() -> u32 {
+    std::env::var("TILEMUX_WORKER_SPIN_POLLS").ok().and_then(|v| v.parse().ok()).unwrap_or(4096)
 }
 
 impl CudaEngine {

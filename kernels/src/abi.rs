@@ -623,8 +623,11 @@ pub mod ring {
         pub status: u32,
         /// Slots in the ring.
         pub slots: u32,
+        /// Polls a waiting worker makes back to back before it starts sleeping between them
+        /// (nanosleep backoff); a worker that just finished a tile polls at once.
+        pub worker_spin_polls: u32,
         /// Reserved, zero.
-        pub _reserved: [u32; 3],
+        pub _reserved: [u32; 2],
     }
 
     /// Problems the trace keeps (problem `q` in entry `q % TRACE_PROBLEMS`).

@@ -239,13 +239,14 @@ unsafe fn forward(r: &Ring, lane: u32) {
 }
 
 /// A worker's thread 0: polls claim `g`'s table entry until it names a slot and tile, or returns
-/// `None` once the forwarder stopped without publishing `g`.
+/// `None` once the forwarder stopped without publishing `g`. The first `spin_polls` polls go
+/// back to back, then nanosleep backoff.
 ///
 /// # Safety
 /// As [`tilemux_persistent`].
-unsafe fn wait_entry(r: &Ring, g: u64) -> Option<(u32, u32)> {
+unsafe fn wait_entry(r: &Ring, g: u64, spin_polls: u32) -> Option<(u32, u32)> {
     let at = r.table + (g % CLAIM_TABLE) * 8;
-    let (mut ns, mut polls) = (32u32, 0u32);
+    let (mut ns, mut polls) = (0u32, 0u32);
     loop {
         // SAFETY (loads below): the claim table and device state words.
         if let Some(found) = entry::find(unsafe { ld_acquire_gpu_u64(at) }, g) {
@@ -260,8 +261,10 @@ unsafe fn wait_entry(r: &Ring, g: u64) -> Option<(u32, u32)> {
         {
             return None;
         }
-        nanosleep(ns);
-        ns = (ns * 2).min(MAX_BACKOFF_NS);
+        if polls > spin_polls {
+            nanosleep(ns);
+            ns = (ns * 2).clamp(32, MAX_BACKOFF_NS);
+        }
     }
 }
 
@@ -300,13 +303,15 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
         return;
     }
     let status = state + offset_of!(DeviceState, status) as u64;
+    // SAFETY: the device state.
+    let spin_polls = unsafe { ld_volatile_u32(state + offset_of!(DeviceState, worker_spin_polls) as u64) };
     let host_done = host + done_offset(slots, 0) as u64;
     loop {
         if tid == 0 {
             // SAFETY: the claim counter; scratch words (the previous tile is over).
             unsafe {
                 let g = atom_add_relaxed_gpu_u64(r.state(offset_of!(DeviceState, claim)), 1);
-                let (slot, tile) = wait_entry(&r, g).unwrap_or((u32::MAX, 0));
+                let (slot, tile) = wait_entry(&r, g, spin_polls).unwrap_or((u32::MAX, 0));
                 st_shared_u64(smem + SCRATCH_FOUND, globaltimer());
                 st_shared_u64(smem + SCRATCH_CLAIM, g);
                 st_shared_u32(smem + SCRATCH_SLOT, slot);
