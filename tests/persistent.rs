@@ -170,6 +170,13 @@ runtime_test!(set_chooser_keeps_persistent_limits, |d: Arc<dyn Device>, _gpu: bo
 });
 
 runtime_test!(ring_full, |d: Arc<dyn Device>, _gpu: bool| {
+    // A ring's size: at least one slot, at most what a claim-table entry can name.
+    for slots in [0, tilemux::abi::ring::MAX_SLOTS + 1] {
+        match Runtime::with_device(d.clone(), persistent(slots, WhenFull::Wait)) {
+            Err(Error::Config(m)) => assert!(m.contains("ring slots"), "{m}"),
+            other => panic!("{slots} slots: expected a config error, got {:?}", other.err()),
+        }
+    }
     let cfg = RuntimeConfig { start_paused: true, ..persistent(4, WhenFull::Error) };
     let rt = Runtime::with_device(d.clone(), cfg).unwrap();
     let t = rt.add_tenant(TenantSpec::new("full")).unwrap();

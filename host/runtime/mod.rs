@@ -491,8 +491,12 @@ impl Runtime {
         let persistent = match &cfg.mode {
             Mode::Rounds => None,
             Mode::Persistent(p) => {
-                if p.slots == 0 {
-                    return Err(Error::Config("persistent mode needs at least one ring slot".into()));
+                if p.slots == 0 || p.slots > crate::abi::ring::MAX_SLOTS {
+                    return Err(Error::Config(format!(
+                        "persistent mode takes 1 to {} ring slots, not {}",
+                        crate::abi::ring::MAX_SLOTS,
+                        p.slots
+                    )));
                 }
                 chooser = TileChooser { table: chooser.table, ..TileChooser::persistent() };
                 let (ring, engine) = device.start_persistent(p.slots, p.heartbeat_timeout)?;

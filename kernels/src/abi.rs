@@ -547,6 +547,8 @@ pub mod ring {
     pub const CLAIM_TABLE: u64 = 1 << 16;
     /// Most tiles one problem may have in persistent mode (the entry's tile field).
     pub const MAX_PROBLEM_TILES: u32 = 1 << 24;
+    /// Most slots a ring may have (the entry's slot field).
+    pub const MAX_SLOTS: u32 = 1 << 16;
 
     /// Claim-table entries: `tag` (24 bits: which lap of the table, plus one) | `slot` (16 bits)
     /// | `tile` within the problem (24 bits).
