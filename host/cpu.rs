@@ -156,10 +156,10 @@ impl Device for CpuDevice {
     fn start_persistent(
         &self,
         slots: u32,
-        _heartbeat_timeout: std::time::Duration,
+        heartbeat_timeout: std::time::Duration,
     ) -> Result<(std::sync::Arc<crate::persistent::RingMemory>, std::sync::Arc<dyn crate::persistent::Engine>)> {
         let mem = std::sync::Arc::new(crate::persistent::RingMemory::on_heap(slots)?);
-        let engine = crate::persistent::CpuEngine::start(mem.clone(), self.threads);
+        let engine = crate::persistent::CpuEngine::start(mem.clone(), self.threads, heartbeat_timeout);
         Ok((mem, std::sync::Arc::new(engine)))
     }
 

@@ -114,6 +114,11 @@ impl RingMemory {
         self.u64_at(std::mem::offset_of!(HostHeader, heartbeat)).store(n, Ordering::Relaxed);
     }
 
+    /// The heartbeat word (what [`RingMemory::beat`] stored last).
+    pub fn heartbeat(&self) -> u64 {
+        self.u64_at(std::mem::offset_of!(HostHeader, heartbeat)).load(Ordering::Relaxed)
+    }
+
     /// Asks the device side to stop once nothing published needs it (after the last publish).
     pub fn request_stop(&self) {
         self.u64_at(std::mem::offset_of!(HostHeader, stop)).store(1, Ordering::Release);
@@ -293,8 +298,9 @@ struct CpuState {
 
 impl CpuEngine {
     /// Starts a forwarder and `workers` threads on `mem` (its problems' addresses point into a
-    /// CPU pool).
-    pub fn start(mem: Arc<RingMemory>, workers: usize) -> CpuEngine {
+    /// CPU pool). Like the resident kernel, the forwarder stops by itself once the host's
+    /// heartbeat has not changed for `heartbeat_timeout` (zero: never).
+    pub fn start(mem: Arc<RingMemory>, workers: usize, heartbeat_timeout: Duration) -> CpuEngine {
         let n = mem.slots as usize;
         let words = size_of::<RingSlot>() / 4;
         let state = Arc::new(CpuState {
@@ -305,12 +311,13 @@ impl CpuEngine {
             tiles_published: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
-        let spawn = |name: String, f: fn(&RingMemory, &CpuState)| {
+        let spawn = |name: String, f: Box<dyn FnOnce(&RingMemory, &CpuState) + Send>| {
             let (mem, state) = (mem.clone(), state.clone());
             std::thread::Builder::new().name(name).spawn(move || f(&mem, &state)).expect("spawning a CPU CTA")
         };
-        let mut threads = vec![spawn("tilemux-forwarder".into(), cpu_forward)];
-        threads.extend((0..workers.max(1)).map(|i| spawn(format!("tilemux-cta-{i}"), cpu_cta)));
+        let forward = Box::new(move |m: &RingMemory, s: &CpuState| cpu_forward(m, s, heartbeat_timeout));
+        let mut threads = vec![spawn("tilemux-forwarder".into(), forward)];
+        threads.extend((0..workers.max(1)).map(|i| spawn(format!("tilemux-cta-{i}"), Box::new(cpu_cta))));
         CpuEngine { threads: Mutex::new(threads) }
     }
 }
@@ -334,9 +341,11 @@ fn idle_wait(idle: Instant) {
     }
 }
 
-/// The forwarder (the kernel's `forward`): problem by problem, in order.
-fn cpu_forward(mem: &RingMemory, st: &CpuState) {
+/// The forwarder (the kernel's `forward`): problem by problem, in order, until a stop request
+/// or `heartbeat_timeout` without a heartbeat change.
+fn cpu_forward(mem: &RingMemory, st: &CpuState, heartbeat_timeout: Duration) {
     let (mut q, mut idle, mut stopping) = (0u64, Instant::now(), false);
+    let (mut beat, mut beat_at) = (mem.heartbeat(), Instant::now());
     loop {
         let Some(slot) = mem.load_image(q) else {
             // A poll after the stop request was seen, and still nothing: all is forwarded.
@@ -344,6 +353,12 @@ fn cpu_forward(mem: &RingMemory, st: &CpuState) {
                 break;
             }
             stopping = mem.stop_requested();
+            let b = mem.heartbeat();
+            if b != beat {
+                (beat, beat_at) = (b, Instant::now());
+            } else if !heartbeat_timeout.is_zero() && beat_at.elapsed() > heartbeat_timeout {
+                break;
+            }
             idle_wait(idle);
             continue;
         };
@@ -495,7 +510,7 @@ mod tests {
             q
         };
         let mem = Arc::new(RingMemory::on_heap(4).unwrap());
-        let engine = CpuEngine::start(mem.clone(), 2);
+        let engine = CpuEngine::start(mem.clone(), 2, Duration::ZERO);
         let mut w = RingWriter::new(mem.clone());
         let seqs: Vec<u64> = [small, p, small]
             .into_iter()

@@ -169,6 +169,27 @@ runtime_test!(set_chooser_keeps_persistent_limits, |d: Arc<dyn Device>, _gpu: bo
     }
 });
 
+runtime_test!(host_gone_stops_the_kernel, |d: Arc<dyn Device>, _gpu: bool| {
+    // The host publishes a problem, then goes quiet: no heartbeat, no stop request. The device
+    // side runs what it was given and stops by itself after its heartbeat timeout.
+    let (cases, staged, round) = staged_problems(&*d, 1, (1, (64, 1, 64)), 64);
+    let (ring, engine) = d.start_persistent(4, Duration::from_millis(100)).unwrap();
+    let mut w = RingWriter::new(ring.clone());
+    let seq = w.write(round.problems[0]);
+    w.publish();
+    let start = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let joiner = std::thread::spawn(move || tx.send(engine.join()).unwrap());
+    let joined = rx.recv_timeout(Duration::from_secs(20)).expect("the device side did not stop on its own");
+    assert_eq!(joined.unwrap(), 0);
+    joiner.join().unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(90), "stopped before its timeout: {:?}", start.elapsed());
+    assert!(ring.is_done(seq), "the published problem ran first");
+    let got = staged.read_c(&*d, &cases).unwrap();
+    assert!(cases[0].error(&got[0], &cases[0].reference()) < 1e-4);
+    say(&format!("host_gone_stops_the_kernel: stopped {:?} after the last publish", start.elapsed()));
+});
+
 runtime_test!(ring_full, |d: Arc<dyn Device>, _gpu: bool| {
     // A ring's size: at least one slot, at most what a claim-table entry can name.
     for slots in [0, tilemux::abi::ring::MAX_SLOTS + 1] {
