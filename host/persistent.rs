@@ -311,13 +311,17 @@ impl CpuEngine {
             tiles_published: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
-        let spawn = |name: String, f: Box<dyn FnOnce(&RingMemory, &CpuState) + Send>| {
+        let spawn = |name: String, worker: bool| {
             let (mem, state) = (mem.clone(), state.clone());
-            std::thread::Builder::new().name(name).spawn(move || f(&mem, &state)).expect("spawning a CPU CTA")
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(
+                    move || if worker { cpu_cta(&mem, &state) } else { cpu_forward(&mem, &state, heartbeat_timeout) },
+                )
+                .expect("spawning a CPU CTA")
         };
-        let forward = Box::new(move |m: &RingMemory, s: &CpuState| cpu_forward(m, s, heartbeat_timeout));
-        let mut threads = vec![spawn("tilemux-forwarder".into(), forward)];
-        threads.extend((0..workers.max(1)).map(|i| spawn(format!("tilemux-cta-{i}"), Box::new(cpu_cta))));
+        let mut threads = vec![spawn("tilemux-forwarder".into(), false)];
+        threads.extend((0..workers.max(1)).map(|i| spawn(format!("tilemux-cta-{i}"), true)));
         CpuEngine { threads: Mutex::new(threads) }
     }
 }
