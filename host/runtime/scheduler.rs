@@ -325,7 +325,8 @@ fn fast_path(inner: &Arc<Inner>, mut s: std::sync::MutexGuard<'_, SchedState>, t
     };
     let (flights, failed) =
         write_problems(&mut ring.writer.lock().unwrap_or_else(|e| e.into_inner()), &problems, vec![(t, p)], checked);
-    let cells = flights.into_iter().map(|f| FlightCell::with_waiter(f, Arc::downgrade(inner))).collect();
+    let cells =
+        flights.into_iter().map(|f| FlightCell::with_waiter(f, Arc::downgrade(inner), ring.mem.clone())).collect();
     if let Some(tx) = ring.flights.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
         let _ = tx.send(cells);
     }
@@ -697,28 +698,38 @@ pub(crate) struct FlightCell {
 }
 
 impl FlightCell {
+    fn holding(f: Flight) -> FlightCell {
+        FlightCell { seqs: f.seqs.clone(), flight: std::sync::Mutex::new(Some(f)) }
+    }
+
     fn new(f: Flight) -> Arc<FlightCell> {
-        Arc::new(FlightCell { seqs: f.seqs.clone(), flight: std::sync::Mutex::new(Some(f)) })
+        Arc::new(FlightCell::holding(f))
     }
 
     /// A cell whose ticket's waiter finishes it once its problems are done: the completion
     /// words are in host memory, so the waiting thread sees them as soon as the completer
-    /// would, and the request's result does not wait for a second thread.
-    fn with_waiter(f: Flight, inner: std::sync::Weak<Inner>) -> Arc<FlightCell> {
+    /// would, and the request's result does not wait for a second thread. While the problems
+    /// run, each call of the hook reads only this request's cell and completion words (no
+    /// shared counter: many threads spin at once).
+    fn with_waiter(
+        f: Flight,
+        inner: std::sync::Weak<Inner>,
+        mem: Arc<crate::persistent::RingMemory>,
+    ) -> Arc<FlightCell> {
         Arc::new_cyclic(|cell: &std::sync::Weak<FlightCell>| {
             let cell = cell.clone();
             f.pending.resolver.set_hook(Box::new(move || {
-                let (Some(c), Some(inner)) = (cell.upgrade(), inner.upgrade()) else { return };
-                let Some(ring) = &inner.persistent else { return };
-                if c.is_done(&ring.mem) {
-                    // A contended lock means the completer is taking it.
-                    let f = c.flight.try_lock().ok().and_then(|mut f| f.take());
-                    if let Some(f) = f {
-                        settle(&inner, vec![f]);
-                    }
+                let Some(c) = cell.upgrade() else { return };
+                if !c.is_done(&mem) {
+                    return;
+                }
+                // A contended lock means the completer is taking it.
+                let f = c.flight.try_lock().ok().and_then(|mut f| f.take());
+                if let (Some(f), Some(inner)) = (f, inner.upgrade()) {
+                    settle(&inner, vec![f]);
                 }
             }));
-            FlightCell { seqs: f.seqs.clone(), flight: std::sync::Mutex::new(Some(f)) }
+            FlightCell::holding(f)
         })
     }
 
@@ -867,16 +878,19 @@ fn ring_completer(inner: &Inner, rx: Receiver<Vec<Arc<FlightCell>>>) {
                 }
             }
         }
-        let mut done = Vec::new();
+        let (mut done, mut seen_done) = (Vec::new(), false);
         let mut i = 0;
         while i < flights.len() {
             if flights[i].is_done(ring) {
                 // Unless its waiter took it first.
                 done.extend(flights.swap_remove_back(i).expect("in range").take());
-                active = Instant::now();
+                seen_done = true;
             } else {
                 i += 1;
             }
+        }
+        if seen_done {
+            active = Instant::now();
         }
         if !done.is_empty() {
             settle(inner, done);

@@ -620,8 +620,11 @@ mod tests {
         eprintln!("{}", o.rounds);
         let _ = summarize(&mut o);
         let r = round.as_secs_f64() * 1e6;
+        // Latency counts from the scheduled arrival, so a generator the host held back (a loaded
+        // CI machine) adds its lateness to the tail; the harness must account for no more.
+        let late_p99 = percentile(&mut o.lateness, 0.99);
         assert!(all.len() > 220, "{} requests", all.len());
         assert!(p50 >= r && p50 < 3.0 * r, "p50 {p50:.0} µs for {r:.0} µs rounds");
-        assert!(p99 < 5.0 * r, "p99 {p99:.0} µs for {r:.0} µs rounds");
+        assert!(p99 < 5.0 * r + late_p99, "p99 {p99:.0} µs for {r:.0} µs rounds, generator late {late_p99:.0} µs");
     }
 }
