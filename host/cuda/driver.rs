@@ -32,6 +32,9 @@ pub struct Gpu {
     pub cc: (i32, i32),
     /// Device memory in bytes.
     pub total_mem: u64,
+    /// Shared memory per SM, and the most one block may opt in to (bytes).
+    pub smem_per_sm: u32,
+    pub smem_per_block_optin: u32,
     /// `cuDriverGetVersion`, e.g. 13000.
     pub driver_version: i32,
 }
@@ -73,11 +76,23 @@ impl Gpu {
                 attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
                 attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
             );
+            let smem_per_sm = attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)? as u32;
+            let smem_per_block_optin = attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as u32;
             let mut total = 0usize;
             ck("cuDeviceTotalMem", sys::cuDeviceTotalMem_v2(&mut total, dev))?;
             let mut driver_version = 0;
             ck("cuDriverGetVersion", sys::cuDriverGetVersion(&mut driver_version))?;
-            Ok(Arc::new(Gpu { dev, ctx, name, sm_count, cc, total_mem: total as u64, driver_version }))
+            Ok(Arc::new(Gpu {
+                dev,
+                ctx,
+                name,
+                sm_count,
+                cc,
+                total_mem: total as u64,
+                smem_per_sm,
+                smem_per_block_optin,
+                driver_version,
+            }))
         }
     }
 

@@ -72,6 +72,8 @@ pub struct Megakernel {
     pub(crate) persistent_func: sys::CUfunction,
     /// CTAs of the resident kernel (block 0 the forwarder, the rest workers).
     pub persistent_grid: u32,
+    /// Dynamic shared memory of the resident kernel (bytes): enough that one CTA fits per SM.
+    pub persistent_smem: u32,
     /// The wide build, where loaded.
     pub wide: Option<WideKernel>,
 }
@@ -182,15 +184,25 @@ impl Megakernel {
             None
         };
         let persistent_func = module.function("tilemux_persistent")?;
+        // The resident kernel runs one CTA per SM: it asks for more than half an SM's shared
+        // memory. A request's tiles then never share an SM with another CTA (a co-resident
+        // CTA, spinning or running, slowed them: on the H100 the bare ring's GEMV took 5.9 µs
+        // this way against 7.1 µs with two per SM, 256³ 18 µs against 27 µs, at the same
+        // saturated throughput; `docs/results/h100-2026-11-24/ring-v2-56385b0/after/`).
+        let persistent_smem = if gpu.smem_per_block_optin > gpu.smem_per_sm / 2 {
+            smem_bytes.max(gpu.smem_per_sm / 2)
+        } else {
+            smem_bytes
+        };
         let mut pocc = 0;
-        // SAFETY: valid function; same block and shared memory sizes as the round kernel.
+        // SAFETY: valid function; the round kernel's block size, shared memory at least its.
         unsafe {
             ck(
                 "cuFuncSetAttribute",
                 sys::cuFuncSetAttribute(
                     persistent_func,
                     CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    smem_bytes as i32,
+                    persistent_smem as i32,
                 ),
             )?;
             ck(
@@ -199,13 +211,14 @@ impl Megakernel {
                     &mut pocc,
                     persistent_func,
                     crate::abi::BLOCK_THREADS as i32,
-                    smem_bytes as usize,
+                    persistent_smem as usize,
                 ),
             )?;
         }
         Ok(Megakernel {
             persistent_func,
             persistent_grid: (pocc as u32).min(ctas_per_sm).max(1) * gpu.sm_count,
+            persistent_smem,
             module,
             func,
             registers,

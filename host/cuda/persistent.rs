@@ -94,7 +94,7 @@ impl CudaDevice {
                 crate::abi::BLOCK_THREADS,
                 1,
                 1,
-                k.smem_bytes,
+                k.persistent_smem,
                 kernel_stream.0,
                 params.as_mut_ptr(),
             )

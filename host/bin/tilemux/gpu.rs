@@ -54,7 +54,7 @@ impl Gpu {
             )
         });
         format!(
-            "{} (SM {}.{}, {} SMs), CUDA driver {}.{}; megakernel {} regs, {} B local, {} CTAs/SM, grid {}{wide}; {}",
+            "{} (SM {}.{}, {} SMs), CUDA driver {}.{}; megakernel {} regs, {} B local, {} CTAs/SM, grid {}{wide}; persistent grid {}; {}",
             g.name,
             g.cc.0,
             g.cc.1,
@@ -65,6 +65,7 @@ impl Gpu {
             k.local_bytes,
             k.ctas_per_sm,
             k.grid,
+            k.persistent_grid,
             today()
         )
     }
