@@ -23,7 +23,7 @@ use crate::abi::ring::{
 };
 use crate::error::{Error, Result};
 
-/// Host memory of a ring: the [`HostHeader`] (published count, heartbeat, stop), `slots` stamped
+/// Host memory of a ring: the [`HostHeader`] (heartbeat, stop), `slots` stamped
 /// slot images (written by the host, polled and copied to the device ring by the forwarder),
 /// then `slots` completion words (written by the device side). 64-byte aligned, zeroed. For CUDA it is
 /// pinned and device-mapped.
@@ -95,17 +95,6 @@ impl RingMemory {
     /// The completion word of slot `i` (`seq + 1` of its last finished problem).
     pub fn done_word(&self, i: u32) -> &AtomicU64 {
         self.u64_at(done_offset(self.slots, i))
-    }
-
-    /// Records that problems `..to` are published (their stamps stored). The device side does
-    /// not read the word: it polls the stamps.
-    fn publish(&self, to: u64) {
-        self.u64_at(std::mem::offset_of!(HostHeader, published)).store(to, Ordering::Release);
-    }
-
-    /// Problems published.
-    pub fn published(&self) -> u64 {
-        self.u64_at(std::mem::offset_of!(HostHeader, published)).load(Ordering::Acquire)
     }
 
     /// Tells the device side the host is alive (it stops by itself after its timeout without a
@@ -265,7 +254,6 @@ impl RingWriter {
             for q in self.published..self.next_seq {
                 self.mem.stamp_slot(q);
             }
-            self.mem.publish(self.next_seq);
             self.published = self.next_seq;
         }
     }

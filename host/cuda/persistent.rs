@@ -58,7 +58,7 @@ impl CudaDevice {
         let trace = zeroed(TRACE_PROBLEMS as usize * size_of::<Trace>())?;
         let init = DeviceState {
             claim: 0,
-            published: 0,
+            _unused: 0,
             tiles_published: 0,
             heartbeat_timeout_ns: heartbeat_timeout.as_nanos() as u64,
             trace: trace.ptr,

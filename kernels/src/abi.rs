@@ -588,9 +588,8 @@ pub mod ring {
     #[derive(Clone, Copy, Debug)]
     #[cfg_attr(not(target_arch = "nvptx64"), derive(Pod, Zeroable))]
     pub struct HostHeader {
-        /// Problems published (their stamps written); for the host's own bookkeeping, the device
-        /// polls the stamps.
-        pub published: u64,
+        /// Reserved, zero (the device polls the slots' stamps, not a count).
+        pub _unused: u64,
         /// Host heartbeat: changes at least every heartbeat period while the host side lives.
         pub heartbeat: u64,
         /// Non-zero: stop once everything published is done (release store after the last
@@ -607,8 +606,8 @@ pub mod ring {
     pub struct DeviceState {
         /// Next global tile index to claim (workers).
         pub claim: u64,
-        /// Problems forwarded: their slots are in the device ring (forwarder).
-        pub published: u64,
+        /// Reserved, zero.
+        pub _unused: u64,
         /// Tiles of the forwarded problems (`first_tile + tiles` of the last one), released
         /// after their claim-table entries: once the forwarder stopped, a claim at or past it
         /// will never be served (forwarder).

@@ -225,10 +225,7 @@ unsafe fn forward(r: &Ring, lane: u32) {
         if lane == 0 {
             // For the stop protocol: released after every lane's entries (the barrier, then the
             // release, cumulative).
-            unsafe {
-                st_relaxed_gpu_u64(r.state(offset_of!(DeviceState, published)), q + n as u64);
-                st_release_gpu_u64(r.state(offset_of!(DeviceState, tiles_published)), end);
-            }
+            unsafe { st_release_gpu_u64(r.state(offset_of!(DeviceState, tiles_published)), end) };
         }
         q += n as u64;
     }
