@@ -660,7 +660,7 @@ impl Default for CostModel {
             // The wide kind: fitted on the H100 to 40 and 120 × conv2_2 and × 256³ relative to
             // the 128×128 kind, the same rounds timed both ways (`docs/results/`): 0.86× its
             // time at k = 1152 and 0.91× at k = 256 (a per-tile cost no second CTA overlaps).
-            fixed_ns: [2000.0, 1500.0, 1000.0, 1500.0, 2000.0, 5100.0],
+            fixed_ns: [2000.0, 1500.0, 1000.0, 1500.0, 2000.0, 5100.0, 1200.0],
             per_unit_ns: [
                 flops_ns(128.0, 128.0, 0.70),
                 flops_ns(128.0, 64.0, 0.62),
@@ -668,6 +668,7 @@ impl Default for CostModel {
                 1.0 / 9.5,
                 1.0 / 9.5,
                 flops_ns(256.0, 128.0, 0.835) / 2.0,
+                1.0 / 9.5,
             ],
             scale: 1.0,
             round_overhead_ns: 8000.0,
@@ -912,6 +913,27 @@ impl TileChooser {
         self.plan(problems, overrides, cost, slots).0
     }
 
+    /// The plan for one problem that runs by itself (persistent mode's fast path: nothing else is
+    /// queued, so its latency is what counts): as [`TileChooser::choose`], except that a GEMV
+    /// without an override or table entry takes whichever GEMV kind the cost model says finishes
+    /// first on `slots` (the 8-row kind must win by 3%). A lone GEMV waits on its tiles' loads,
+    /// each SM's share of L2 bandwidth, so four times the tiles on four times the SMs end sooner
+    /// while they fit in one wave.
+    pub fn choose_alone(&self, p: &ProblemDesc, over: Option<Plan>, cost: &CostModel, slots: usize) -> Plan {
+        let fixed = over.is_some_and(|o| o.kind.supports(p.n, p.flags))
+            || self.table.iter().any(|(s, k)| *s == (p.m, p.n, p.k) && k.kind.supports(p.n, p.flags));
+        if fixed || !TileKind::Gemv32.supports(p.n, p.flags) {
+            return self.choose(&[*p], &[over], cost, slots)[0];
+        }
+        let finish = |kind: TileKind| {
+            let tiles = p.m.div_ceil(kind.shape().bm) as usize;
+            tiles.div_ceil(slots.max(1)) as f64 * cost.kind_tile_ns(kind, p)
+        };
+        let kind =
+            if finish(TileKind::Gemv8) < 0.97 * finish(TileKind::Gemv32) { TileKind::Gemv8 } else { TileKind::Gemv32 };
+        Plan::new(kind)
+    }
+
     /// [`TileChooser::choose`], and whether the winning plan counted on stream-K balancing.
     fn plan(
         &self,
@@ -1134,6 +1156,28 @@ mod tests {
         let p =
             problem((0, 0, 0, 0), (256, 128, 1152), (1152, 128, 128), (1.0, 0.0), 0, Activation::None, BiasMode::None);
         vec![p; n]
+    }
+
+    /// A lone GEMV spreads over 8-row tiles while they fit in about one wave of slots; an override,
+    /// a table entry and a GEMM plan as in a round.
+    #[test]
+    fn a_lone_gemv_spreads_over_the_sms() {
+        let cost = CostModel::default();
+        let lone = TileChooser::persistent();
+        let gemv =
+            |m: u32| problem((0, 0, 0, 0), (m, 1, 512), (512, 1, 1), (1.0, 0.0), 0, Activation::None, BiasMode::None);
+        assert_eq!(lone.choose_alone(&gemv(512), None, &cost, 132).kind, TileKind::Gemv8);
+        assert_eq!(lone.choose_alone(&gemv(1024), None, &cost, 132).kind, TileKind::Gemv8);
+        // 1024 8-row tiles are eight waves; 256 32-row ones, two.
+        assert_eq!(lone.choose_alone(&gemv(8192), None, &cost, 132).kind, TileKind::Gemv32);
+        let forced = Some(Plan::new(TileKind::Gemv64));
+        assert_eq!(lone.choose_alone(&gemv(512), forced, &cost, 132).kind, TileKind::Gemv64);
+        let tuned =
+            TileChooser { table: vec![((512, 1, 512), Plan::new(TileKind::Gemv32))], ..TileChooser::persistent() };
+        assert_eq!(tuned.choose_alone(&gemv(512), None, &cost, 132).kind, TileKind::Gemv32);
+        let sq =
+            problem((0, 0, 0, 0), (256, 256, 256), (256, 256, 256), (1.0, 0.0), 0, Activation::None, BiasMode::None);
+        assert_eq!(lone.choose_alone(&sq, None, &cost, 132), lone.choose(&[sq], &[None], &cost, 132)[0]);
     }
 
     /// The wide kind is weighed only where the device has a wide build, wins for a big batch of

@@ -149,6 +149,11 @@ pub enum TileKind {
     /// arithmetic intensity, for rounds of large GEMMs. Needs about 200 registers, so it runs only
     /// in the wide build (one CTA per SM, see [`TileKind::is_wide`]).
     Sgemm256x128 = 5,
+    /// Matrix-vector with 8 rows per tile, one row per warp: four times the tiles of the 32-row
+    /// kind, so a lone request spreads over four times the SMs. Its tile time is mostly the SM's
+    /// share of L2 bandwidth (a 32-row tile of a 512-wide row moves 64 KiB into one SM), which is
+    /// what a request on an idle GPU waits on.
+    Gemv8 = 6,
 }
 
 /// Output tile extent of a [`TileKind`]: `bm` rows by `bn` columns of `C`.
@@ -162,13 +167,14 @@ pub struct TileShape {
 
 impl TileKind {
     /// Every tile kind, in code order.
-    pub const ALL: [TileKind; 6] = [
+    pub const ALL: [TileKind; 7] = [
         TileKind::Sgemm128x128,
         TileKind::Sgemm128x64,
         TileKind::Sgemm64x64,
         TileKind::Gemv32,
         TileKind::Gemv64,
         TileKind::Sgemm256x128,
+        TileKind::Gemv8,
     ];
 
     /// Decodes a raw descriptor field.
@@ -181,6 +187,7 @@ impl TileKind {
             3 => Some(TileKind::Gemv32),
             4 => Some(TileKind::Gemv64),
             5 => Some(TileKind::Sgemm256x128),
+            6 => Some(TileKind::Gemv8),
             _ => None,
         }
     }
@@ -195,13 +202,14 @@ impl TileKind {
             TileKind::Gemv32 => TileShape { bm: 32, bn: 1 },
             TileKind::Gemv64 => TileShape { bm: 64, bn: 1 },
             TileKind::Sgemm256x128 => TileShape { bm: 256, bn: 128 },
+            TileKind::Gemv8 => TileShape { bm: 8, bn: 1 },
         }
     }
 
     /// Whether this kind is a matrix-vector routine (only for `n == 1` without `TRANS_A`).
     #[inline(always)]
     pub const fn is_gemv(self) -> bool {
-        matches!(self, TileKind::Gemv32 | TileKind::Gemv64)
+        matches!(self, TileKind::Gemv32 | TileKind::Gemv64 | TileKind::Gemv8)
     }
 
     /// Whether this kind runs only in the wide build of the megakernel (`tilemux_round_wide`: one
@@ -265,6 +273,7 @@ impl TileKind {
             TileKind::Gemv32 => "gemv_rows32",
             TileKind::Gemv64 => "gemv_rows64",
             TileKind::Sgemm256x128 => "sgemm_256x128x8",
+            TileKind::Gemv8 => "gemv_rows8",
         }
     }
 }

@@ -87,6 +87,7 @@ pub(crate) unsafe fn run_tile<const WIDE: bool>(d: Problem, t: TileDesc, smem: u
         Some(TileKind::Sgemm64x64) => unsafe { sgemm_tile::<64, 64, 8, 4, 4, 1, 1>(d, tm, tn, ks, smem) },
         Some(TileKind::Gemv32) => unsafe { gemv_tile::<4>(d, tm) },
         Some(TileKind::Gemv64) => unsafe { gemv_tile::<8>(d, tm) },
+        Some(TileKind::Gemv8) => unsafe { gemv_tile::<1>(d, tm) },
         Some(TileKind::Sgemm256x128) if WIDE => unsafe { sgemm_tile::<256, 128, 8, 16, 8, 2, 1>(d, tm, tn, ks, smem) },
         Some(TileKind::Sgemm256x128) => return fail(status::NEEDS_WIDE),
         None => return fail(status::BAD_TILE_KIND),
@@ -298,5 +299,6 @@ mod probes {
     probe!(probe_sgemm_64x64x8, |d, tm, tn, s| sgemm_tile::<64, 64, 8, 4, 4, 1, 1>(d, tm, tn, 0, s));
     probe!(probe_gemv_rows32, |d, tm, _tn, _s| gemv_tile::<4>(d, tm));
     probe!(probe_gemv_rows64, |d, tm, _tn, _s| gemv_tile::<8>(d, tm));
+    probe!(probe_gemv_rows8, |d, tm, _tn, _s| gemv_tile::<1>(d, tm));
     probe!(probe_sgemm_256x128x8, |d, tm, tn, s| sgemm_tile::<256, 128, 8, 16, 8, 2, 1>(d, tm, tn, 0, s));
 }

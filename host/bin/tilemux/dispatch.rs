@@ -353,35 +353,45 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
         row(name, "runtime, round per launch", runtime_latency(dev.clone(), false, &case, args.requests)?);
         row(name, "runtime, persistent", runtime_latency(dev.clone(), true, &case, args.requests)?);
 
-        // The bare ring: one problem written and published, its completion word polled.
+        // The bare ring: one problem written and published, its completion word polled; planned
+        // as the fast path plans a lone request, and (a GEMV) with the 32-row kind beside it.
         let pool = dev.pool();
         let mut arena = Arena::new(pool.start, pool.end - pool.start);
         let staged = Staged::new(&*dev, &mut arena, std::slice::from_ref(&case))?;
-        let chooser = TileChooser::persistent();
-        let round = chooser.build(&staged.descs(std::slice::from_ref(&case)), &[], &CostModel::default(), dev.slots());
-        tilemux::round::check(&round, dev.pool())?;
-        let (ring, engine) = cuda.start_persistent(64, Duration::from_secs(10))?;
-        let mut w = RingWriter::new(ring.clone());
-        let mut beats = 0;
-        let l = lat(args.requests, || {
-            let seq = w.write(round.problems[0]);
-            w.publish();
-            while !ring.is_done(seq) {
-                std::hint::spin_loop();
-            }
-            beats += 1;
-            if beats % 1000 == 0 {
-                ring.beat(beats);
-            }
-            Ok(())
-        });
-        ring.request_stop();
-        engine.join()?;
-        let got = staged.read_c(&*dev, std::slice::from_ref(&case))?;
-        ensure!(case.error(&got[0], &case.reference()) < 1e-4, "bare ring result wrong");
-        row(name, "bare ring (no runtime)", l?);
-        breakdown.push(format!("{name}: {}", trace_breakdown(&engine.trace()?, w.written())));
-        eprintln!("{}", breakdown.last().expect("pushed"));
+        let desc = staged.descs(std::slice::from_ref(&case))[0];
+        let lone = TileChooser::persistent().choose_alone(&desc, None, &CostModel::default(), dev.slots()).kind;
+        let mut kinds = vec![lone];
+        if lone.is_gemv() && lone != TileKind::Gemv32 {
+            kinds.push(TileKind::Gemv32);
+        }
+        for kind in kinds {
+            let p = tilemux::round::Round::planned(desc, kind, 1);
+            tilemux::round::check_alone(&p, dev.pool())?;
+            staged.poison(&*dev, std::slice::from_ref(&case))?;
+            let (ring, engine) = cuda.start_persistent(64, Duration::from_secs(10))?;
+            let mut w = RingWriter::new(ring.clone());
+            let mut beats = 0;
+            let l = lat(args.requests, || {
+                let seq = w.write(p);
+                w.publish();
+                while !ring.is_done(seq) {
+                    std::hint::spin_loop();
+                }
+                beats += 1;
+                if beats % 1000 == 0 {
+                    ring.beat(beats);
+                }
+                Ok(())
+            });
+            ring.request_stop();
+            engine.join()?;
+            let got = staged.read_c(&*dev, std::slice::from_ref(&case))?;
+            ensure!(case.error(&got[0], &case.reference()) < 1e-4, "bare ring result wrong ({})", kind.name());
+            let label = format!("bare ring (no runtime), {} tiles of {}", p.tile_count(), kind.name());
+            row(name, &label, l?);
+            breakdown.push(format!("{name}, {}: {}", kind.name(), trace_breakdown(&engine.trace()?, w.written())));
+            eprintln!("{}", breakdown.last().expect("pushed"));
+        }
     }
     let (t, d) = (args.tenants, args.depth);
     let (rounds, rounds_note) = saturated(dev.clone(), false, args.seconds, t, d)?;
