@@ -44,4 +44,7 @@ fn main() {
         pct(&mut total, 0.5),
         pct(&mut total, 0.99)
     );
+    if let Some(r) = tilemux::runtime::phases::report() {
+        println!("{r}");
+    }
 }

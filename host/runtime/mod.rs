@@ -17,6 +17,7 @@
 
 mod buffer;
 mod op;
+pub mod phases;
 mod scheduler;
 mod ticket;
 
@@ -378,6 +379,9 @@ pub(crate) struct Inner {
     pub(crate) submitted: AtomicU64,
     /// The scheduler is blocked on `wake` (submitters notify only then).
     pub(crate) sched_sleeping: AtomicBool,
+    /// The scheduler is blocked because every queue head conflicts with work on the device
+    /// (persistent mode): completions wake it then, and only then.
+    pub(crate) sched_on_hazards: AtomicBool,
     /// Persistent mode's ring, engine and writer.
     pub(crate) persistent: Option<scheduler::Ring>,
     /// Problems accepted and not finished (persistent mode's admission control).
@@ -522,6 +526,7 @@ impl Runtime {
             busy_until: AtomicU64::new(0),
             submitted: AtomicU64::new(0),
             sched_sleeping: AtomicBool::new(false),
+            sched_on_hazards: AtomicBool::new(false),
             persistent,
             outstanding: AtomicU64::new(0),
             progress_sleepers: AtomicU32::new(0),

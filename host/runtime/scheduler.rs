@@ -128,7 +128,30 @@ pub(crate) struct Ring {
     fast_writers: std::sync::atomic::AtomicU32,
 }
 
-type Inflight = std::collections::HashMap<u64, (u32, u32)>;
+/// `(readers, writers)` on the device per buffer id.
+type Inflight = std::collections::HashMap<u64, (u32, u32), std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Hashes a buffer id (unique, handed out in sequence by the runtime, never chosen by a caller)
+/// with one multiply: the in-flight map is on every request's critical path twice, and SipHash's
+/// resistance to crafted keys buys nothing here.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 fn book(inflight: &mut Inflight, p: &Pending) {
     for (b, w) in p.touches() {
@@ -189,6 +212,7 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
         tenant.counters().rejected += 1;
         Err(e)
     };
+    super::phases::start();
     if let Err(e) = inner.check_open() {
         return reject(e);
     }
@@ -199,6 +223,7 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
         Ok(ops) => ops,
         Err(e) => return reject(e),
     };
+    super::phases::mark(0);
     if let Err(e) = admit(inner, ops.len() as u64) {
         return reject(e);
     }
@@ -219,8 +244,10 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
             (c + cost.kind_tile_ns(kind, &d) * o.ref_tiles as f64, t + o.ref_tiles)
         })
     };
+    super::phases::mark(1);
     let (t, resolver) = ticket();
     let mut s = inner.sched.lock().unwrap_or_else(|e| e.into_inner());
+    super::phases::mark(2);
     if !s.open {
         drop(s);
         return reject(Error::Closed);
@@ -261,6 +288,7 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
     s.queues.get_mut(&tenant.id).and_then(|q| q.pending.back_mut()).expect("pushed").seq = seq;
     tenant.inflight.fetch_add(1, Ordering::AcqRel);
     tenant.counters().submitted += 1;
+    super::phases::mark(3);
     if fast_path(inner, s, tenant.id) {
         return Ok(t);
     }
@@ -298,6 +326,7 @@ fn fast_path(inner: &Arc<Inner>, mut s: std::sync::MutexGuard<'_, SchedState>, t
         }
         book(&mut inflight, head);
     }
+    super::phases::mark(4);
     let p = q.pending.pop_front().expect("non-empty");
     *queued -= 1;
     q.vt += p.cost_ns / q.tenant.spec.weight;
@@ -312,7 +341,7 @@ fn fast_path(inner: &Arc<Inner>, mut s: std::sync::MutexGuard<'_, SchedState>, t
             // One problem (the usual request): its plan and the backend's check, without a round
             // (the ring lists no tiles; the persistent chooser splits nothing).
             let o = o.get();
-            let plan = chooser.choose(&[o.desc], &[o.plan], &cost, inner.device.slots())[0];
+            let plan = chooser.choose_alone(&o.desc, o.plan, &cost, inner.device.slots());
             let d = crate::round::Round::planned(o.desc, plan.kind, 1);
             let checked = crate::round::check_alone(&d, inner.device.pool()).map_err(|e| e.to_string());
             (vec![d], checked)
@@ -323,8 +352,10 @@ fn fast_path(inner: &Arc<Inner>, mut s: std::sync::MutexGuard<'_, SchedState>, t
             (round.problems, checked)
         }
     };
+    super::phases::mark(5);
     let (flights, failed) =
         write_problems(&mut ring.writer.lock().unwrap_or_else(|e| e.into_inner()), &problems, vec![(t, p)], checked);
+    super::phases::mark(7);
     let cells =
         flights.into_iter().map(|f| FlightCell::with_waiter(f, Arc::downgrade(inner), ring.mem.clone())).collect();
     if let Some(tx) = ring.flights.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
@@ -332,6 +363,7 @@ fn fast_path(inner: &Arc<Inner>, mut s: std::sync::MutexGuard<'_, SchedState>, t
     }
     ring.fast_writers.fetch_sub(1, Ordering::AcqRel);
     finish_failed(inner, failed);
+    super::phases::mark(8);
     true
 }
 
@@ -571,7 +603,9 @@ fn spawn_scheduler(inner: Arc<Inner>, tx: SyncSender<Batch>) -> Result<JoinHandl
                         // Every queue head waits on work still on the device (persistent mode):
                         // sleep until a completion wakes us.
                         inner.sched_sleeping.store(true, Ordering::Release);
+                        inner.sched_on_hazards.store(true, Ordering::SeqCst);
                         drop(inner.wake.wait_timeout(s, Duration::from_millis(1)).unwrap_or_else(|e| e.into_inner()));
+                        inner.sched_on_hazards.store(false, Ordering::Release);
                         inner.sched_sleeping.store(false, Ordering::Release);
                     }
                     b
@@ -691,15 +725,26 @@ pub(crate) struct Flight {
 }
 
 /// A flight on its way to being finished, by the completer or, on the fast path, by the
-/// request's own waiter while it spins (whoever takes it first).
+/// request's own waiter while it spins (whoever takes it first; the completer leaves it to a
+/// waiter that says it is spinning).
 pub(crate) struct FlightCell {
     seqs: Vec<u64>,
     flight: std::sync::Mutex<Option<Flight>>,
+    /// The request's waiter is spinning on it and will finish it (see [`FlightCell::with_waiter`]).
+    spinning: std::sync::atomic::AtomicBool,
 }
+
+/// How long the completer leaves a done flight to its spinning waiter before taking it anyway
+/// (a waiter preempted, or gone, must not hold the request's resources for long).
+const WAITER_GRACE: Duration = Duration::from_millis(1);
 
 impl FlightCell {
     fn holding(f: Flight) -> FlightCell {
-        FlightCell { seqs: f.seqs.clone(), flight: std::sync::Mutex::new(Some(f)) }
+        FlightCell {
+            seqs: f.seqs.clone(),
+            flight: std::sync::Mutex::new(Some(f)),
+            spinning: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     fn new(f: Flight) -> Arc<FlightCell> {
@@ -708,25 +753,45 @@ impl FlightCell {
 
     /// A cell whose ticket's waiter finishes it once its problems are done: the completion
     /// words are in host memory, so the waiting thread sees them as soon as the completer
-    /// would, and the request's result does not wait for a second thread. While the problems
-    /// run, each call of the hook reads only this request's cell and completion words (no
-    /// shared counter: many threads spin at once).
+    /// would, and the request's result does not wait for a second thread. The waiter's first
+    /// spin marks the cell `spinning` (the completer then leaves it alone, up to
+    /// [`WAITER_GRACE`] after it is done), and its last unmarks it. Between the two, each spin
+    /// reads only the request's completion words, through copies the hook owns: nothing the
+    /// completer touches is written while both poll (an `Arc` count bumped per spin would bounce
+    /// the cell's line between the two threads).
     fn with_waiter(
         f: Flight,
         inner: std::sync::Weak<Inner>,
         mem: Arc<crate::persistent::RingMemory>,
     ) -> Arc<FlightCell> {
         Arc::new_cyclic(|cell: &std::sync::Weak<FlightCell>| {
-            let cell = cell.clone();
-            f.pending.resolver.set_hook(Box::new(move || {
-                let Some(c) = cell.upgrade() else { return };
-                if !c.is_done(&mem) {
+            let (cell, seqs) = (cell.clone(), f.seqs.clone());
+            let marked = std::sync::atomic::AtomicBool::new(false);
+            f.pending.resolver.set_hook(Box::new(move |spinning: bool| {
+                if !spinning {
+                    if let Some(c) = cell.upgrade() {
+                        c.spinning.store(false, Ordering::Release);
+                    }
                     return;
                 }
+                if !marked.swap(true, Ordering::Relaxed) {
+                    if let Some(c) = cell.upgrade() {
+                        c.spinning.store(true, Ordering::Release);
+                    }
+                }
+                if !seqs.iter().all(|&s| mem.is_done(s)) {
+                    return;
+                }
+                super::phases::mark(9);
+                let Some(c) = cell.upgrade() else { return };
                 // A contended lock means the completer is taking it.
                 let f = c.flight.try_lock().ok().and_then(|mut f| f.take());
+                // Taken (or being taken): the completer may drop the cell.
+                c.spinning.store(false, Ordering::Release);
+                drop(c);
                 if let (Some(f), Some(inner)) = (f, inner.upgrade()) {
                     settle(&inner, vec![f]);
+                    super::phases::mark(10);
                 }
             }));
             FlightCell::holding(f)
@@ -748,7 +813,11 @@ impl FlightCell {
 fn settle(inner: &Inner, done: Vec<Flight>) {
     finish_flights(inner, done, None);
     inner.notify_progress();
-    if inner.sched_sleeping.load(Ordering::Acquire) {
+    // Only a scheduler held up by hazards waits for completions; one idle for lack of work
+    // (the usual case on the fast path) is left asleep: waking it costs a system call per
+    // request on the waiter's critical path. (`notify_progress`'s fence orders the in-flight
+    // map's release before this load.)
+    if inner.sched_on_hazards.load(Ordering::SeqCst) {
         inner.wake.notify_all();
     }
 }
@@ -801,6 +870,7 @@ fn write_problems(
                     std::hint::spin_loop();
                 }
             }
+            super::phases::mark(6);
             seqs.push(w.write(*d));
         }
         next += n;
@@ -855,7 +925,8 @@ fn ring_writer(inner: &Inner, rx: Receiver<Batch>, flights: std::sync::mpsc::Sen
 /// and keeps the heartbeat going so the resident kernel knows the host is alive.
 fn ring_completer(inner: &Inner, rx: Receiver<Vec<Arc<FlightCell>>>) {
     let ring = &inner.persistent.as_ref().expect("persistent mode").mem;
-    let mut flights: VecDeque<Arc<FlightCell>> = VecDeque::new();
+    // Each with when the completer first found it done while its waiter spun on it.
+    let mut flights: VecDeque<(Arc<FlightCell>, Option<Instant>)> = VecDeque::new();
     let mut active = Instant::now();
     let mut connected = true;
     let (mut beats, mut last_beat) = (0u64, Instant::now());
@@ -868,7 +939,7 @@ fn ring_completer(inner: &Inner, rx: Receiver<Vec<Arc<FlightCell>>>) {
         loop {
             match rx.try_recv() {
                 Ok(v) => {
-                    flights.extend(v);
+                    flights.extend(v.into_iter().map(|c| (c, None)));
                     active = Instant::now();
                 }
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
@@ -881,13 +952,19 @@ fn ring_completer(inner: &Inner, rx: Receiver<Vec<Arc<FlightCell>>>) {
         let (mut done, mut seen_done) = (Vec::new(), false);
         let mut i = 0;
         while i < flights.len() {
-            if flights[i].is_done(ring) {
-                // Unless its waiter took it first.
-                done.extend(flights.swap_remove_back(i).expect("in range").take());
-                seen_done = true;
-            } else {
+            let (cell, seen) = &mut flights[i];
+            if !cell.is_done(ring) {
                 i += 1;
+                continue;
             }
+            seen_done = true;
+            // A spinning waiter finishes its own request: left to it for a grace period.
+            if cell.spinning.load(Ordering::Acquire) && seen.get_or_insert_with(Instant::now).elapsed() < WAITER_GRACE {
+                i += 1;
+                continue;
+            }
+            // Unless its waiter took it first.
+            done.extend(flights.swap_remove_back(i).expect("in range").0.take());
         }
         if seen_done {
             active = Instant::now();
@@ -907,7 +984,7 @@ fn ring_completer(inner: &Inner, rx: Receiver<Vec<Arc<FlightCell>>>) {
             }
             match rx.recv_timeout(Duration::from_millis(20)) {
                 Ok(v) => {
-                    flights.extend(v);
+                    flights.extend(v.into_iter().map(|c| (c, None)));
                     active = Instant::now();
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}

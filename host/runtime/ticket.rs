@@ -23,10 +23,14 @@ struct Shared<T> {
     /// Threads blocked on `cv` (changed under `slot`'s lock): the resolver skips the wake-up
     /// system call when there are none, the usual case (waiters spin first).
     sleepers: AtomicU32,
-    /// Called by a spinning waiter: lets it finish the work itself once done (persistent mode's
-    /// fast path, whose completion words the waiter can read), ahead of the completer thread.
-    hook: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Called by a spinning waiter with `true` on every spin, and once with `false` when it stops
+    /// spinning to block: lets it finish the work itself once done (persistent mode's fast path,
+    /// whose completion words the waiter can read), ahead of the completer thread.
+    hook: OnceLock<Hook>,
 }
+
+/// A waiter's hook (see `Shared::hook`).
+pub(crate) type Hook = Box<dyn Fn(bool) + Send + Sync>;
 
 /// A pending result. Resolves exactly once: with the work's outcome, or with an error when the
 /// work was rejected, cancelled (tenant removed, runtime shut down) or its round failed.
@@ -54,9 +58,10 @@ pub(crate) fn ticket<T>() -> (Ticket<T>, Resolver<T>) {
 }
 
 impl<T> Resolver<T> {
-    /// Gives the ticket's spinning waiter `hook` to call (at most once set; it should resolve
-    /// the ticket through this resolver when the work is done, and do nothing otherwise).
-    pub(crate) fn set_hook(&self, hook: Box<dyn Fn() + Send + Sync>) {
+    /// Gives the ticket's spinning waiter `hook` to call (at most once set): `hook(true)` on each
+    /// spin should resolve the ticket through this resolver when the work is done, and do nothing
+    /// otherwise; `hook(false)` says the waiter stops spinning (someone else must finish it).
+    pub(crate) fn set_hook(&self, hook: Hook) {
         if let Some(s) = &self.shared {
             let _ = s.hook.set(hook);
         }
@@ -114,15 +119,20 @@ impl<T> Ticket<T> {
     /// arrive within a round, and a sleeping thread's wake-up adds tens of microseconds).
     pub fn wait(self) -> Result<T> {
         let (t, spin) = (Instant::now(), super::scheduler::spin());
+        let hook = self.shared.hook.get();
         while !self.shared.ready.load(Ordering::Acquire) && t.elapsed() < spin {
-            if let Some(hook) = self.shared.hook.get() {
-                hook();
+            if let Some(hook) = hook {
+                hook(true);
             }
             std::hint::spin_loop();
+        }
+        if let Some(hook) = hook.filter(|_| !self.shared.ready.load(Ordering::Acquire)) {
+            hook(false);
         }
         let mut slot = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(r) = Self::take(&mut slot) {
+                super::phases::mark(super::phases::STEPS.len() - 1);
                 return r;
             }
             self.shared.sleepers.fetch_add(1, Ordering::Relaxed);
