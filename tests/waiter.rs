@@ -42,22 +42,23 @@ fn check(backend: Backend, big: (u32, u32, u32), quota: u64) {
         // Every fourth request queues behind a long problem on the device.
         let load = (i % 4 == 3).then(|| rt.submit(&t, big_case.op(&big)).unwrap());
         let ticket = rt.submit(&t, case.op(&bufs[j])).unwrap();
-        match i % 4 {
+        let done = match i % 4 {
             // The waiter spins from the start and finishes the request itself.
-            0 => drop(ticket.wait().unwrap()),
+            0 => ticket.wait().unwrap(),
             // Nobody spins while it completes: the completer finishes it.
             1 => {
                 std::thread::sleep(Duration::from_millis(3));
-                drop(ticket.wait().unwrap());
+                ticket.wait().unwrap()
             }
             // A future: no hook, the completer resolves it.
-            2 => drop(pollster::block_on(ticket).unwrap()),
+            2 => pollster::block_on(ticket).unwrap(),
             // Behind the load, the waiter's spin window ends first: it hands the request back
             // to the completer and blocks.
-            _ => drop(ticket.wait().unwrap()),
-        }
+            _ => ticket.wait().unwrap(),
+        };
+        assert_eq!(done.round, 0, "persistent mode has no rounds");
         if let Some(load) = load {
-            drop(load.wait().unwrap());
+            load.wait().unwrap();
         }
         let e = case.error(&bufs[j].c.read().unwrap(), &case.reference());
         assert!(e < 1e-4, "{backend:?} request {i}: relative error {e:e}");
