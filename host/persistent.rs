@@ -31,8 +31,6 @@ pub struct RingMemory {
     base: NonNull<u8>,
     slots: u32,
     owner: Owner,
-    /// Chunks are written whole, stamp and data in one 16-byte store ([`RingMemory::store_chunks`]).
-    whole_chunks: bool,
 }
 
 enum Owner {
@@ -62,13 +60,13 @@ impl RingMemory {
         // SAFETY: non-zero size (callers ask for at least one slot).
         let base =
             NonNull::new(unsafe { alloc_zeroed(layout) }).ok_or(Error::Config("ring allocation failed".into()))?;
-        Ok(RingMemory { base, slots, owner: Owner::Heap(layout), whole_chunks: false })
+        Ok(RingMemory { base, slots, owner: Owner::Heap(layout) })
     }
 
     /// A ring in pinned, device-mapped memory (the CUDA engine's); `buf` is zeroed.
     pub(crate) fn pinned(slots: u32, buf: crate::cuda::PinnedBuffer) -> Result<RingMemory> {
         let base = NonNull::new(buf.ptr()).ok_or(Error::Config("null pinned ring".into()))?;
-        Ok(RingMemory { base, slots, owner: Owner::Pinned(buf), whole_chunks: whole_chunk_stores() })
+        Ok(RingMemory { base, slots, owner: Owner::Pinned(buf) })
     }
 
     /// Device address of the block (CUDA: the mapped address).
@@ -125,43 +123,6 @@ impl RingMemory {
         self.done_word((seq % self.slots as u64) as u32).load(Ordering::Acquire) > seq
     }
 
-    /// Writes and publishes slot `i`'s image for problem `s.seq` in one pass, each chunk (its stamp
-    /// and its three data words) one aligned 16-byte store, which x86 processors with AVX perform
-    /// atomically, and which the GPU reads in one piece: a chunk whose stamp the forwarder sees
-    /// carries its data. A fifth of the stores of [`RingMemory::store_image`] and
-    /// [`RingMemory::stamp_slot`], and the image's lines are written once. Only for device-mapped
-    /// rings (`whole_chunks`): the CPU engine reads images with 4-byte atomics.
-    #[cfg(target_arch = "x86_64")]
-    fn store_chunks(&self, i: u32, s: &RingSlot) {
-        let words: &[u32] = bytemuck::cast_slice(bytemuck::bytes_of(s));
-        let data = &words[2..];
-        for c in 0..HOST_SLOT_CHUNKS {
-            let mut chunk = [stamp(s.seq), 0, 0, 0];
-            for (m, w) in chunk[1..].iter_mut().enumerate() {
-                *w = data.get(3 * c + m).copied().unwrap_or(0);
-            }
-            let at = host_slot_offset(i) + 16 * c;
-            // SAFETY: `at` is a 16-byte aligned chunk inside the block (the layout aligns every
-            // image to 16 bytes); one `movdqa` is one store, ordered after the earlier chunks'
-            // (x86 keeps a thread's stores in order; the asm may touch memory, so the compiler
-            // keeps it in program order too).
-            unsafe {
-                let v = std::mem::transmute::<[u32; 4], std::arch::x86_64::__m128i>(chunk);
-                std::arch::asm!(
-                    "movdqa xmmword ptr [{p}], {v}",
-                    p = in(reg) self.base.as_ptr().add(at),
-                    v = in(xmm_reg) v,
-                    options(nostack, preserves_flags)
-                );
-            }
-        }
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    fn store_chunks(&self, _i: u32, _s: &RingSlot) {
-        unreachable!("whole-chunk stores are x86-only")
-    }
-
     /// Writes slot `i`'s image but its stamps: every word of `s` but `seq`, with relaxed atomic
     /// stores ([`RingMemory::stamp_slot`] publishes it).
     fn store_image(&self, i: u32, s: &RingSlot) {
@@ -199,19 +160,6 @@ impl RingMemory {
         let mut slot: RingSlot = bytemuck::pod_read_unaligned(bytemuck::cast_slice::<u32, u8>(&words));
         slot.seq = seq;
         Some(slot)
-    }
-}
-
-/// Whether this processor stores an aligned 16-byte vector atomically (x86 with AVX, as Intel's
-/// and AMD's manuals guarantee).
-fn whole_chunk_stores() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
@@ -274,8 +222,7 @@ impl RingWriter {
     }
 
     /// Writes `p` (tile grid set, `k_splits == 1`, 1 to [`MAX_PROBLEM_TILES`] tiles) into the
-    /// next slot, without publishing it where chunks are not written whole (a device-mapped ring
-    /// on x86 with AVX publishes it at once). Returns its sequence number. Callers check
+    /// next slot without publishing it. Returns its sequence number. Callers check
     /// [`RingWriter::has_room`] first.
     pub fn write(&mut self, mut p: ProblemDesc) -> u64 {
         assert!(self.has_room(&p), "RingWriter::write without room");
@@ -289,21 +236,17 @@ impl RingWriter {
         // The slot's previous problem is done (acquired in `has_room`); this fence orders that
         // before the refill.
         fence(Ordering::Release);
-        let slot = RingSlot {
-            seq,
-            first_tile: self.next_tile,
-            tiles,
-            _reserved: 0,
-            done_target: self.slot_tiles[i as usize],
-            problem: p,
-        };
-        if self.mem.whole_chunks {
-            // Published as it is written (nothing earlier waits: every write is).
-            self.mem.store_chunks(i, &slot);
-            self.published = seq + 1;
-        } else {
-            self.mem.store_image(i, &slot);
-        }
+        self.mem.store_image(
+            i,
+            &RingSlot {
+                seq,
+                first_tile: self.next_tile,
+                tiles,
+                _reserved: 0,
+                done_target: self.slot_tiles[i as usize],
+                problem: p,
+            },
+        );
         self.next_seq += 1;
         self.next_tile += tiles as u64;
         seq
@@ -517,35 +460,22 @@ mod tests {
         assert!(mem.load_image(0).is_none(), "problem 0's stamps are gone");
     }
 
-    /// Whole-chunk stores (the device-mapped ring's on x86 with AVX) lay out the same image as
-    /// data then stamps, published as written.
-    #[cfg(target_arch = "x86_64")]
+    /// A slot is reused only once its problem is done, whatever finished after it.
     #[test]
-    fn whole_chunk_images_match() {
-        if !whole_chunk_stores() {
-            eprintln!("skipped: this processor has no AVX (16-byte stores are not atomic)");
-            return;
-        }
-        let two_pass = Arc::new(RingMemory::on_heap(4).unwrap());
-        let mut whole = RingMemory::on_heap(4).unwrap();
-        whole.whole_chunks = true;
-        let whole = Arc::new(whole);
-        let (mut a, mut b) = (RingWriter::new(two_pass.clone()), RingWriter::new(whole.clone()));
-        for t in 1..4 {
-            let mut p = of_tiles(t);
-            (p.a, p.b, p.c, p.alpha, p.beta) = (0x1000 * t as u64, 0x2000, 0x3000, 1.5, -0.25);
-            assert_eq!(a.write(p), b.write(p));
-            assert!(whole.load_image(t as u64 - 1).is_some(), "published as written");
-        }
-        a.publish();
-        for q in 0..3 {
-            let (x, y) = (two_pass.load_image(q).unwrap(), whole.load_image(q).unwrap());
-            assert_eq!(bytemuck::bytes_of(&x), bytemuck::bytes_of(&y), "problem {q}");
-        }
-        let span = host_slot_offset(0)..host_slot_offset(3);
-        // SAFETY: both blocks are at least this long and no thread writes them now.
-        let bytes = |m: &RingMemory| unsafe { std::slice::from_raw_parts(m.base.as_ptr().add(span.start), span.len()) };
-        assert_eq!(bytes(&two_pass), bytes(&whole), "the same bytes, padding included");
+    fn slots_wait_for_their_own_problem() {
+        let mem = Arc::new(RingMemory::on_heap(2).unwrap());
+        let mut w = RingWriter::new(mem.clone());
+        w.write(of_tiles(1));
+        w.write(of_tiles(1));
+        assert!(!w.has_room(&of_tiles(1)), "both slots hold unfinished problems");
+        mem.done_word(1).store(2, Ordering::Release);
+        assert!(!w.has_room(&of_tiles(1)), "problem 1 is done, slot 0's problem 0 is not");
+        mem.done_word(0).store(1, Ordering::Release);
+        assert!(w.has_room(&of_tiles(1)));
+        assert_eq!(w.write(of_tiles(1)), 2);
+        assert!(w.has_room(&of_tiles(1)), "slot 1's problem 1 is done");
+        assert_eq!(w.write(of_tiles(1)), 3);
+        assert!(!w.has_room(&of_tiles(1)), "slot 0 holds problem 2 now");
     }
 
     #[test]
