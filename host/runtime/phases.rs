@@ -3,7 +3,24 @@
 //! thread stamps each step; the waiter's last stamp closes the record. [`report`] gives the
 //! median of each step over the records so far.
 
-/// The steps, in order.
+/// The steps, in order: what [`STEPS`] names, for [`mark`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    Validated,
+    Admitted,
+    Locked,
+    Queued,
+    HazardsBooked,
+    Planned,
+    SlotFree,
+    Published,
+    HandedOver,
+    SeenDone,
+    Settled,
+    Returned,
+}
+
+/// The steps' names, in order.
 pub const STEPS: [&str; 12] = [
     "validated",
     "admitted, costed",
@@ -90,13 +107,15 @@ pub(crate) fn start() {
     imp::start()
 }
 
-/// Stamps `step` (an index into [`STEPS`]) on the calling thread.
+/// Stamps `step` on the calling thread; [`Step::Returned`] closes its record.
 #[inline(always)]
-pub(crate) fn mark(step: usize) {
-    imp::mark(step)
+pub(crate) fn mark(step: Step) {
+    imp::mark(step as usize)
 }
 
 /// Medians of each step over the records so far; `None` without the `phases` feature or records.
 pub fn report() -> Option<String> {
     imp::report()
 }
+
+const _: () = assert!(Step::Returned as usize == STEPS.len() - 1);

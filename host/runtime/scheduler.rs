@@ -223,7 +223,7 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
         Ok(ops) => ops,
         Err(e) => return reject(e),
     };
-    super::phases::mark(0);
+    super::phases::mark(super::phases::Step::Validated);
     if let Err(e) = admit(inner, ops.len() as u64) {
         return reject(e);
     }
@@ -244,10 +244,10 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
             (c + cost.kind_tile_ns(kind, &d) * o.ref_tiles as f64, t + o.ref_tiles)
         })
     };
-    super::phases::mark(1);
+    super::phases::mark(super::phases::Step::Admitted);
     let (t, resolver) = ticket();
     let mut s = inner.sched.lock().unwrap_or_else(|e| e.into_inner());
-    super::phases::mark(2);
+    super::phases::mark(super::phases::Step::Locked);
     if !s.open {
         drop(s);
         return reject(Error::Closed);
@@ -288,7 +288,7 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
     s.queues.get_mut(&tenant.id).and_then(|q| q.pending.back_mut()).expect("pushed").seq = seq;
     tenant.inflight.fetch_add(1, Ordering::AcqRel);
     tenant.counters().submitted += 1;
-    super::phases::mark(3);
+    super::phases::mark(super::phases::Step::Queued);
     if fast_path(inner, s, tenant.id) {
         return Ok(t);
     }
@@ -326,7 +326,7 @@ fn fast_path(inner: &Arc<Inner>, mut s: std::sync::MutexGuard<'_, SchedState>, t
         }
         book(&mut inflight, head);
     }
-    super::phases::mark(4);
+    super::phases::mark(super::phases::Step::HazardsBooked);
     let p = q.pending.pop_front().expect("non-empty");
     *queued -= 1;
     q.vt += p.cost_ns / q.tenant.spec.weight;
@@ -352,10 +352,10 @@ fn fast_path(inner: &Arc<Inner>, mut s: std::sync::MutexGuard<'_, SchedState>, t
             (round.problems, checked)
         }
     };
-    super::phases::mark(5);
+    super::phases::mark(super::phases::Step::Planned);
     let (flights, failed) =
         write_problems(&mut ring.writer.lock().unwrap_or_else(|e| e.into_inner()), &problems, vec![(t, p)], checked);
-    super::phases::mark(7);
+    super::phases::mark(super::phases::Step::Published);
     let cells =
         flights.into_iter().map(|f| FlightCell::with_waiter(f, Arc::downgrade(inner), ring.mem.clone())).collect();
     if let Some(tx) = ring.flights.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
@@ -363,7 +363,7 @@ fn fast_path(inner: &Arc<Inner>, mut s: std::sync::MutexGuard<'_, SchedState>, t
     }
     ring.fast_writers.fetch_sub(1, Ordering::AcqRel);
     finish_failed(inner, failed);
-    super::phases::mark(8);
+    super::phases::mark(super::phases::Step::HandedOver);
     true
 }
 
@@ -774,7 +774,7 @@ impl FlightCell {
                     }
                     return;
                 }
-                if !marked.swap(true, Ordering::Relaxed) {
+                if !marked.load(Ordering::Relaxed) && !marked.swap(true, Ordering::Relaxed) {
                     if let Some(c) = cell.upgrade() {
                         c.spinning.store(true, Ordering::Release);
                     }
@@ -782,7 +782,7 @@ impl FlightCell {
                 if !seqs.iter().all(|&s| mem.is_done(s)) {
                     return;
                 }
-                super::phases::mark(9);
+                super::phases::mark(super::phases::Step::SeenDone);
                 let Some(c) = cell.upgrade() else { return };
                 // A contended lock means the completer is taking it.
                 let f = c.flight.try_lock().ok().and_then(|mut f| f.take());
@@ -791,7 +791,7 @@ impl FlightCell {
                 drop(c);
                 if let (Some(f), Some(inner)) = (f, inner.upgrade()) {
                     settle(&inner, vec![f]);
-                    super::phases::mark(10);
+                    super::phases::mark(super::phases::Step::Settled);
                 }
             }));
             FlightCell::holding(f)
@@ -870,7 +870,7 @@ fn write_problems(
                     std::hint::spin_loop();
                 }
             }
-            super::phases::mark(6);
+            super::phases::mark(super::phases::Step::SlotFree);
             seqs.push(w.write(*d));
         }
         next += n;

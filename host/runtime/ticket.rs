@@ -132,7 +132,7 @@ impl<T> Ticket<T> {
         let mut slot = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(r) = Self::take(&mut slot) {
-                super::phases::mark(super::phases::STEPS.len() - 1);
+                super::phases::mark(super::phases::Step::Returned);
                 return r;
             }
             self.shared.sleepers.fetch_add(1, Ordering::Relaxed);
