@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use crate::abi::ProblemDesc;
 use crate::abi::ring::{
-    CLAIM_TABLE, HOST_SLOT_CHUNKS, HostHeader, MAX_PROBLEM_TILES, RingSlot, done_offset, entry, host_bytes,
-    host_slot_offset, stamp,
+    CLAIM_TABLE, Cursor, HOST_SLOT_CHUNKS, HostHeader, ImageView, Look, MAX_PROBLEM_TILES, RingSlot, done_offset,
+    entry, host_bytes, host_slot_offset, stamp,
 };
 use crate::error::{Error, Result};
 
@@ -141,26 +141,37 @@ impl RingMemory {
         }
     }
 
-    /// Reads problem `seq` from its slot's image if every chunk carries its stamp (the CPU
+    /// Reads problem `seq`'s image from its slot if every chunk carries its stamp (the CPU
     /// forwarder's poll; acquire loads of the stamps, then the chunks' data).
-    fn load_image(&self, seq: u64) -> Option<RingSlot> {
+    fn load_image(&self, seq: u64) -> Option<Image> {
         let i = (seq % self.slots as u64) as u32;
-        let mut words = [0u32; size_of::<RingSlot>() / 4];
-        for c in 0..HOST_SLOT_CHUNKS {
+        let mut image = [[0u32; 4]; HOST_SLOT_CHUNKS];
+        for (c, chunk) in image.iter_mut().enumerate() {
             let at = host_slot_offset(i) + 16 * c;
             if self.u32_at(at).load(Ordering::Acquire) != stamp(seq) {
                 return None;
             }
-            for m in 0..3 {
-                if let Some(w) = words.get_mut(2 + 3 * c + m) {
-                    *w = self.u32_at(at + 4 * (1 + m)).load(Ordering::Relaxed);
-                }
-            }
+            *chunk =
+                std::array::from_fn(
+                    |m| if m == 0 { stamp(seq) } else { self.u32_at(at + 4 * m).load(Ordering::Relaxed) },
+                );
         }
-        let mut slot: RingSlot = bytemuck::pod_read_unaligned(bytemuck::cast_slice::<u32, u8>(&words));
-        slot.seq = seq;
-        Some(slot)
+        Some(image)
     }
+}
+
+/// A slot's image: 13 chunks of a stamp and 12 bytes of the slot (see [`HOST_SLOT_CHUNKS`]).
+type Image = [[u32; 4]; HOST_SLOT_CHUNKS];
+
+/// The slot an image holds (`seq` from its stamp and `stamp_hi`).
+fn decode(image: &Image) -> RingSlot {
+    let mut words = [0u32; size_of::<RingSlot>() / 4];
+    for (j, w) in words[2..].iter_mut().enumerate() {
+        *w = image[j / 3][1 + j % 3];
+    }
+    let mut slot: RingSlot = bytemuck::pod_read_unaligned(bytemuck::cast_slice::<u32, u8>(&words));
+    slot.seq = ((slot.stamp_hi as u64) << 32 | image[0][0] as u64).wrapping_sub(1);
+    slot
 }
 
 /// The device side of a ring (it learns of work, heartbeats and the stop request through the
@@ -242,7 +253,7 @@ impl RingWriter {
                 seq,
                 first_tile: self.next_tile,
                 tiles,
-                _reserved: 0,
+                stamp_hi: ((seq + 1) >> 32) as u32,
                 done_target: self.slot_tiles[i as usize],
                 problem: p,
             },
@@ -269,17 +280,17 @@ impl RingWriter {
 }
 
 /// CPU threads running the resident kernel's protocol (the stand-in for its CTAs in CI): a
-/// forwarder thread polls the stamped images, copies each problem into a device-ring stand-in
-/// and publishes its tiles in a claim table; worker threads claim tiles, find them in the table,
-/// run them and count them as the kernel's CTAs do.
+/// forwarder thread polls the stamped images, copies each into a device-ring stand-in and
+/// publishes its tiles in a claim table; worker threads claim tiles, find them (the slot image
+/// their cursor guesses, or the table), run them and count them as the kernel's CTAs do.
 pub struct CpuEngine {
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 struct CpuState {
     claim: AtomicU64,
-    /// The device ring: per slot, the words of a [`RingSlot`].
-    ring: Vec<Vec<AtomicU32>>,
+    /// The device ring: per slot, an image as in the host block.
+    ring: Vec<DeviceImage>,
     /// Per slot: tiles finished of every problem it has held.
     done_ctr: Vec<AtomicU64>,
     table: Vec<AtomicU64>,
@@ -294,10 +305,9 @@ impl CpuEngine {
     /// heartbeat has not changed for `heartbeat_timeout` (zero: never).
     pub fn start(mem: Arc<RingMemory>, workers: usize, heartbeat_timeout: Duration) -> CpuEngine {
         let n = mem.slots as usize;
-        let words = size_of::<RingSlot>() / 4;
         let state = Arc::new(CpuState {
             claim: AtomicU64::new(0),
-            ring: (0..n).map(|_| (0..words).map(|_| AtomicU32::new(0)).collect()).collect(),
+            ring: (0..n).map(|_| DeviceImage::default()).collect(),
             done_ctr: (0..n).map(|_| AtomicU64::new(0)).collect(),
             table: (0..CLAIM_TABLE).map(|_| AtomicU64::new(0)).collect(),
             tiles_published: AtomicU64::new(0),
@@ -343,7 +353,7 @@ fn cpu_forward(mem: &RingMemory, st: &CpuState, heartbeat_timeout: Duration) {
     let (mut q, mut idle, mut stopping) = (0u64, Instant::now(), false);
     let (mut beat, mut beat_at) = (mem.heartbeat(), Instant::now());
     loop {
-        let Some(slot) = mem.load_image(q) else {
+        let Some(image) = mem.load_image(q) else {
             // A poll after the stop request was seen, and still nothing: all is forwarded.
             if stopping {
                 break;
@@ -359,14 +369,13 @@ fn cpu_forward(mem: &RingMemory, st: &CpuState, heartbeat_timeout: Duration) {
             continue;
         };
         let i = (q % mem.slots as u64) as usize;
-        let words: &[u32] = bytemuck::cast_slice(bytemuck::bytes_of(&slot));
-        for (d, w) in st.ring[i].iter().zip(words) {
-            d.store(*w, Ordering::Relaxed);
-        }
-        // Entries released after the copy; a problem larger than the table publishes its last lap.
+        st.ring[i].store(&image);
+        let slot = decode(&image);
+        // Entries (relaxed, as the kernel's: a worker checks the image's stamps); a problem larger
+        // than the table publishes its last lap.
         for t in slot.tiles.saturating_sub(CLAIM_TABLE as u32)..slot.tiles {
             let g = slot.first_tile + t as u64;
-            st.table[(g % CLAIM_TABLE) as usize].store(entry::pack(g, i as u32, t), Ordering::Release);
+            st.table[(g % CLAIM_TABLE) as usize].store(entry::pack(g, i as u32, t), Ordering::Relaxed);
         }
         st.tiles_published.store(slot.first_tile + slot.tiles as u64, Ordering::Release);
         q += 1;
@@ -375,22 +384,35 @@ fn cpu_forward(mem: &RingMemory, st: &CpuState, heartbeat_timeout: Duration) {
     st.stop.store(true, Ordering::Release);
 }
 
-/// One CPU "CTA": the worker loop of `kernels/src/persistent.rs`, step for step.
+/// One CPU "CTA": the worker loop of `kernels/src/persistent.rs`, step for step (a poll reads
+/// the image its cursor points at and the claim's entry; [`Cursor::step`] decides).
 fn cpu_cta(mem: &RingMemory, st: &CpuState) {
+    let mut cur = Cursor::new();
     loop {
         let g = st.claim.fetch_add(1, Ordering::Relaxed);
         let idle = Instant::now();
-        let (i, tile) = loop {
-            if let Some(found) = entry::find(st.table[(g % CLAIM_TABLE) as usize].load(Ordering::Acquire), g) {
-                break found;
+        let (slot, tile) = loop {
+            let i = cur.slot;
+            let image = st.ring[i as usize].load();
+            let view =
+                image.as_ref().map_or(ImageView { whole: false, stamp: 0, first_tile: 0, tiles: 0 }, |m| ImageView {
+                    whole: m.iter().all(|c| c[0] == m[0][0]),
+                    stamp: m[0][0],
+                    first_tile: m[0][1] as u64 | (m[0][2] as u64) << 32,
+                    tiles: m[0][3],
+                });
+            let e = st.table[(g % CLAIM_TABLE) as usize].load(Ordering::Acquire);
+            match cur.step(g, view, e, mem.slots) {
+                Look::Found(tile) => break (decode(&image.expect("a whole image")), tile),
+                Look::Next => continue,
+                Look::Wait => {}
             }
             if st.stop.load(Ordering::Acquire) && st.tiles_published.load(Ordering::Acquire) <= g {
                 return;
             }
             idle_wait(idle);
         };
-        let words: Vec<u32> = st.ring[i as usize].iter().map(|w| w.load(Ordering::Relaxed)).collect();
-        let slot: RingSlot = bytemuck::pod_read_unaligned(bytemuck::cast_slice::<u32, u8>(&words));
+        let i = (slot.seq % mem.slots as u64) as u32;
         let p = slot.problem;
         let t = crate::abi::TileDesc {
             problem: 0,
@@ -405,6 +427,35 @@ fn cpu_cta(mem: &RingMemory, st: &CpuState) {
         if st.done_ctr[i as usize].fetch_add(1, Ordering::AcqRel) + 1 == slot.done_target {
             mem.done_word(i).store(slot.seq + 1, Ordering::Release);
         }
+    }
+}
+
+/// A slot image in the CPU engine's device ring. The kernel reads and writes each 16-byte chunk
+/// in one access; host atomics are narrower, so a sequence lock stands in: the forwarder makes
+/// the version odd while it rewrites the image, and a reader takes an image only when the
+/// version was even and unchanged while it read it.
+#[derive(Default)]
+struct DeviceImage {
+    version: AtomicU64,
+    chunks: [[AtomicU32; 4]; HOST_SLOT_CHUNKS],
+}
+
+impl DeviceImage {
+    fn store(&self, image: &Image) {
+        self.version.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (c, words) in self.chunks.iter().zip(image) {
+            c.iter().zip(words).for_each(|(a, w)| a.store(*w, Ordering::Relaxed));
+        }
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// The image, if whole (not being rewritten while it was read).
+    fn load(&self) -> Option<Image> {
+        let v = self.version.load(Ordering::Acquire);
+        let image: Image = std::array::from_fn(|c| std::array::from_fn(|m| self.chunks[c][m].load(Ordering::Relaxed)));
+        fence(Ordering::Acquire);
+        (v % 2 == 0 && self.version.load(Ordering::Relaxed) == v).then_some(image)
     }
 }
 
@@ -435,6 +486,60 @@ mod tests {
         assert_eq!(entry::find(entry::pack(7, 65_535, top), 7), Some((65_535, top)));
     }
 
+    /// A worker's cursor: found where guessed, moved on past problems that end before its claim,
+    /// sent by the claim table when the guess is off, never fooled by a torn or stale image.
+    #[test]
+    fn cursors_find_their_claims() {
+        let view = |stamp: u32, first_tile: u64, tiles: u32| ImageView { whole: true, stamp, first_tile, tiles };
+        let empty = view(0, 0, 0);
+        let mut c = Cursor::new();
+        assert_eq!(c.step(0, empty, 0, 4), Look::Wait, "nothing published");
+        assert_eq!(c.step(1, view(1, 0, 3), 0, 4), Look::Found(1));
+        assert_eq!(c, Cursor { slot: 0, expect: Some(1) });
+        // Problem 0 ends before claim 3: the next slot, the next problem.
+        assert_eq!(c.step(3, view(1, 0, 3), 0, 4), Look::Next);
+        assert_eq!(c, Cursor { slot: 1, expect: Some(2) });
+        assert_eq!(c.step(3, empty, 0, 4), Look::Wait, "problem 1 not there yet");
+        assert_eq!(c.step(3, empty, entry::pack(3, 1, 0), 4), Look::Wait, "its entry, before its image");
+        let torn = ImageView { whole: false, ..view(2, 3, 2) };
+        assert_eq!(c.step(3, torn, 0, 4), Look::Wait, "an image being rewritten");
+        assert_eq!(c.step(4, view(2, 3, 2), 0, 4), Look::Found(1));
+        // Claim 200 is far ahead; slot 1 holds a later problem that does not cover it.
+        assert_eq!(c.step(200, view(6, 100, 2), 0, 4), Look::Wait);
+        assert_eq!(c.step(200, view(6, 100, 2), entry::pack(200, 3, 7), 4), Look::Next);
+        assert_eq!(c, Cursor { slot: 3, expect: None });
+        assert_eq!(c.step(200, view(4, 150, 2), entry::pack(200, 3, 7), 4), Look::Wait, "slot 3's old problem");
+        assert_eq!(c.step(200, view(8, 193, 10), 0, 4), Look::Found(7));
+        // The last slot wraps to slot 0.
+        assert_eq!(c.step(203, view(8, 193, 10), 0, 4), Look::Next);
+        assert_eq!(c, Cursor { slot: 0, expect: Some(9) });
+        // An unexpected problem that ends before the claim moves nothing.
+        assert_eq!(c.step(300, view(5, 120, 3), 0, 4), Look::Wait);
+    }
+
+    /// The CPU device ring's images: whole or not taken, while the forwarder rewrites them.
+    #[test]
+    fn device_images_are_taken_whole() {
+        let img = Arc::new(DeviceImage::default());
+        let image = |s: u32| -> Image {
+            std::array::from_fn(|c| if s == 0 { [0; 4] } else { [s, s * 7 + c as u32, s ^ 0xabc, s.wrapping_mul(31)] })
+        };
+        let writer = {
+            let img = img.clone();
+            std::thread::spawn(move || (1..20_000u32).for_each(|s| img.store(&image(s))))
+        };
+        let mut seen = 0;
+        while !writer.is_finished() {
+            if let Some(m) = img.load() {
+                assert_eq!(m, image(m[0][0]), "a torn image");
+                seen += 1;
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(img.load(), Some(image(19_999)));
+        assert!(seen > 0);
+    }
+
     #[test]
     fn images_are_seen_only_once_stamped() {
         let mem = Arc::new(RingMemory::on_heap(2).unwrap());
@@ -445,7 +550,7 @@ mod tests {
         assert_eq!(w.write(p), 0);
         assert!(mem.load_image(0).is_none(), "written, not published");
         w.publish();
-        let s = mem.load_image(0).expect("published");
+        let s = decode(&mem.load_image(0).expect("published"));
         assert_eq!((s.seq, s.first_tile, s.tiles, s.done_target), (0, 0, 3, 3));
         assert_eq!((s.problem.a, s.problem.alpha, s.problem.completion), (p.a, 1.5, 0));
         assert!(mem.load_image(2).is_none(), "slot 0's image is problem 0's, not 2's");
@@ -454,7 +559,7 @@ mod tests {
         mem.done_word(0).store(1, Ordering::Release);
         assert_eq!(w.write(of_tiles(5)), 2);
         w.publish();
-        let s = mem.load_image(2).expect("slot 0 reused");
+        let s = decode(&mem.load_image(2).expect("slot 0 reused"));
         // Slot 0's counter has seen 3 tiles, then 5: the target counts both.
         assert_eq!((s.seq, s.first_tile, s.tiles, s.done_target), (2, 7, 5, 8));
         assert!(mem.load_image(0).is_none(), "problem 0's stamps are gone");

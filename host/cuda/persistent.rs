@@ -12,7 +12,7 @@ use cudarc::driver::sys;
 
 use super::driver::{KernelArgs, ck};
 use super::{CudaDevice, DeviceBuffer, PinnedBuffer, Stream};
-use crate::abi::ring::{CLAIM_TABLE, DeviceState, RingSlot, TRACE_PROBLEMS, Trace, host_bytes};
+use crate::abi::ring::{CLAIM_TABLE, DeviceState, HOST_SLOT_BYTES, TRACE_PROBLEMS, Trace, host_bytes};
 use crate::error::{Error, Result};
 use crate::persistent::{Engine, RingMemory};
 
@@ -76,7 +76,7 @@ impl CudaDevice {
                 size_of::<DeviceState>(),
             )
         })?;
-        let dev_slots = zeroed(slots as usize * size_of::<RingSlot>())?;
+        let dev_slots = zeroed(slots as usize * HOST_SLOT_BYTES)?;
         let done_ctr = zeroed(slots as usize * 8)?;
         let table = zeroed(CLAIM_TABLE as usize * 8)?;
         let host = ring.device_base()?;

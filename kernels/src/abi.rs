@@ -514,8 +514,8 @@ pub mod ring {
     #[cfg(not(target_arch = "nvptx64"))]
     use bytemuck::{Pod, Zeroable};
 
-    /// One problem of the ring (the device ring's format; the host image carries the same bytes
-    /// from `first_tile` on, stamped).
+    /// One problem of the ring. Its image (host and device ring alike) carries its bytes from
+    /// `first_tile` on in stamped 16-byte chunks; `seq` is the stamps' and `stamp_hi`'s.
     #[repr(C, align(16))]
     #[derive(Clone, Copy, Debug)]
     #[cfg_attr(not(target_arch = "nvptx64"), derive(Pod, Zeroable))]
@@ -526,8 +526,8 @@ pub mod ring {
         pub first_tile: u64,
         /// Its tile count (at least 1, at most [`MAX_PROBLEM_TILES`]).
         pub tiles: u32,
-        /// Reserved, zero.
-        pub _reserved: u32,
+        /// `(seq + 1) >> 32`: with a stamp (its low 32 bits), the whole `seq + 1`.
+        pub stamp_hi: u32,
         /// The slot's tile counter reads this once the problem's last tile is done: the tiles of
         /// every problem the slot has held so far, this one included (the counter is never reset).
         pub done_target: u64,
@@ -535,10 +535,12 @@ pub mod ring {
         pub problem: ProblemDesc,
     }
 
-    /// 16-byte chunks of a slot's host image: word 0 of each is the stamp (`seq + 1`, low 32
-    /// bits), words 1..4 carry the slot's bytes from `first_tile` on, 12 per chunk.
+    /// 16-byte chunks of a slot's image (in the host block and, copied as it is, in the device
+    /// ring): word 0 of each is the stamp (`seq + 1`, low 32 bits), words 1..4 carry the slot's
+    /// bytes from `first_tile` on, 12 per chunk. A chunk is written and read in one 16-byte
+    /// access, so an image whose 13 stamps agree holds one problem, whole.
     pub const HOST_SLOT_CHUNKS: usize = 13;
-    /// Bytes of a slot's host image.
+    /// Bytes of a slot's image.
     pub const HOST_SLOT_BYTES: usize = HOST_SLOT_CHUNKS * 16;
     /// Words of [`RingSlot`] the host image carries (all but `seq`).
     pub const IMAGE_WORDS: usize = core::mem::size_of::<RingSlot>() / 4 - 2;
@@ -546,6 +548,87 @@ pub mod ring {
     /// The stamp of problem `seq` (never 0, so a zeroed image holds no problem).
     pub const fn stamp(seq: u64) -> u32 {
         (seq as u32).wrapping_add(1)
+    }
+
+    /// What one poll of a slot image shows (chunk 0's words and whether the 13 stamps agree).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct ImageView {
+        /// Every chunk carries the same stamp: the image holds one problem, whole.
+        pub whole: bool,
+        /// Chunk 0's stamp.
+        pub stamp: u32,
+        /// The problem's first tile and tile count (chunk 0).
+        pub first_tile: u64,
+        pub tiles: u32,
+    }
+
+    /// What a waiting worker does after a poll ([`Cursor::step`]).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Look {
+        /// The polled image holds the claim: its tile within the problem.
+        Found(u32),
+        /// Poll the cursor's (new) slot at once.
+        Next,
+        /// Nothing yet: poll again after the backoff.
+        Wait,
+    }
+
+    /// A worker's guess of where its claim's problem is: the slot whose image it polls, and the
+    /// stamp it expects there (`None`: any problem covering the claim). Problems take slots in
+    /// order and their tiles follow each other, so a worker that just ran a tile of problem `q`
+    /// finds its next claim in `q` or in the problems after it; the claim table is the way out
+    /// when the guess is far off (a claim several problems ahead, or a slot already reused).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Cursor {
+        pub slot: u32,
+        pub expect: Option<u32>,
+    }
+
+    impl Cursor {
+        /// A fresh ring's: problem 0 in slot 0.
+        pub const fn new() -> Cursor {
+            Cursor { slot: 0, expect: Some(stamp(0)) }
+        }
+
+        /// Decides on one poll by the holder of claim `g`: the image of slot `self.slot`
+        /// (`view`) and `g`'s claim-table entry, in a ring of `slots` slots.
+        ///
+        /// - A whole image covering `g` holds it: tile ranges of distinct problems never overlap,
+        ///   so whatever problem it is, it is `g`'s (stamps also tell an image being rewritten).
+        /// - Else an entry naming `g`'s slot sends the cursor there.
+        /// - Else a whole image of the expected problem that ends at or before `g` sends the
+        ///   cursor to the next slot and problem.
+        /// - Else the problem has not arrived (or its copy is not yet visible): wait.
+        #[inline(always)]
+        pub fn step(&mut self, g: u64, view: ImageView, entry: u64, slots: u32) -> Look {
+            if view.whole && g.wrapping_sub(view.first_tile) < view.tiles as u64 {
+                self.expect = Some(view.stamp);
+                return Look::Found(g.wrapping_sub(view.first_tile) as u32);
+            }
+            if let Some((slot, _)) = entry::find(entry, g) {
+                if slot != self.slot {
+                    *self = Cursor { slot, expect: None };
+                    return Look::Next;
+                }
+                return Look::Wait;
+            }
+            if view.whole
+                && self.expect == Some(view.stamp)
+                && view.tiles > 0
+                && g.wrapping_sub(view.first_tile) < 1 << 62
+            {
+                let slot = if self.slot + 1 >= slots { 0 } else { self.slot + 1 };
+                *self = Cursor { slot, expect: Some(view.stamp.wrapping_add(1)) };
+                return Look::Next;
+            }
+            Look::Wait
+        }
+    }
+
+    impl Default for Cursor {
+        fn default() -> Cursor {
+            Cursor::new()
+        }
     }
 
     /// Entries of the claim table: entry `g % CLAIM_TABLE` tells the CTA holding claim `g`
@@ -654,7 +737,7 @@ pub mod ring {
         pub seen: u64,
         /// The forwarder copied it into the device ring and is about to publish its tiles.
         pub forwarded: u64,
-        /// The CTA running tile 0 found its claim-table entry.
+        /// The CTA running tile 0 found its problem (its image, or its claim-table entry).
         pub found: u64,
         /// That CTA staged its descriptor.
         pub staged: u64,
@@ -678,9 +761,9 @@ pub mod ring {
         HOST_HEADER_BYTES + slots as usize * (HOST_SLOT_BYTES + 8)
     }
 
-    /// Byte offset of slot `i` in the device ring.
+    /// Byte offset of slot `i`'s image in the device ring (images as in the host block).
     pub const fn slot_offset(i: u32) -> usize {
-        i as usize * core::mem::size_of::<RingSlot>()
+        i as usize * HOST_SLOT_BYTES
     }
 
     /// Byte offset of slot `i`'s image in the host block.

@@ -3,25 +3,27 @@
 //! "Persistent mode".
 //!
 //! Warp 0 of block 0 is the forwarder: it polls the stamped host images of the next two slots
-//! itself (one bus round trip brings both the news and the problems), copies what arrived into
-//! the device ring, and publishes every tile of it in the claim table. Every other block is a
-//! worker: its thread 0 claims the next global tile index and polls that claim's table entry
-//! (nanosleep backoff, device memory only), which names the slot and the tile; the CTA stages
-//! the slot, runs the tile and counts it on the slot's counter. The CTA whose count reaches the
-//! problem's target writes the problem's completion word to host memory.
+//! itself (one bus round trip brings both the news and the problems), copies the images that
+//! arrived into the device ring as they are, stamps included, and publishes every tile of them in
+//! the claim table. Every other block is a worker: its warp 0 claims the next global tile index
+//! and polls, in one round trip, the image of the slot it expects that claim's problem in and
+//! the claim's table entry (nanosleep backoff, device memory only); an image that covers the
+//! claim arrives with the problem itself, which the warp stages at once; the entry names the slot
+//! when the guess was wrong. The CTA runs the tile and counts it on the slot's counter. The CTA
+//! whose count reaches the problem's target writes the problem's completion word to host memory.
 
 use core::mem::offset_of;
 
 use crate::abi::ring::{
-    CLAIM_TABLE, DeviceState, HOST_SLOT_BYTES, HOST_SLOT_CHUNKS, HostHeader, IMAGE_WORDS, RingSlot, TRACE_PROBLEMS,
-    Trace, done_offset, entry, host_slot_offset, slot_offset, stamp,
+    CLAIM_TABLE, Cursor, DeviceState, HOST_SLOT_BYTES, HOST_SLOT_CHUNKS, HostHeader, IMAGE_WORDS, ImageView, Look,
+    RingSlot, TRACE_PROBLEMS, Trace, done_offset, entry, host_slot_offset, slot_offset, stamp,
 };
 use crate::abi::{SMEM_DESC_OFFSET, SMEM_HEADER_BYTES, TileDesc};
 use crate::arch::{
-    atom_add_acq_rel_gpu_u64, atom_add_relaxed_gpu_u64, block_idx_x, fence_acq_rel_gpu, fence_acq_rel_sys, globaltimer,
-    ld_acquire_gpu_u32, ld_acquire_gpu_u64, ld_shared_u32, ld_shared_u64, ld_volatile_u32, ld_volatile_u64,
-    ld_volatile_v4_u32, nanosleep, shfl_idx, smem_base, st_relaxed_gpu_u32, st_relaxed_gpu_u64, st_relaxed_sys_u64,
-    st_release_gpu_u32, st_release_gpu_u64, st_shared_u32, st_shared_u64, st_shared_v4_u32, sync_threads, sync_warp,
+    atom_add_acq_rel_gpu_u64, atom_add_relaxed_gpu_u64, block_idx_x, fence_acq_rel_sys, globaltimer,
+    ld_acquire_gpu_u32, ld_acquire_gpu_u64, ld_acquire_gpu_v4_u32, ld_shared_u32, ld_shared_u64, ld_volatile_u32,
+    ld_volatile_u64, ld_volatile_v4_u32, nanosleep, shfl_idx, smem_base, st_relaxed_gpu_u64, st_relaxed_gpu_v4_u32,
+    st_relaxed_sys_u64, st_release_gpu_u32, st_release_gpu_u64, st_shared_u32, st_shared_u64, sync_threads, sync_warp,
     thread_idx_x, vote_all,
 };
 use crate::megakernel::run_tile;
@@ -52,8 +54,19 @@ const SCRATCH_TILE: u32 = 12;
 const SCRATCH_FOUND: u32 = 48;
 /// The staged slot's first 32 bytes (`seq`, `first_tile`, `tiles`, `done_target`).
 const SCRATCH_HEAD: u32 = 16;
+/// Header words (the first 16 bytes of shared memory: round mode's claim broadcast and split-K
+/// flag, unused here) that keep the slot and sequence number of the CTA's last problem.
+const HEADER_LAST_SLOT: u32 = 0;
+const HEADER_LAST_SEQ: u32 = 8;
+/// Words of the slot's head the image carries (`first_tile` .. `done_target`): staged into
+/// scratch, the rest into the descriptor.
+const HEAD_WORDS: u32 = 6;
+/// The worker's lane that polls the claim-table entry (lanes 0..13 poll the slot image).
+const LANE_ENTRY: u32 = 31;
 const _: () = {
     assert!(LANE_BEAT < 32);
+    assert!(LANE_ENTRY >= HOST_SLOT_CHUNKS as u32);
+    assert!(offset_of!(RingSlot, problem) == 8 + 4 * HEAD_WORDS as usize);
     assert!(HOST_SLOT_BYTES % 16 == 0);
     assert!(offset_of!(RingSlot, problem) == 32 && offset_of!(RingSlot, done_target) == 24);
 };
@@ -179,26 +192,14 @@ unsafe fn forward(r: &Ring, lane: u32) {
                 r.stamp(q + j as u64, offset_of!(Trace, seen));
             }
         }
-        // Copy: lane (k, c) holds image words 3c..3c+3 of problem q + k, which are the slot's
-        // words 2 + 3c.. (the image leaves out `seq`, which its stamps carry).
+        // Copy: lane (k, c) holds chunk c of problem q + k's image, stamp and data, and stores it
+        // into the device ring as it is, in one 16-byte store (a worker takes an image only once
+        // its 13 stamps agree, so neither a fence nor an order among the lanes is needed).
         if k < n {
-            let seq = q + k as u64;
-            let dst = r.slots_addr + slot_offset(r.index(seq)) as u64;
-            for m in 0..3u32 {
-                let j = 3 * c + m;
-                if (j as usize) < IMAGE_WORDS {
-                    // SAFETY: the slot's previous problem is done (the host reused its image).
-                    unsafe { st_relaxed_gpu_u32(dst + (2 + j) as u64 * 4, w[1 + m as usize]) };
-                }
-            }
-            if c == 0 {
-                unsafe { st_relaxed_gpu_u64(dst, seq) };
-            }
+            let dst = r.slots_addr + (slot_offset(r.index(q + k as u64)) + c as usize * 16) as u64;
+            // SAFETY: the slot's previous problem is done (the host reused its image).
+            unsafe { st_relaxed_gpu_v4_u32(dst, w) };
         }
-        // Every lane's copy, then each lane's fence, then its entries: the release pattern (a
-        // worker acquiring an entry sees the whole slot).
-        sync_warp();
-        fence_acq_rel_gpu();
         if lane == 0 {
             for j in 0..n {
                 r.stamp(q + j as u64, offset_of!(Trace, forwarded));
@@ -223,8 +224,8 @@ unsafe fn forward(r: &Ring, lane: u32) {
         }
         sync_warp();
         if lane == 0 {
-            // For the stop protocol: released after every lane's entries (the barrier, then the
-            // release, cumulative).
+            // For the stop protocol: released after every lane's copies and entries (the
+            // barrier, then the release, cumulative).
             unsafe { st_release_gpu_u64(r.state(offset_of!(DeviceState, tiles_published)), end) };
         }
         q += n as u64;
@@ -235,28 +236,97 @@ unsafe fn forward(r: &Ring, lane: u32) {
     }
 }
 
-/// A worker's thread 0: polls claim `g`'s table entry until it names a slot and tile, or returns
-/// `None` once the forwarder stopped without publishing `g`. The first `spin_polls` polls go
-/// back to back, then nanosleep backoff.
+/// A worker's warp 0: claims the next global tile `g` and polls until it knows `g`'s problem,
+/// then stages it into shared memory (the problem into the descriptor, the slot's head into
+/// scratch, with slot, tile, claim and when it was found); or, once the forwarder stopped
+/// without publishing `g`, stores `u32::MAX` as the slot. Each poll is one load per lane, one
+/// round trip: lanes 0..13 read the chunks of the slot image the cursor points at (starting
+/// where the CTA's previous problem was: its slot and sequence number, kept in the shared-memory
+/// header, which tiles leave alone), lane 31 `g`'s
+/// claim-table entry; [`Cursor::step`] decides. The problem then comes with the news, its image
+/// already in registers. The first `spin_polls` polls go back to back, then nanosleep backoff.
 ///
 /// # Safety
-/// As [`tilemux_persistent`].
-unsafe fn wait_entry(r: &Ring, g: u64, spin_polls: u32) -> Option<(u32, u32)> {
+/// As [`tilemux_persistent`]; called by the 32 lanes of one warp, the shared memory it stages
+/// into free (the CTA's other warps wait at a barrier).
+unsafe fn find(r: &Ring, lane: u32, spin_polls: u32, header: u32, smem: u32, desc: u32) {
+    // The cursor: where the previous claim's problem was (problem 0 in slot 0 at the start).
+    // SAFETY: header words of this kernel's own.
+    let mut cur = unsafe {
+        Cursor {
+            slot: ld_shared_u32(header + HEADER_LAST_SLOT),
+            expect: Some(stamp(ld_shared_u64(header + HEADER_LAST_SEQ))),
+        }
+    };
+    // SAFETY (loads and stores below): the device state, the claim table and the device ring.
+    let g = if lane == 0 { unsafe { atom_add_relaxed_gpu_u64(r.state(offset_of!(DeviceState, claim)), 1) } } else { 0 };
+    let g = shfl_u64(g, 0);
     let at = r.table + (g % CLAIM_TABLE) * 8;
     let (mut ns, mut polls) = (0u32, 0u32);
     loop {
-        // SAFETY (loads below): the claim table and device state words.
-        if let Some(found) = entry::find(unsafe { ld_acquire_gpu_u64(at) }, g) {
-            return Some(found);
+        let (mut w, mut e) = ([0u32; 4], 0u64);
+        let slot = cur.slot;
+        if lane < HOST_SLOT_CHUNKS as u32 {
+            // Acquire: the tile's loads that follow miss no write the host ordered before the
+            // publish (the SM's L1 keeps nothing older).
+            w = unsafe { ld_acquire_gpu_v4_u32(r.slots_addr + (slot_offset(slot) + lane as usize * 16) as u64) };
+        } else if lane == LANE_ENTRY {
+            e = unsafe { ld_acquire_gpu_u64(at) };
+        }
+        let s0 = shfl_idx(w[0], 0);
+        let view = ImageView {
+            whole: vote_all(lane >= HOST_SLOT_CHUNKS as u32 || w[0] == s0),
+            stamp: s0,
+            first_tile: shfl_idx(w[1], 0) as u64 | (shfl_idx(w[2], 0) as u64) << 32,
+            tiles: shfl_idx(w[3], 0),
+        };
+        // Chunk 1, word 1: `stamp_hi`.
+        let hi = shfl_idx(w[1], 1);
+        match cur.step(g, view, shfl_u64(e, LANE_ENTRY), r.slots) {
+            Look::Found(tile) => {
+                // Lane c holds the slot's words 2 + 3c.. (the image leaves out `seq`): the head's
+                // into scratch, the problem's into the descriptor.
+                for m in 0..3u32 {
+                    let j = 3 * lane + m;
+                    if lane < HOST_SLOT_CHUNKS as u32 && (j as usize) < IMAGE_WORDS {
+                        let to =
+                            if j < HEAD_WORDS { smem + SCRATCH_HEAD + 8 + 4 * j } else { desc + 4 * (j - HEAD_WORDS) };
+                        // SAFETY: scratch and the descriptor are free (the caller's contract).
+                        unsafe { st_shared_u32(to, w[1 + m as usize]) };
+                    }
+                }
+                if lane == 0 {
+                    let seq = ((hi as u64) << 32 | s0 as u64).wrapping_sub(1);
+                    // SAFETY: scratch and header words.
+                    unsafe {
+                        st_shared_u32(header + HEADER_LAST_SLOT, slot);
+                        st_shared_u64(header + HEADER_LAST_SEQ, seq);
+                        st_shared_u64(smem + SCRATCH_HEAD, seq);
+                        st_shared_u64(smem + SCRATCH_FOUND, globaltimer());
+                        st_shared_u64(smem + SCRATCH_CLAIM, g);
+                        st_shared_u32(smem + SCRATCH_SLOT, slot);
+                        st_shared_u32(smem + SCRATCH_TILE, tile);
+                    }
+                }
+                return;
+            }
+            Look::Next => continue,
+            Look::Wait => {}
         }
         polls = polls.wrapping_add(1);
         // The stop word before the tiles: the forwarder releases it after its last ones, whose
-        // entries precede them.
-        if polls % WORKER_STOP_EVERY == 0
-            && unsafe { ld_acquire_gpu_u32(r.state(offset_of!(DeviceState, stop))) } != 0
-            && unsafe { ld_acquire_gpu_u64(r.state(offset_of!(DeviceState, tiles_published))) } <= g
-        {
-            return None;
+        // images and entries precede them.
+        if polls % WORKER_STOP_EVERY == 0 {
+            let gone = lane == 0
+                && unsafe { ld_acquire_gpu_u32(r.state(offset_of!(DeviceState, stop))) } != 0
+                && unsafe { ld_acquire_gpu_u64(r.state(offset_of!(DeviceState, tiles_published))) } <= g;
+            if shfl_idx(gone as u32, 0) != 0 {
+                if lane == 0 {
+                    // SAFETY: a scratch word.
+                    unsafe { st_shared_u32(smem + SCRATCH_SLOT, u32::MAX) };
+                }
+                return;
+            }
         }
         if polls > spin_polls {
             nanosleep(ns);
@@ -303,17 +373,18 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
     // SAFETY: the device state.
     let spin_polls = unsafe { ld_volatile_u32(state + offset_of!(DeviceState, worker_spin_polls) as u64) };
     let host_done = host + done_offset(slots, 0) as u64;
+    if tid == 0 {
+        // SAFETY: header words: the first cursor looks for problem 0 in slot 0.
+        unsafe {
+            st_shared_u32(header + HEADER_LAST_SLOT, 0);
+            st_shared_u64(header + HEADER_LAST_SEQ, 0);
+        }
+    }
+    sync_threads();
     loop {
-        if tid == 0 {
-            // SAFETY: the claim counter; scratch words (the previous tile is over).
-            unsafe {
-                let g = atom_add_relaxed_gpu_u64(r.state(offset_of!(DeviceState, claim)), 1);
-                let (slot, tile) = wait_entry(&r, g, spin_polls).unwrap_or((u32::MAX, 0));
-                st_shared_u64(smem + SCRATCH_FOUND, globaltimer());
-                st_shared_u64(smem + SCRATCH_CLAIM, g);
-                st_shared_u32(smem + SCRATCH_SLOT, slot);
-                st_shared_u32(smem + SCRATCH_TILE, tile);
-            }
+        if tid < 32 {
+            // SAFETY: one whole warp; the previous tile is over (scratch and descriptor free).
+            unsafe { find(&r, tid, spin_polls, header, smem, desc.0) };
         }
         sync_threads();
         // SAFETY: written before the barrier.
@@ -321,17 +392,6 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
         if slot == u32::MAX {
             return;
         }
-        if tid < 10 {
-            // SAFETY: the slot's 160 bytes, stable until its problem completes, which needs this
-            // tile; thread 0's acquire of the entry and the barrier order them after the
-            // forwarder's copy.
-            unsafe {
-                let w = ld_volatile_v4_u32(r.slots_addr + slot_offset(slot) as u64 + tid as u64 * 16);
-                let to = if tid < 2 { smem + SCRATCH_HEAD + tid * 16 } else { desc.0 + (tid - 2) * 16 };
-                st_shared_v4_u32(to, w);
-            }
-        }
-        sync_threads();
         // SAFETY: staged before the barrier.
         let (seq, target) = unsafe {
             (

@@ -325,9 +325,10 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
         (way(4, true, Reply::SysFence), 224),
         (way(4, true, Reply::GpuFence), 224),
         (way(4, true, Reply::Relaxed), 224),
-        // The ring's own way: one warp polls a 13-chunk stamped image, the answer is one
-        // relaxed store.
+        // The ring's own way: one warp polls a 13-chunk stamped image, or two (the forwarder's
+        // window), the answer is one relaxed store.
         (way(1, true, Reply::Relaxed), 16 * tilemux::abi::ring::HOST_SLOT_CHUNKS),
+        (way(1, true, Reply::Relaxed), 32 * tilemux::abi::ring::HOST_SLOT_CHUNKS),
     ];
     for (w, bytes) in ways.into_iter().filter(|_| !args.saturated_only) {
         row(&format!("echo, {bytes} B payload"), &w.label(), echo(&probe, w, bytes, args.requests)?);
