@@ -118,7 +118,7 @@ pub(crate) struct Ring {
     /// submitting thread's for a request that finds nothing queued (the fast path).
     writer: std::sync::Mutex<crate::persistent::RingWriter>,
     /// Written requests on their way to the completer; `None` once the writer thread is done.
-    flights: std::sync::Mutex<Option<std::sync::mpsc::Sender<Vec<Arc<FlightCell>>>>>,
+    flights: std::sync::Mutex<Option<std::sync::mpsc::Sender<Arc<FlightCell>>>>,
     /// Buffers of requests on the device, `(readers, writers)` per buffer id: requests overlap
     /// there, so one must not touch what another in flight writes. Taken after the scheduler
     /// lock where both are needed; the completer needs only this one.
@@ -354,12 +354,12 @@ fn fast_path(inner: &Arc<Inner>, mut s: std::sync::MutexGuard<'_, SchedState>, t
     };
     super::phases::mark(super::phases::Step::Planned);
     let (flights, failed) =
-        write_problems(&mut ring.writer.lock().unwrap_or_else(|e| e.into_inner()), &problems, vec![(t, p)], checked);
+        write_problems(&mut ring.writer.lock().unwrap_or_else(|e| e.into_inner()), &problems, [(t, p)], checked);
     super::phases::mark(super::phases::Step::Published);
-    let cells =
-        flights.into_iter().map(|f| FlightCell::with_waiter(f, Arc::downgrade(inner), ring.mem.clone())).collect();
     if let Some(tx) = ring.flights.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-        let _ = tx.send(cells);
+        for f in flights {
+            let _ = tx.send(FlightCell::with_waiter(f, Arc::downgrade(inner), ring.mem.clone()));
+        }
     }
     ring.fast_writers.fetch_sub(1, Ordering::AcqRel);
     finish_failed(inner, failed);
@@ -719,8 +719,8 @@ fn complete(inner: &Inner, c: Completed) {
 pub(crate) struct Flight {
     tenant: Arc<TenantState>,
     pending: Pending,
-    /// Ring sequence numbers of its problems.
-    seqs: Vec<u64>,
+    /// Ring sequence numbers of its problems (written one after another, under one writer lock).
+    seqs: std::ops::Range<u64>,
     published: Instant,
 }
 
@@ -728,7 +728,7 @@ pub(crate) struct Flight {
 /// request's own waiter while it spins (whoever takes it first; the completer leaves it to a
 /// waiter that says it is spinning).
 pub(crate) struct FlightCell {
-    seqs: Vec<u64>,
+    seqs: std::ops::Range<u64>,
     flight: std::sync::Mutex<Option<Flight>>,
     /// The request's waiter is spinning on it and will finish it (see [`FlightCell::with_waiter`]).
     spinning: std::sync::atomic::AtomicBool,
@@ -779,7 +779,7 @@ impl FlightCell {
                         c.spinning.store(true, Ordering::Release);
                     }
                 }
-                if !seqs.iter().all(|&s| mem.is_done(s)) {
+                if !seqs.clone().all(|s| mem.is_done(s)) {
                     return;
                 }
                 super::phases::mark(super::phases::Step::SeenDone);
@@ -790,7 +790,7 @@ impl FlightCell {
                 c.spinning.store(false, Ordering::Release);
                 drop(c);
                 if let (Some(f), Some(inner)) = (f, inner.upgrade()) {
-                    settle(&inner, vec![f]);
+                    settle(&inner, [f]);
                     super::phases::mark(super::phases::Step::Settled);
                 }
             }));
@@ -799,7 +799,7 @@ impl FlightCell {
     }
 
     fn is_done(&self, ring: &crate::persistent::RingMemory) -> bool {
-        self.seqs.iter().all(|&s| ring.is_done(s))
+        self.seqs.clone().all(|s| ring.is_done(s))
     }
 
     /// The flight, unless someone took it.
@@ -810,7 +810,7 @@ impl FlightCell {
 
 /// Finishes flights whose problems are done and tells whoever waits on progress (admission,
 /// shutdown, a scheduler waiting on hazards).
-fn settle(inner: &Inner, done: Vec<Flight>) {
+fn settle(inner: &Inner, done: impl AsRef<[Flight]> + IntoIterator<Item = Flight>) {
     finish_flights(inner, done, None);
     inner.notify_progress();
     // Only a scheduler held up by hazards waits for completions; one idle for lack of work
@@ -837,9 +837,10 @@ fn write_batch(inner: &Inner, w: &mut crate::persistent::RingWriter, b: Batch) -
 fn write_problems(
     w: &mut crate::persistent::RingWriter,
     problems: &[ProblemDesc],
-    reqs: Vec<(Arc<TenantState>, Pending)>,
+    reqs: impl IntoIterator<Item = (Arc<TenantState>, Pending)>,
     checked: std::result::Result<(), String>,
 ) -> (Vec<Flight>, Vec<(Flight, String)>) {
+    let reqs = reqs.into_iter();
     // And the ring's limit on one problem's tiles.
     let max = crate::abi::ring::MAX_PROBLEM_TILES;
     let checked = checked.and_then(|()| match problems.iter().map(|d| d.tile_count()).find(|&t| t > max) {
@@ -847,16 +848,16 @@ fn write_problems(
         None => Ok(()),
     });
     let (now, mut waited) = (Instant::now(), false);
-    let mut out = Vec::with_capacity(reqs.len());
+    let mut out = Vec::with_capacity(reqs.size_hint().0);
     let mut failed = Vec::new();
     let mut next = 0;
     for (t, p) in reqs {
         let n = p.ops.len();
         if let Err(e) = &checked {
-            failed.push((Flight { tenant: t, pending: p, seqs: Vec::new(), published: now }, e.clone()));
+            failed.push((Flight { tenant: t, pending: p, seqs: 0..0, published: now }, e.clone()));
             continue;
         }
-        let mut seqs = Vec::with_capacity(n);
+        let mut seqs = w.written()..w.written();
         for d in &problems[next..next + n] {
             let mut spins = 0u32;
             while !w.has_room(d) {
@@ -871,7 +872,9 @@ fn write_problems(
                 }
             }
             super::phases::mark(super::phases::Step::SlotFree);
-            seqs.push(w.write(*d));
+            let q = w.write(*d);
+            debug_assert_eq!(q, seqs.end, "a request's problems follow each other");
+            seqs.end = q + 1;
         }
         next += n;
         out.push(Flight { tenant: t, pending: p, seqs, published: now });
@@ -888,18 +891,18 @@ fn write_problems(
 /// Resolves requests that failed the backend's check (and frees their buffers).
 fn finish_failed(inner: &Inner, failed: Vec<(Flight, String)>) {
     for (f, e) in failed {
-        finish_flights(inner, vec![f], Some(e));
+        finish_flights(inner, [f], Some(e));
     }
 }
 
 /// Persistent mode's executor: writes each scheduled batch into the ring. On shutdown it waits
 /// for everything published to finish, then stops and joins the resident kernel.
-fn ring_writer(inner: &Inner, rx: Receiver<Batch>, flights: std::sync::mpsc::Sender<Vec<Arc<FlightCell>>>) {
+fn ring_writer(inner: &Inner, rx: Receiver<Batch>, flights: std::sync::mpsc::Sender<Arc<FlightCell>>) {
     let ring = inner.persistent.as_ref().expect("persistent mode");
     while let Some(b) = recv_spinning(&rx) {
         let (out, failed) = write_batch(inner, &mut ring.writer.lock().unwrap_or_else(|e| e.into_inner()), b);
         finish_failed(inner, failed);
-        if flights.send(out.into_iter().map(FlightCell::new).collect()).is_err() {
+        if out.into_iter().any(|f| flights.send(FlightCell::new(f)).is_err()) {
             break;
         }
     }
@@ -923,7 +926,7 @@ fn ring_writer(inner: &Inner, rx: Receiver<Batch>, flights: std::sync::mpsc::Sen
 /// Persistent mode's completer: polls the ring's completion words for the requests in flight
 /// (spinning briefly after activity, then sleeping in short steps), resolves finished requests,
 /// and keeps the heartbeat going so the resident kernel knows the host is alive.
-fn ring_completer(inner: &Inner, rx: Receiver<Vec<Arc<FlightCell>>>) {
+fn ring_completer(inner: &Inner, rx: Receiver<Arc<FlightCell>>) {
     let ring = &inner.persistent.as_ref().expect("persistent mode").mem;
     // Each with when the completer first found it done while its waiter spun on it.
     let mut flights: VecDeque<(Arc<FlightCell>, Option<Instant>)> = VecDeque::new();
@@ -939,7 +942,7 @@ fn ring_completer(inner: &Inner, rx: Receiver<Vec<Arc<FlightCell>>>) {
         loop {
             match rx.try_recv() {
                 Ok(v) => {
-                    flights.extend(v.into_iter().map(|c| (c, None)));
+                    flights.push_back((v, None));
                     active = Instant::now();
                 }
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
@@ -984,7 +987,7 @@ fn ring_completer(inner: &Inner, rx: Receiver<Vec<Arc<FlightCell>>>) {
             }
             match rx.recv_timeout(Duration::from_millis(20)) {
                 Ok(v) => {
-                    flights.extend(v.into_iter().map(|c| (c, None)));
+                    flights.push_back((v, None));
                     active = Instant::now();
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -1000,10 +1003,10 @@ fn ring_completer(inner: &Inner, rx: Receiver<Vec<Arc<FlightCell>>>) {
 
 /// Finishes persistent-mode requests (one lock of the in-flight map for all of them) and frees
 /// their buffers for later requests of their tenants.
-fn finish_flights(inner: &Inner, done: Vec<Flight>, err: Option<String>) {
+fn finish_flights(inner: &Inner, done: impl AsRef<[Flight]> + IntoIterator<Item = Flight>, err: Option<String>) {
     if let Some(ring) = &inner.persistent {
         let mut inflight = ring.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        for (b, w) in done.iter().flat_map(|f| f.pending.touches()) {
+        for (b, w) in done.as_ref().iter().flat_map(|f| f.pending.touches()) {
             if let Some(e) = inflight.get_mut(&b) {
                 if w {
                     e.1 -= 1
