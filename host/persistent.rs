@@ -258,6 +258,7 @@ impl RingWriter {
                 problem: p,
             },
         );
+        crate::runtime::phases::mark(crate::runtime::phases::Step::ImageWritten);
         self.next_seq += 1;
         self.next_tile += tiles as u64;
         seq

@@ -13,15 +13,19 @@ pub(crate) enum Step {
     HazardsBooked,
     Planned,
     SlotFree,
+    ImageWritten,
     Published,
     HandedOver,
     SeenDone,
+    Taken,
+    Unbooked,
+    Resolved,
     Settled,
     Returned,
 }
 
 /// The steps' names, in order.
-pub const STEPS: [&str; 12] = [
+pub const STEPS: [&str; 16] = [
     "validated",
     "admitted, costed",
     "ticket, scheduler lock",
@@ -29,10 +33,14 @@ pub const STEPS: [&str; 12] = [
     "hazards booked",
     "planned, checked",
     "slot free (writer lock, room)",
-    "written, published",
+    "image written",
+    "published",
     "handed to the completer",
     "waiter saw it done",
-    "finished (settle)",
+    "taken from its cell",
+    "hazards released",
+    "ticket resolved",
+    "settled",
     "wait returned",
 ];
 

@@ -727,9 +727,13 @@ pub(crate) struct Flight {
 /// A flight on its way to being finished, by the completer or, on the fast path, by the
 /// request's own waiter while it spins (whoever takes it first; the completer leaves it to a
 /// waiter that says it is spinning).
+#[repr(C)]
 pub(crate) struct FlightCell {
     seqs: std::ops::Range<u64>,
     flight: std::sync::Mutex<Option<Flight>>,
+    /// Keeps `spinning` off the lines above: the completer reads it on every pass, and the
+    /// waiter writes those lines when it finishes the request.
+    _line: [u8; 64],
     /// The request's waiter is spinning on it and will finish it (see [`FlightCell::with_waiter`]).
     spinning: std::sync::atomic::AtomicBool,
 }
@@ -737,12 +741,16 @@ pub(crate) struct FlightCell {
 /// How long the completer leaves a done flight to its spinning waiter before taking it anyway
 /// (a waiter preempted, or gone, must not hold the request's resources for long).
 const WAITER_GRACE: Duration = Duration::from_millis(1);
+/// How often the completer looks at a flight whose waiter spins on it (only to catch a waiter
+/// that stalls: each look reads lines of the cell the waiter writes when it finishes).
+const WAITER_LOOK: Duration = Duration::from_micros(100);
 
 impl FlightCell {
     fn holding(f: Flight) -> FlightCell {
         FlightCell {
             seqs: f.seqs.clone(),
             flight: std::sync::Mutex::new(Some(f)),
+            _line: [0; 64],
             spinning: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -790,6 +798,7 @@ impl FlightCell {
                 c.spinning.store(false, Ordering::Release);
                 drop(c);
                 if let (Some(f), Some(inner)) = (f, inner.upgrade()) {
+                    super::phases::mark(super::phases::Step::Taken);
                     settle(&inner, [f]);
                     super::phases::mark(super::phases::Step::Settled);
                 }
@@ -927,9 +936,11 @@ fn ring_writer(inner: &Inner, rx: Receiver<Batch>, flights: std::sync::mpsc::Sen
 /// (spinning briefly after activity, then sleeping in short steps), resolves finished requests,
 /// and keeps the heartbeat going so the resident kernel knows the host is alive.
 fn ring_completer(inner: &Inner, rx: Receiver<Arc<FlightCell>>) {
-    let ring = &inner.persistent.as_ref().expect("persistent mode").mem;
-    // Each with when the completer first found it done while its waiter spun on it.
-    let mut flights: VecDeque<(Arc<FlightCell>, Option<Instant>)> = VecDeque::new();
+    // Its own handle: polling through the `Ring` would read a line the submitting threads write.
+    let ring = inner.persistent.as_ref().expect("persistent mode").mem.clone();
+    // Each with when the completer first found it done while its waiter spun on it, and when it
+    // last looked at it while its waiter spun.
+    let mut flights: VecDeque<(Arc<FlightCell>, Option<Instant>, Option<Instant>)> = VecDeque::new();
     let mut active = Instant::now();
     let mut connected = true;
     let (mut beats, mut last_beat) = (0u64, Instant::now());
@@ -942,7 +953,7 @@ fn ring_completer(inner: &Inner, rx: Receiver<Arc<FlightCell>>) {
         loop {
             match rx.try_recv() {
                 Ok(v) => {
-                    flights.push_back((v, None));
+                    flights.push_back((v, None, None));
                     active = Instant::now();
                 }
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
@@ -955,14 +966,27 @@ fn ring_completer(inner: &Inner, rx: Receiver<Arc<FlightCell>>) {
         let (mut done, mut seen_done) = (Vec::new(), false);
         let mut i = 0;
         while i < flights.len() {
-            let (cell, seen) = &mut flights[i];
-            if !cell.is_done(ring) {
-                i += 1;
-                continue;
-            }
-            seen_done = true;
-            // A spinning waiter finishes its own request: left to it for a grace period.
-            if cell.spinning.load(Ordering::Acquire) && seen.get_or_insert_with(Instant::now).elapsed() < WAITER_GRACE {
+            let (cell, seen, looked) = &mut flights[i];
+            if cell.spinning.load(Ordering::Acquire) {
+                // A spinning waiter finishes its own request: looked at now and then, and left
+                // to it for a grace period once done.
+                if looked.is_some_and(|t| t.elapsed() < WAITER_LOOK) {
+                    i += 1;
+                    continue;
+                }
+                *looked = Some(Instant::now());
+                if !cell.is_done(&ring) {
+                    i += 1;
+                    continue;
+                }
+                seen_done = true;
+                if seen.get_or_insert_with(Instant::now).elapsed() < WAITER_GRACE {
+                    i += 1;
+                    continue;
+                }
+            } else if cell.is_done(&ring) {
+                seen_done = true;
+            } else {
                 i += 1;
                 continue;
             }
@@ -987,7 +1011,7 @@ fn ring_completer(inner: &Inner, rx: Receiver<Arc<FlightCell>>) {
             }
             match rx.recv_timeout(Duration::from_millis(20)) {
                 Ok(v) => {
-                    flights.push_back((v, None));
+                    flights.push_back((v, None, None));
                     active = Instant::now();
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -1019,6 +1043,7 @@ fn finish_flights(inner: &Inner, done: impl AsRef<[Flight]> + IntoIterator<Item 
             }
         }
     }
+    super::phases::mark(super::phases::Step::Unbooked);
     for f in done {
         finish(inner, &f.tenant, f.pending, err.clone(), 0, f.published, f.published.elapsed());
     }
@@ -1054,6 +1079,7 @@ fn finish(
         None => Ok(Done { round, queued, executed }),
         Some(e) => Err(Error::RoundFailed(e)),
     });
+    super::phases::mark(super::phases::Step::Resolved);
 }
 
 /// Fits the cost model to `device`: per tile kind, one round of identical tiles (one per CTA
