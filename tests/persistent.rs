@@ -394,16 +394,22 @@ fn echo_probe_answers_every_doorbell() {
         }
     }
     // Several polling warps, the stamped payload polled itself, every kind of reply.
-    use tilemux::cuda::probe::{EchoWay, Reply};
+    use tilemux::cuda::probe::{EchoWay, Reply, Write};
     for reply in [Reply::TwoReleases, Reply::SysFence, Reply::GpuFence, Reply::Relaxed] {
         for (pollers, inline, bytes) in [(1, true, 224), (4, true, 224), (8, false, 160), (3, false, 0)] {
-            let w = EchoWay { doorbell: Doorbell::HostStore, pollers, inline, reply };
+            let w = EchoWay { doorbell: Doorbell::HostStore, pollers, inline, reply, write: Write::Stamps };
             let l = echo(&d, w, bytes, 500).unwrap();
             assert_eq!(l.len(), 500);
             assert!(l[0] > 0.0 && l[499] < 1e6, "{}: {l:?}", w.label());
         }
     }
+    // The payload's data rewritten each echo, with ordinary or non-temporal stores.
+    for write in [Write::Image, Write::ImageNonTemporal] {
+        let w = EchoWay { doorbell: Doorbell::HostStore, pollers: 1, inline: true, reply: Reply::Relaxed, write };
+        let l = echo(&d, w, 208, 500).unwrap();
+        assert!(l.len() == 500 && l[0] > 0.0 && l[499] < 1e6, "{}: {l:?}", w.label());
+    }
     assert!(echo(&d, Doorbell::HostStore, 24, 1).is_err(), "a payload of 24 bytes is refused");
-    let inline_store = EchoWay { doorbell: Doorbell::StreamWrite, pollers: 1, inline: true, reply: Reply::Relaxed };
+    let inline_store = EchoWay { inline: true, reply: Reply::Relaxed, ..EchoWay::plain(Doorbell::StreamWrite) };
     assert!(echo(&d, inline_store, 160, 1).is_err(), "an inline echo needs a host store");
 }

@@ -68,12 +68,27 @@ pub struct EchoWay {
     /// The payload is polled itself: each 16-byte chunk carries its stamp (host store only).
     pub inline: bool,
     pub reply: Reply,
+    /// What the host writes per echo of an inline payload.
+    pub write: Write,
+}
+
+/// What the host writes per echo of an inline (stamped) payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// The stamps alone (release stores).
+    Stamps,
+    /// Each chunk's three data words (relaxed), then the stamps (release), as the ring's writer
+    /// does.
+    Image,
+    /// The data words with non-temporal stores (no read for ownership of lines the GPU keeps
+    /// polling), a store fence, the stamps likewise, another fence. x86-64 only (else `Image`).
+    ImageNonTemporal,
 }
 
 impl EchoWay {
     /// One warp polling the doorbell word, two releasing stores back.
     pub fn plain(doorbell: Doorbell) -> EchoWay {
-        EchoWay { doorbell, pollers: 1, inline: false, reply: Reply::TwoReleases }
+        EchoWay { doorbell, pollers: 1, inline: false, reply: Reply::TwoReleases, write: Write::Stamps }
     }
 
     /// Report label.
@@ -85,7 +100,13 @@ impl EchoWay {
             "{}; {} polling warp(s){}; reply {:?}",
             self.doorbell.label(),
             self.pollers,
-            if self.inline { ", stamped payload polled itself" } else { "" },
+            match (self.inline, self.write) {
+                (false, _) => "",
+                (true, Write::Stamps) => ", stamped payload polled itself",
+                (true, Write::Image) => ", stamped payload polled itself, its data rewritten",
+                (true, Write::ImageNonTemporal) =>
+                    ", stamped payload polled itself, rewritten with non-temporal stores",
+            },
             self.reply
         )
     }
@@ -152,10 +173,12 @@ pub fn echo(dev: &CudaDevice, way: impl Into<EchoWay>, payload_bytes: usize, n: 
         timeout.as_nanos() as u64,
         flags as u64,
     ]);
-    let stamp = |c: usize| -> &AtomicU32 {
-        // SAFETY: 4-aligned offset inside the payload area; accessed only atomically by the host.
-        unsafe { &*(host.ptr().add(512 + 16 * c) as *const AtomicU32) }
+    let word32 = |c: usize, m: usize| -> &AtomicU32 {
+        // SAFETY: 4-aligned offset inside the payload area; accessed only atomically by the host
+        // (or by its non-temporal stores, never concurrently).
+        unsafe { &*(host.ptr().add(512 + 16 * c + 4 * m) as *const AtomicU32) }
     };
+    let stamp = |c: usize| word32(c, 0);
     if way.inline {
         (0..chunks).for_each(|c| stamp(c).store(0, Ordering::Relaxed));
     }
@@ -181,8 +204,38 @@ pub fn echo(dev: &CudaDevice, way: impl Into<EchoWay>, payload_bytes: usize, n: 
         let t = Instant::now();
         let rung = match how {
             Doorbell::HostStore if way.inline => {
-                // Each chunk's stamp after its data (one cache line's stores stay in order).
-                (0..chunks).for_each(|c| stamp(c).store(i as u32, Ordering::Release));
+                // Each chunk's stamp after its data (x86 keeps a thread's stores in order; the
+                // non-temporal ones are ordered by the fences).
+                let data = |c: usize, m: usize| (i as u32).wrapping_mul(2_654_435_761) ^ (4 * c + m) as u32;
+                let stamps_stored = match way.write {
+                    Write::Stamps => false,
+                    #[cfg(target_arch = "x86_64")]
+                    Write::ImageNonTemporal => {
+                        // SAFETY: 4-aligned words of the payload area, written by this thread
+                        // only (the GPU reads them); the first fence orders the data before the
+                        // stamps, the second makes the stamps visible now.
+                        unsafe {
+                            use std::arch::x86_64::{_mm_sfence, _mm_stream_si32};
+                            for c in 0..chunks {
+                                for m in 1..4 {
+                                    _mm_stream_si32(word32(c, m).as_ptr() as *mut i32, data(c, m) as i32);
+                                }
+                            }
+                            _mm_sfence();
+                            (0..chunks).for_each(|c| _mm_stream_si32(stamp(c).as_ptr() as *mut i32, i as i32));
+                            _mm_sfence();
+                        }
+                        true
+                    }
+                    _ => {
+                        (0..chunks)
+                            .for_each(|c| (1..4).for_each(|m| word32(c, m).store(data(c, m), Ordering::Relaxed)));
+                        false
+                    }
+                };
+                if !stamps_stored {
+                    (0..chunks).for_each(|c| stamp(c).store(i as u32, Ordering::Release));
+                }
                 Ok(())
             }
             Doorbell::HostStore => {

@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use tilemux::Device;
 use tilemux::abi::TileKind;
 use tilemux::abi::ring::Trace;
-use tilemux::cuda::probe::{Doorbell, EchoWay, Reply, echo};
+use tilemux::cuda::probe::{Doorbell, EchoWay, Reply, Write, echo};
 use tilemux::cuda::{CudaConfig, CudaDevice};
 use tilemux::memory::Arena;
 use tilemux::persistent::Engine;
@@ -315,7 +315,13 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
     }
     // Ways to poll and answer: several warps a fraction of a round trip apart, the stamped
     // payload polled itself (14 chunks carry 168 bytes beside their stamps), lighter replies.
-    let way = |pollers, inline, reply| EchoWay { doorbell: Doorbell::HostStore, pollers, inline, reply };
+    let way = |pollers, inline, reply| EchoWay {
+        doorbell: Doorbell::HostStore,
+        pollers,
+        inline,
+        reply,
+        write: Write::Stamps,
+    };
     let ways = [
         (way(1, false, Reply::Relaxed), 0),
         (way(4, false, Reply::Relaxed), 0),
@@ -329,6 +335,13 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
         // window), the answer is one relaxed store.
         (way(1, true, Reply::Relaxed), 16 * tilemux::abi::ring::HOST_SLOT_CHUNKS),
         (way(1, true, Reply::Relaxed), 32 * tilemux::abi::ring::HOST_SLOT_CHUNKS),
+        // ... its data rewritten too, as the ring's writer does: with ordinary stores (each line
+        // read for ownership from under the polling GPU) or non-temporal ones.
+        (EchoWay { write: Write::Image, ..way(1, true, Reply::Relaxed) }, 16 * tilemux::abi::ring::HOST_SLOT_CHUNKS),
+        (
+            EchoWay { write: Write::ImageNonTemporal, ..way(1, true, Reply::Relaxed) },
+            16 * tilemux::abi::ring::HOST_SLOT_CHUNKS,
+        ),
     ];
     for (w, bytes) in ways.into_iter().filter(|_| !args.saturated_only) {
         row(&format!("echo, {bytes} B payload"), &w.label(), echo(&probe, w, bytes, args.requests)?);
