@@ -98,9 +98,14 @@ impl Ring {
         self.host + field as u64
     }
 
-    /// Slot index of problem `q`.
-    fn index(&self, q: u64) -> u32 {
-        q.checked_rem(self.slots as u64).unwrap_or(0) as u32
+    /// Slot `i + d` (`i < slots`, `d <= 2`) wrapped into the ring: no 64-bit division (software
+    /// on the GPU) on the forwarder's path.
+    fn next(&self, i: u32, d: u32) -> u32 {
+        let mut j = i + d;
+        while j >= self.slots && self.slots > 0 {
+            j -= self.slots;
+        }
+        j
     }
 
     /// Stamps `%globaltimer` into field `field` of problem `q`'s trace entry (if tracing).
@@ -133,6 +138,8 @@ unsafe fn forward(r: &Ring, lane: u32) {
     let timeout = unsafe { ld_volatile_u64(r.state(offset_of!(DeviceState, heartbeat_timeout_ns))) };
     let (mut beat, mut beat_at) = (0u64, globaltimer());
     let (mut q, mut polls, mut busy_at) = (0u64, 0u32, globaltimer());
+    // Problem q's slot, `q % slots`, kept as q moves.
+    let mut qi = 0u32;
     let mut stopping = false;
     let (k, c) = (lane / HOST_SLOT_CHUNKS as u32, lane % HOST_SLOT_CHUNKS as u32);
     loop {
@@ -140,7 +147,7 @@ unsafe fn forward(r: &Ring, lane: u32) {
         let mut w = [0u32; 4];
         let mut ctl = 0u64;
         if lane < POLL_LANES {
-            let at = r.host + (host_slot_offset(r.index(q + k as u64)) + c as usize * 16) as u64;
+            let at = r.host + (host_slot_offset(r.next(qi, k)) + c as usize * 16) as u64;
             w = unsafe { ld_volatile_v4_u32(at) };
         } else if control && lane == LANE_STOP {
             // Relaxed: an acquire at system scope would cost this poll a fence; the one that
@@ -196,7 +203,7 @@ unsafe fn forward(r: &Ring, lane: u32) {
         // into the device ring as it is, in one 16-byte store (a worker takes an image only once
         // its 13 stamps agree, so neither a fence nor an order among the lanes is needed).
         if k < n {
-            let dst = r.slots_addr + (slot_offset(r.index(q + k as u64)) + c as usize * 16) as u64;
+            let dst = r.slots_addr + (slot_offset(r.next(qi, k)) + c as usize * 16) as u64;
             // SAFETY: the slot's previous problem is done (the host reused its image).
             unsafe { st_relaxed_gpu_v4_u32(dst, w) };
         }
@@ -211,7 +218,7 @@ unsafe fn forward(r: &Ring, lane: u32) {
             let src = j * HOST_SLOT_CHUNKS as u32;
             let first = shfl_idx(w[1], src) as u64 | (shfl_idx(w[2], src) as u64) << 32;
             let tiles = shfl_idx(w[3], src);
-            let slot = r.index(q + j as u64);
+            let slot = r.next(qi, j);
             // A problem larger than the table publishes its last lap only (`entry::find` serves
             // the earlier laps from it).
             let mut t = tiles.saturating_sub(CLAIM_TABLE as u32) + lane;
@@ -229,6 +236,7 @@ unsafe fn forward(r: &Ring, lane: u32) {
             unsafe { st_release_gpu_u64(r.state(offset_of!(DeviceState, tiles_published)), end) };
         }
         q += n as u64;
+        qi = r.next(qi, n);
     }
     if lane == 0 {
         // SAFETY: the device stop word; released after the last `tiles_published`.
