@@ -46,18 +46,19 @@ const WINDOW: u32 = 2;
 const POLL_LANES: u32 = WINDOW * HOST_SLOT_CHUNKS as u32;
 const LANE_STOP: u32 = POLL_LANES;
 const LANE_BEAT: u32 = POLL_LANES + 1;
-/// Scratch words in the tile area of shared memory (free between tiles).
-const SCRATCH_CLAIM: u32 = 0;
-const SCRATCH_SLOT: u32 = 8;
+/// Scratch words in the tile area of shared memory (free between tiles): the claim's tile.
 const SCRATCH_TILE: u32 = 12;
-/// When thread 0 found the entry (for the trace).
+/// When the CTA's warp 0 found the problem (for the trace).
 const SCRATCH_FOUND: u32 = 48;
-/// The staged slot's first 32 bytes (`seq`, `first_tile`, `tiles`, `done_target`).
+/// The staged slot's first 32 bytes laid out as `RingSlot`'s (`first_tile`, `tiles`,
+/// `done_target` staged; `seq` is in the header).
 const SCRATCH_HEAD: u32 = 16;
 /// Header words (the first 16 bytes of shared memory: round mode's claim broadcast and split-K
-/// flag, unused here) that keep the slot and sequence number of the CTA's last problem.
-const HEADER_LAST_SLOT: u32 = 0;
-const HEADER_LAST_SEQ: u32 = 8;
+/// flag, unused here), which tiles leave alone: the slot and sequence number of the CTA's
+/// current problem (then its last, where the next `find` starts); `u32::MAX` as the slot once
+/// the kernel is to exit.
+const HEADER_SLOT: u32 = 0;
+const HEADER_SEQ: u32 = 8;
 /// Words of the slot's head the image carries (`first_tile` .. `done_target`): staged into
 /// scratch, the rest into the descriptor.
 const HEAD_WORDS: u32 = 6;
@@ -245,13 +246,12 @@ unsafe fn forward(r: &Ring, lane: u32) {
 }
 
 /// A worker's warp 0: claims the next global tile `g` and polls until it knows `g`'s problem,
-/// then stages it into shared memory (the problem into the descriptor, the slot's head into
-/// scratch, with slot, tile, claim and when it was found); or, once the forwarder stopped
-/// without publishing `g`, stores `u32::MAX` as the slot. Each poll is one load per lane, one
-/// round trip: lanes 0..13 read the chunks of the slot image the cursor points at (starting
-/// where the CTA's previous problem was: its slot and sequence number, kept in the shared-memory
-/// header, which tiles leave alone), lane 31 `g`'s
-/// claim-table entry; [`Cursor::step`] decides. The problem then comes with the news, its image
+/// then stages it into shared memory (the problem into the descriptor, the slot's head, the tile
+/// and when it was found into scratch, the slot and sequence number into the header); or, once
+/// the forwarder stopped without publishing `g`, stores `u32::MAX` as the header's slot. Each
+/// poll is one load per lane, one round trip: lanes 0..13 read the chunks of the slot image the
+/// cursor points at (starting where the CTA's previous problem was: the header's slot and
+/// sequence number), lane 31 `g`'s claim-table entry; [`Cursor::step`] decides. The problem then comes with the news, its image
 /// already in registers. The first `spin_polls` polls go back to back, then nanosleep backoff.
 ///
 /// # Safety
@@ -261,10 +261,7 @@ unsafe fn find(r: &Ring, lane: u32, spin_polls: u32, header: u32, smem: u32, des
     // The cursor: where the previous claim's problem was (problem 0 in slot 0 at the start).
     // SAFETY: header words of this kernel's own.
     let mut cur = unsafe {
-        Cursor {
-            slot: ld_shared_u32(header + HEADER_LAST_SLOT),
-            expect: Some(stamp(ld_shared_u64(header + HEADER_LAST_SEQ))),
-        }
+        Cursor { slot: ld_shared_u32(header + HEADER_SLOT), expect: Some(stamp(ld_shared_u64(header + HEADER_SEQ))) }
     };
     // SAFETY (loads and stores below): the device state, the claim table and the device ring.
     let g = if lane == 0 { unsafe { atom_add_relaxed_gpu_u64(r.state(offset_of!(DeviceState, claim)), 1) } } else { 0 };
@@ -307,12 +304,9 @@ unsafe fn find(r: &Ring, lane: u32, spin_polls: u32, header: u32, smem: u32, des
                     let seq = ((hi as u64) << 32 | s0 as u64).wrapping_sub(1);
                     // SAFETY: scratch and header words.
                     unsafe {
-                        st_shared_u32(header + HEADER_LAST_SLOT, slot);
-                        st_shared_u64(header + HEADER_LAST_SEQ, seq);
-                        st_shared_u64(smem + SCRATCH_HEAD, seq);
+                        st_shared_u32(header + HEADER_SLOT, slot);
+                        st_shared_u64(header + HEADER_SEQ, seq);
                         st_shared_u64(smem + SCRATCH_FOUND, globaltimer());
-                        st_shared_u64(smem + SCRATCH_CLAIM, g);
-                        st_shared_u32(smem + SCRATCH_SLOT, slot);
                         st_shared_u32(smem + SCRATCH_TILE, tile);
                     }
                 }
@@ -331,7 +325,7 @@ unsafe fn find(r: &Ring, lane: u32, spin_polls: u32, header: u32, smem: u32, des
             if shfl_idx(gone as u32, 0) != 0 {
                 if lane == 0 {
                     // SAFETY: a scratch word.
-                    unsafe { st_shared_u32(smem + SCRATCH_SLOT, u32::MAX) };
+                    unsafe { st_shared_u32(header + HEADER_SLOT, u32::MAX) };
                 }
                 return;
             }
@@ -384,8 +378,8 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
     if tid == 0 {
         // SAFETY: header words: the first cursor looks for problem 0 in slot 0.
         unsafe {
-            st_shared_u32(header + HEADER_LAST_SLOT, 0);
-            st_shared_u64(header + HEADER_LAST_SEQ, 0);
+            st_shared_u32(header + HEADER_SLOT, 0);
+            st_shared_u64(header + HEADER_SEQ, 0);
         }
     }
     sync_threads();
@@ -396,14 +390,14 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
         }
         sync_threads();
         // SAFETY: written before the barrier.
-        let (slot, tile) = unsafe { (ld_shared_u32(smem + SCRATCH_SLOT), ld_shared_u32(smem + SCRATCH_TILE)) };
+        let (slot, tile) = unsafe { (ld_shared_u32(header + HEADER_SLOT), ld_shared_u32(smem + SCRATCH_TILE)) };
         if slot == u32::MAX {
             return;
         }
         // SAFETY: staged before the barrier.
         let (seq, target) = unsafe {
             (
-                ld_shared_u64(smem + SCRATCH_HEAD + offset_of!(RingSlot, seq) as u32),
+                ld_shared_u64(header + HEADER_SEQ),
                 ld_shared_u64(smem + SCRATCH_HEAD + offset_of!(RingSlot, done_target) as u32),
             )
         };
