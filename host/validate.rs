@@ -31,7 +31,7 @@ pub struct CheckedOp {
     /// Tile override from the op.
     pub plan: Option<Plan>,
     /// Buffers read (A, B, bias, and C when `beta != 0`); held so they outlive the round.
-    pub reads: Vec<Buffer>,
+    pub reads: smallvec::SmallVec<[Buffer; 4]>,
     /// The buffer written (C).
     pub write: Buffer,
     /// Size in reference tiles (128×128 outputs; 32-row GEMV tiles): the unit of per-tenant
@@ -70,7 +70,9 @@ fn check_op(tenant: &TenantState, i: usize, op: &Op) -> Result<CheckedOp> {
     if !op.alpha.is_finite() || !op.beta.is_finite() {
         return Err(Error::NonFiniteScalar { op: i, alpha: op.alpha, beta: op.beta });
     }
-    let mut spans = Vec::new();
+    // A, B, C and the bias, on the stack: this runs on every request's critical path.
+    let mut spans: [(char, (u64, Range<usize>)); 4] = Default::default();
+    let mut n_spans = 0;
     for (name, mat) in [('A', &op.a), ('B', &op.b), ('C', &op.c)] {
         if mat.buf.tenant_id() != tenant.id {
             return Err(Error::ForeignBuffer {
@@ -96,7 +98,8 @@ fn check_op(tenant: &TenantState, i: usize, op: &Op) -> Result<CheckedOp> {
                 len: mat.buf.len(),
             });
         }
-        spans.push((name, (mat.buf.id(), r)));
+        spans[n_spans] = (name, (mat.buf.id(), r));
+        n_spans += 1;
     }
     let mut bias_addr = 0;
     let mut bias_mode = BiasMode::None;
@@ -113,12 +116,13 @@ fn check_op(tenant: &TenantState, i: usize, op: &Op) -> Result<CheckedOp> {
         if offset + expected > buf.len() {
             return Err(Error::BadBias { op: i, len: buf.len().saturating_sub(*offset), expected });
         }
-        spans.push(('b', (buf.id(), *offset..offset + expected)));
+        spans[n_spans] = ('b', (buf.id(), *offset..offset + expected));
+        n_spans += 1;
         bias_addr = buf.addr() + *offset as u64 * 4;
         bias_mode = *mode;
     }
     let c = spans[2].1.clone();
-    for (name, s) in &spans {
+    for (name, s) in &spans[..n_spans] {
         if *name != 'C' && overlaps(&c, s) {
             return Err(Error::OutputOverlapsInput { op: i, matrix: *name });
         }
@@ -139,7 +143,7 @@ fn check_op(tenant: &TenantState, i: usize, op: &Op) -> Result<CheckedOp> {
         bias_mode,
     );
     desc.tenant = tenant.id;
-    let mut reads = vec![op.a.buf.clone(), op.b.buf.clone()];
+    let mut reads = smallvec::smallvec![op.a.buf.clone(), op.b.buf.clone()];
     if let Some((b, _, _)) = &op.bias {
         reads.push(b.clone());
     }
