@@ -120,7 +120,12 @@ impl RingMemory {
 
     /// Whether problem `seq` is done.
     pub fn is_done(&self, seq: u64) -> bool {
-        self.done_word((seq % self.slots as u64) as u32).load(Ordering::Acquire) > seq
+        self.is_done_in((seq % self.slots as u64) as u32, seq)
+    }
+
+    /// Whether problem `seq`, in slot `i` (`seq % slots`, known to the caller), is done.
+    pub fn is_done_in(&self, i: u32, seq: u64) -> bool {
+        self.done_word(i).load(Ordering::Acquire) > seq
     }
 
     /// Writes slot `i`'s image but its stamps: every word of `s` but `seq`, with relaxed atomic

@@ -55,13 +55,18 @@ pub(crate) struct Pending {
     ref_tiles: usize,
 }
 
+/// Buffers `ops` touch: `(id, written)`.
+fn touches(ops: &[Checked<CheckedOp>]) -> impl Iterator<Item = (u64, bool)> + '_ {
+    ops.iter().flat_map(|o| {
+        let o = o.get();
+        o.reads.iter().map(|b| (b.id(), false)).chain(std::iter::once((o.write.id(), true)))
+    })
+}
+
 impl Pending {
     /// Buffers the request touches: `(id, written)`.
     fn touches(&self) -> impl Iterator<Item = (u64, bool)> + '_ {
-        self.ops.iter().flat_map(|o| {
-            let o = o.get();
-            o.reads.iter().map(|b| (b.id(), false)).chain(std::iter::once((o.write.id(), true)))
-        })
+        touches(&self.ops)
     }
 
     fn release(&self) {
@@ -153,8 +158,22 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
-fn book(inflight: &mut Inflight, p: &Pending) {
-    for (b, w) in p.touches() {
+/// Books `ops`' buffers in the in-flight map, unless one conflicts with a request in flight
+/// (read-after-write, write-after-read, write-after-write): then books nothing and returns false.
+fn try_book(inflight: &mut Inflight, ops: &[Checked<CheckedOp>]) -> bool {
+    let conflict = touches(ops).any(|(b, w)| {
+        let (r, wr) = inflight.get(&b).copied().unwrap_or((0, 0));
+        wr > 0 || (w && r > 0)
+    });
+    if !conflict {
+        book(inflight, ops);
+    }
+    !conflict
+}
+
+/// Books `ops`' buffers in the in-flight map.
+fn book(inflight: &mut Inflight, ops: &[Checked<CheckedOp>]) {
+    for (b, w) in touches(ops) {
         let e = inflight.entry(b).or_default();
         if w { e.1 += 1 } else { e.0 += 1 }
     }
@@ -245,13 +264,26 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
         })
     };
     super::phases::mark(super::phases::Step::Admitted);
-    let (t, resolver) = ticket();
+    let now = Instant::now();
+    let slo = tenant.spec.slo.unwrap_or(inner.cfg.default_deadline);
     let mut s = inner.sched.lock().unwrap_or_else(|e| e.into_inner());
     super::phases::mark(super::phases::Step::Locked);
     if !s.open {
         drop(s);
         return reject(Error::Closed);
     }
+    if tenant.spec.max_pending == 0 {
+        drop(s);
+        return reject(Error::QueueFull { tenant: tenant.name.to_string(), pending: 0, limit: 0 });
+    }
+    let fast = FastPath { submitted: now, deadline: now + slo, cost_ns, ref_tiles };
+    let ops = match fast.take(inner, s, tenant, ops) {
+        Ok(t) => return Ok(t),
+        Err((guard, ops)) => {
+            s = guard;
+            ops
+        }
+    };
     let activating = s.queues.get(&tenant.id).is_none_or(|q| q.pending.is_empty());
     // Only a tenant coming back from idle, with others queued, needs the floor (an O(tenants)
     // scan).
@@ -260,11 +292,7 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
     } else {
         f64::INFINITY
     };
-    let q = s.queues.entry(tenant.id).or_insert_with(|| Queue {
-        tenant: tenant.clone(),
-        pending: VecDeque::new(),
-        vt: 0.0,
-    });
+    let q = queue(&mut s, tenant);
     if q.pending.len() >= tenant.spec.max_pending {
         let (pending, limit) = (q.pending.len(), tenant.spec.max_pending);
         drop(s);
@@ -274,24 +302,16 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
         // A tenant coming back from idle starts level with the backlogged ones: no banked credit.
         q.vt = q.vt.max(floor);
     }
-    let now = Instant::now();
-    let slo = tenant.spec.slo.unwrap_or(inner.cfg.default_deadline);
-    for o in &ops {
-        o.get().reads.iter().for_each(|b| b.add_user());
-        o.get().write.add_user();
-    }
-    let q = s.queues.get_mut(&tenant.id).expect("inserted above");
-    q.pending.push_back(Pending { seq: 0, ops, resolver, submitted: now, deadline: now + slo, cost_ns, ref_tiles });
-    s.queued += 1;
+    let (t, resolver) = ticket();
+    add_users(&ops);
     s.seq += 1;
     let seq = s.seq;
-    s.queues.get_mut(&tenant.id).and_then(|q| q.pending.back_mut()).expect("pushed").seq = seq;
+    let q = queue(&mut s, tenant);
+    q.pending.push_back(Pending { seq, ops, resolver, submitted: now, deadline: now + slo, cost_ns, ref_tiles });
+    s.queued += 1;
     tenant.inflight.fetch_add(1, Ordering::AcqRel);
     tenant.counters().submitted += 1;
     super::phases::mark(super::phases::Step::Queued);
-    if fast_path(inner, s, tenant.id) {
-        return Ok(t);
-    }
     inner.submitted.fetch_add(1, Ordering::AcqRel);
     if inner.sched_sleeping.load(Ordering::Acquire) {
         inner.wake.notify_all();
@@ -299,72 +319,115 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
     Ok(t)
 }
 
-/// Persistent mode's fast path: a request that finds nothing else queued (and the runtime not
-/// paused, nothing in flight it conflicts with) goes into the ring on the submitting thread
-/// rather than through the scheduler and writer threads: the policy has nothing to choose
-/// between. Under the scheduler lock it takes the request (fair-share time and hazards booked as
-/// `assemble` would); after releasing it, it plans and writes the request under the ring's writer
-/// lock and hands it to the completer. Returns whether it took the request; the scheduler lock
-/// is released either way.
-fn fast_path(inner: &Arc<Inner>, mut s: std::sync::MutexGuard<'_, SchedState>, tenant: u32) -> bool {
-    let Some(ring) = &inner.persistent else { return false };
-    // Alone: the one queued request is this tenant's (its newest, just pushed).
-    let SchedState { queues, paused, queued, .. } = &mut *s;
-    if *paused || *queued != 1 {
-        return false;
+/// `tenant`'s queue, made if it has none.
+fn queue<'a>(s: &'a mut SchedState, tenant: &Arc<TenantState>) -> &'a mut Queue {
+    s.queues.entry(tenant.id).or_insert_with(|| Queue { tenant: tenant.clone(), pending: VecDeque::new(), vt: 0.0 })
+}
+
+/// Counts a request's users of its buffers (they outlive it on the device).
+fn add_users(ops: &[Checked<CheckedOp>]) {
+    for o in ops {
+        o.get().reads.iter().for_each(|b| b.add_user());
+        o.get().write.add_user();
     }
-    let Some(q) = queues.get_mut(&tenant) else { return false };
-    let Some(head) = q.pending.front() else { return false };
-    {
-        let mut inflight = ring.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        let conflict = head.touches().any(|(b, w)| {
-            let (r, wr) = inflight.get(&b).copied().unwrap_or((0, 0));
-            wr > 0 || (w && r > 0)
-        });
-        if conflict {
-            return false;
+}
+
+/// What the fast path needs of a validated request besides its ops.
+struct FastPath {
+    submitted: Instant,
+    deadline: Instant,
+    cost_ns: f64,
+    ref_tiles: usize,
+}
+
+impl FastPath {
+    /// Persistent mode's fast path: a request that finds nothing queued (and the runtime not
+    /// paused, nothing in flight it conflicts with) goes into the ring on the submitting thread
+    /// rather than through the scheduler and writer threads: the policy has nothing to choose
+    /// between. Under the scheduler lock (`s`, the runtime open) it takes the request, booking
+    /// fair-share time and hazards as `assemble` would; after releasing it, it plans, writes and
+    /// publishes the request under the ring's writer lock, and only then makes its ticket and
+    /// hands it to the completer: nothing the device does waits for the bookkeeping. Gives the
+    /// lock and the ops back when the request must queue.
+    #[allow(clippy::type_complexity)]
+    fn take<'a>(
+        self,
+        inner: &Arc<Inner>,
+        mut s: std::sync::MutexGuard<'a, SchedState>,
+        tenant: &Arc<TenantState>,
+        ops: Vec<Checked<CheckedOp>>,
+    ) -> std::result::Result<Ticket<Done>, (std::sync::MutexGuard<'a, SchedState>, Vec<Checked<CheckedOp>>)> {
+        let Some(ring) = &inner.persistent else { return Err((s, ops)) };
+        // Alone: nothing queued, so no tenant's turn to take (`queued` counts every queue).
+        if s.paused || s.queued != 0 {
+            return Err((s, ops));
         }
-        book(&mut inflight, head);
+        if !try_book(&mut ring.inflight.lock().unwrap_or_else(|e| e.into_inner()), &ops) {
+            return Err((s, ops));
+        }
+        super::phases::mark(super::phases::Step::HazardsBooked);
+        // As `submit` then `assemble` would: its sequence number, its fair-share time (a tenant
+        // with nothing queued needs no floor when no other has anything queued either).
+        s.seq += 1;
+        let seq = s.seq;
+        let q = queue(&mut s, tenant);
+        q.vt += self.cost_ns / tenant.spec.weight;
+        // Counted while the runtime is open (under the lock): a shutdown waits for it.
+        ring.fast_writers.fetch_add(1, Ordering::AcqRel);
+        drop(s);
+        add_users(&ops);
+        tenant.inflight.fetch_add(1, Ordering::AcqRel);
+        let (problems, checked) = plan_alone(inner, &ops);
+        super::phases::mark(super::phases::Step::Planned);
+        let checked = within_ring_limits(&problems, checked);
+        let seqs = match &checked {
+            Ok(()) => {
+                let mut w = ring.writer.lock().unwrap_or_else(|e| e.into_inner());
+                let seqs = write_request(&mut w, &problems);
+                w.publish();
+                seqs
+            }
+            Err(_) => 0..0,
+        };
+        super::phases::mark(super::phases::Step::Published);
+        let published = Instant::now();
+        tenant.counters().submitted += 1;
+        let (t, resolver) = ticket();
+        let FastPath { submitted, deadline, cost_ns, ref_tiles } = self;
+        let pending = Pending { seq, ops, resolver, submitted, deadline, cost_ns, ref_tiles };
+        let f = Flight { tenant: tenant.clone(), pending, seqs, published };
+        match checked {
+            Ok(()) => {
+                if let Some(tx) = ring.flights.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                    let _ = tx.send(FlightCell::with_waiter(f, Arc::downgrade(inner), ring.mem.clone()));
+                }
+            }
+            Err(e) => finish_flights(inner, [f], Some(e)),
+        }
+        ring.fast_writers.fetch_sub(1, Ordering::AcqRel);
+        super::phases::mark(super::phases::Step::HandedOver);
+        Ok(t)
     }
-    super::phases::mark(super::phases::Step::HazardsBooked);
-    let p = q.pending.pop_front().expect("non-empty");
-    *queued -= 1;
-    q.vt += p.cost_ns / q.tenant.spec.weight;
-    let t = q.tenant.clone();
-    // Counted while the runtime is open (under the lock): a shutdown waits for it.
-    ring.fast_writers.fetch_add(1, Ordering::AcqRel);
-    drop(s);
-    let (problems, checked) = {
-        let cost = inner.cost.lock().unwrap_or_else(|e| e.into_inner());
-        let chooser = inner.chooser.read().unwrap_or_else(|e| e.into_inner());
-        if let [o] = &p.ops[..] {
-            // One problem (the usual request): its plan and the backend's check, without a round
-            // (the ring lists no tiles; the persistent chooser splits nothing).
-            let o = o.get();
-            let plan = chooser.choose_alone(&o.desc, o.plan, &cost, inner.device.slots());
-            let d = crate::round::Round::planned(o.desc, plan.kind, 1);
-            let checked = crate::round::check_alone(&d, inner.device.pool()).map_err(|e| e.to_string());
-            (vec![d], checked)
-        } else {
-            let (descs, overrides): (Vec<_>, Vec<_>) = p.ops.iter().map(|o| (o.get().desc, o.get().plan)).unzip();
-            let round = chooser.build(&descs, &overrides, &cost, inner.device.slots());
-            let checked = crate::round::check(&round, inner.device.pool()).map_err(|e| e.to_string());
-            (round.problems, checked)
-        }
-    };
-    super::phases::mark(super::phases::Step::Planned);
-    let (flights, failed) =
-        write_problems(&mut ring.writer.lock().unwrap_or_else(|e| e.into_inner()), &problems, [(t, p)], checked);
-    super::phases::mark(super::phases::Step::Published);
-    if let Some(tx) = ring.flights.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-        for f in flights {
-            let _ = tx.send(FlightCell::with_waiter(f, Arc::downgrade(inner), ring.mem.clone()));
-        }
+}
+
+/// A lone request's problems, planned for latency, and the backend's check of them.
+fn plan_alone(inner: &Inner, ops: &[Checked<CheckedOp>]) -> (Vec<ProblemDesc>, std::result::Result<(), String>) {
+    let cost = inner.cost.lock().unwrap_or_else(|e| e.into_inner());
+    let chooser = inner.chooser.read().unwrap_or_else(|e| e.into_inner());
+    if let [o] = ops {
+        // One problem (the usual request): its plan and the backend's check, without a round
+        // (the ring lists no tiles; the persistent chooser splits nothing).
+        let o = o.get();
+        let plan = chooser.choose_alone(&o.desc, o.plan, &cost, inner.device.slots());
+        let d = crate::round::Round::planned(o.desc, plan.kind, 1);
+        let checked = crate::round::check_alone(&d, inner.device.pool()).map_err(|e| e.to_string());
+        (vec![d], checked)
+    } else {
+        let (descs, overrides): (Vec<_>, Vec<_>) = ops.iter().map(|o| (o.get().desc, o.get().plan)).unzip();
+        let round = chooser.build(&descs, &overrides, &cost, inner.device.slots());
+        let checked = crate::round::check(&round, inner.device.pool()).map_err(|e| e.to_string());
+        (round.problems, checked)
     }
-    ring.fast_writers.fetch_sub(1, Ordering::AcqRel);
-    finish_failed(inner, failed);
-    super::phases::mark(super::phases::Step::HandedOver);
-    true
 }
 
 /// Resolves every queued request of `tenant` (or of all tenants) with `err()`.
@@ -451,7 +514,7 @@ fn assemble(inner: &Inner, s: &mut SchedState) -> Option<Batch> {
         let p = q.pending.pop_front().expect("non-empty");
         s.queued -= 1;
         if let Some(m) = inflight.as_mut() {
-            book(m, &p);
+            book(m, &p.ops);
         }
         q.vt += p.cost_ns / q.tenant.spec.weight;
         entry.0 += p.ref_tiles;
@@ -763,7 +826,8 @@ impl FlightCell {
     /// words are in host memory, so the waiting thread sees them as soon as the completer
     /// would, and the request's result does not wait for a second thread. The waiter's first
     /// spin marks the cell `spinning` (the completer then leaves it alone, up to
-    /// [`WAITER_GRACE`] after it is done), and its last unmarks it. Between the two, each spin
+    /// [`WAITER_GRACE`] after it is done, or until a look finds that the waiter took it), and a
+    /// waiter that stops spinning without taking it unmarks it. Meanwhile each spin
     /// reads only the request's completion words, through copies the hook owns: nothing the
     /// completer touches is written while both poll (an `Arc` count bumped per spin would bounce
     /// the cell's line between the two threads).
@@ -774,6 +838,8 @@ impl FlightCell {
     ) -> Arc<FlightCell> {
         Arc::new_cyclic(|cell: &std::sync::Weak<FlightCell>| {
             let (cell, seqs) = (cell.clone(), f.seqs.clone());
+            // Its first problem's slot, once: the spins below poll without dividing.
+            let first = (seqs.start % u64::from(mem.slots())) as u32;
             let marked = std::sync::atomic::AtomicBool::new(false);
             f.pending.resolver.set_hook(Box::new(move |spinning: bool| {
                 if !spinning {
@@ -787,21 +853,26 @@ impl FlightCell {
                         c.spinning.store(true, Ordering::Release);
                     }
                 }
-                if !seqs.clone().all(|s| mem.is_done(s)) {
-                    return;
+                let (mut i, slots) = (first, mem.slots());
+                for s in seqs.clone() {
+                    if !mem.is_done_in(i, s) {
+                        return;
+                    }
+                    i = if i + 1 == slots { 0 } else { i + 1 };
                 }
                 super::phases::mark(super::phases::Step::SeenDone);
                 let Some(c) = cell.upgrade() else { return };
                 // A contended lock means the completer is taking it.
                 let f = c.flight.try_lock().ok().and_then(|mut f| f.take());
-                // Taken (or being taken): the completer may drop the cell.
-                c.spinning.store(false, Ordering::Release);
-                drop(c);
                 if let (Some(f), Some(inner)) = (f, inner.upgrade()) {
                     super::phases::mark(super::phases::Step::Taken);
                     settle(&inner, [f]);
                     super::phases::mark(super::phases::Step::Settled);
                 }
+                // The cell stays marked spinning: the completer reads that line on every pass, so
+                // a store here would wait for it to come back from that core, on the result's
+                // path. The completer's next look finds the flight gone and drops the cell.
+                drop(c);
             }));
             FlightCell::holding(f)
         })
@@ -840,6 +911,42 @@ fn write_batch(inner: &Inner, w: &mut crate::persistent::RingWriter, b: Batch) -
     write_problems(w, &b.round.problems, b.reqs, checked)
 }
 
+/// `checked` (the backend's check of `problems`), and the ring's limit on one problem's tiles.
+fn within_ring_limits(
+    problems: &[ProblemDesc],
+    checked: std::result::Result<(), String>,
+) -> std::result::Result<(), String> {
+    let max = crate::abi::ring::MAX_PROBLEM_TILES;
+    checked.and_then(|()| match problems.iter().map(|d| d.tile_count()).find(|&t| t > max) {
+        Some(t) => Err(format!("a problem of {t} tiles: persistent mode takes at most {max} per problem")),
+        None => Ok(()),
+    })
+}
+
+/// Writes one request's `problems` into the ring, one after another, each once its slot is free
+/// (publishing what is written while it waits, so the device can drain). Returns their sequence
+/// numbers; the caller publishes them.
+fn write_request(w: &mut crate::persistent::RingWriter, problems: &[ProblemDesc]) -> std::ops::Range<u64> {
+    let mut seqs = w.written()..w.written();
+    for d in problems {
+        let mut spins = 0u32;
+        while !w.has_room(d) {
+            w.publish();
+            spins += 1;
+            if spins > 1000 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        super::phases::mark(super::phases::Step::SlotFree);
+        let q = w.write(*d);
+        debug_assert_eq!(q, seqs.end, "a request's problems follow each other");
+        seqs.end = q + 1;
+    }
+    seqs
+}
+
 /// Writes `problems` (the requests' problems in order, `checked` by the backend's gate) into
 /// the ring, waiting for their slots, and publishes them. Returns the requests written and those
 /// that failed, with why.
@@ -850,13 +957,8 @@ fn write_problems(
     checked: std::result::Result<(), String>,
 ) -> (Vec<Flight>, Vec<(Flight, String)>) {
     let reqs = reqs.into_iter();
-    // And the ring's limit on one problem's tiles.
-    let max = crate::abi::ring::MAX_PROBLEM_TILES;
-    let checked = checked.and_then(|()| match problems.iter().map(|d| d.tile_count()).find(|&t| t > max) {
-        Some(t) => Err(format!("a problem of {t} tiles: persistent mode takes at most {max} per problem")),
-        None => Ok(()),
-    });
-    let (now, mut waited) = (Instant::now(), false);
+    let checked = within_ring_limits(problems, checked);
+    let now = Instant::now();
     let mut out = Vec::with_capacity(reqs.size_hint().0);
     let mut failed = Vec::new();
     let mut next = 0;
@@ -866,34 +968,14 @@ fn write_problems(
             failed.push((Flight { tenant: t, pending: p, seqs: 0..0, published: now }, e.clone()));
             continue;
         }
-        let mut seqs = w.written()..w.written();
-        for d in &problems[next..next + n] {
-            let mut spins = 0u32;
-            while !w.has_room(d) {
-                // Let the device drain what is written before waiting on it.
-                w.publish();
-                waited = true;
-                spins += 1;
-                if spins > 1000 {
-                    std::thread::yield_now();
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
-            super::phases::mark(super::phases::Step::SlotFree);
-            let q = w.write(*d);
-            debug_assert_eq!(q, seqs.end, "a request's problems follow each other");
-            seqs.end = q + 1;
-        }
+        let seqs = write_request(w, &problems[next..next + n]);
         next += n;
         out.push(Flight { tenant: t, pending: p, seqs, published: now });
     }
     w.publish();
-    if waited {
-        // Waiting for slots took a while: executed time counts from the publish.
-        let now = Instant::now();
-        out.iter_mut().for_each(|f| f.published = now);
-    }
+    // Waiting for slots may take a while: executed time counts from the publish.
+    let now = Instant::now();
+    out.iter_mut().for_each(|f| f.published = now);
     (out, failed)
 }
 
@@ -980,6 +1062,11 @@ fn ring_completer(inner: &Inner, rx: Receiver<Arc<FlightCell>>) {
                     continue;
                 }
                 seen_done = true;
+                if cell.flight.try_lock().is_ok_and(|f| f.is_none()) {
+                    // Its waiter finished it.
+                    flights.swap_remove_back(i);
+                    continue;
+                }
                 if seen.get_or_insert_with(Instant::now).elapsed() < WAITER_GRACE {
                     i += 1;
                     continue;
