@@ -157,13 +157,13 @@ fn check_op(tenant: &TenantState, i: usize, op: &Op) -> Result<CheckedOp> {
 
 /// Validates `req` as `tenant` would submit it, without queueing it (what `submit` does first).
 pub fn check(tenant: &crate::runtime::Tenant, req: Request) -> Result<Vec<Checked<CheckedOp>>> {
-    check_request(tenant.state(), req)
+    check_request(tenant.state(), &req)
 }
 
 /// Validates `req` for `tenant`: every op on its own (shapes, ownership, bounds, overlap,
 /// scalars, tile override) and the ops against each other (they run concurrently, so none may
 /// write a buffer another op of the request touches).
-pub(crate) fn check_request(tenant: &TenantState, req: Request) -> Result<Vec<Checked<CheckedOp>>> {
+pub(crate) fn check_request(tenant: &TenantState, req: &Request) -> Result<Vec<Checked<CheckedOp>>> {
     if req.ops.is_empty() {
         return Err(Error::EmptyRequest);
     }

@@ -238,7 +238,8 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
     if tenant.is_removed() {
         return reject(Error::NoSuchTenant(tenant.name.to_string()));
     }
-    let ops = match check_request(tenant, req) {
+    // `req` itself (its buffer handles and list) is dropped on return: after the publish.
+    let ops = match check_request(tenant, &req) {
         Ok(ops) => ops,
         Err(e) => return reject(e),
     };
