@@ -324,6 +324,7 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
     };
     let ways = [
         (way(1, false, Reply::Relaxed), 0),
+        (way(2, false, Reply::Relaxed), 0),
         (way(4, false, Reply::Relaxed), 0),
         (way(1, true, Reply::TwoReleases), 224),
         (way(4, true, Reply::TwoReleases), 224),
@@ -334,6 +335,7 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
         // The ring's own way: one warp polls a 13-chunk stamped image, or two (the forwarder's
         // window), the answer is one relaxed store.
         (way(1, true, Reply::Relaxed), 16 * tilemux::abi::ring::HOST_SLOT_CHUNKS),
+        (way(2, true, Reply::Relaxed), 16 * tilemux::abi::ring::HOST_SLOT_CHUNKS),
         (way(1, true, Reply::Relaxed), 32 * tilemux::abi::ring::HOST_SLOT_CHUNKS),
         // ... its data rewritten too, as the ring's writer does: with ordinary stores (each line
         // read for ownership from under the polling GPU) or non-temporal ones.
