@@ -1,6 +1,6 @@
 //! Host cost of one request in persistent mode: `submit()` alone and submit → ticket resolved,
 //! one 512×1×512 GEMV at a time, on the GPU when there is one (else the CPU backend, whose
-//! resident "kernel" is a thread). `cargo run --release --example submit [requests]`.
+//! resident "kernel" is a thread). `cargo run --release --example submit [requests [gap_ns]]`.
 use std::time::Instant;
 
 use tilemux::Backend;
@@ -8,6 +8,9 @@ use tilemux::runtime::{Mat, Mode, Op, PersistentConfig, Runtime, RuntimeConfig, 
 
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    // A gap (ns) the loop spins between a result and the next submit, outside the measured
+    // interval: sweeping it shows where the next publish meets the GPU's poll cycle.
+    let gap = std::time::Duration::from_nanos(std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(0));
     let rt = Runtime::new(RuntimeConfig {
         backend: Backend::Auto,
         memory_budget: 64 << 20,
@@ -23,6 +26,10 @@ fn main() {
     let op = Op::gemm(Mat::new(&a, 512, 512), Mat::new(&x, 512, 1), Mat::new(&y, 512, 1));
     let (mut submit, mut total) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n + 100 {
+        let g = Instant::now();
+        while g.elapsed() < gap {
+            std::hint::spin_loop();
+        }
         let s = Instant::now();
         let ticket = rt.submit(&t, op.clone()).unwrap();
         let after = s.elapsed();

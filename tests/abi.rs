@@ -133,7 +133,8 @@ fn ptx_builds_keep_only_their_entries() {
             .collect()
     };
     let all = entries(tilemux::cuda::PTX);
-    assert_eq!(all.len(), 4, "{all:?}");
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert_eq!(entries(&tilemux::cuda::ptx_with_entries(&["tilemux_sm_rtt"])), ["tilemux_sm_rtt"]);
     let narrow = tilemux::cuda::ptx_with_entries(&["tilemux_round", "tilemux_persistent"]);
     let wide = tilemux::cuda::ptx_with_entries(&["tilemux_round_wide"]);
     let probe = tilemux::cuda::ptx_with_entries(&["tilemux_echo"]);

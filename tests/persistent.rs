@@ -378,6 +378,28 @@ fn trace_follows_each_problem() {
     say(&format!("trace_follows_each_problem: {} problems on {}", round.problems.len(), d.name()));
 }
 
+/// The per-SM round-trip probe measures every SM once: a bus round trip from each (host-mapped
+/// memory), well above an L2 round trip (device memory). GPU only.
+#[test]
+fn sm_rtt_measures_every_sm() {
+    let Some((_g, d)) = common::gpu() else {
+        say("sm_rtt_measures_every_sm: skipped, no CUDA device");
+        return;
+    };
+    let recs = tilemux::cuda::probe::sm_rtt(&d, 16).unwrap();
+    let sms = d.gpu().sm_count as usize;
+    assert_eq!(recs.len(), sms);
+    let mut seen: Vec<u32> = recs.iter().map(|r| r.sm).collect();
+    seen.dedup();
+    assert_eq!(seen.len(), sms, "one CTA per SM: {seen:?}");
+    for r in &recs {
+        assert!(r.device_ns > 0 && r.device_ns < 5_000, "{r:?}");
+        assert!(r.host_ns > r.device_ns && r.host_ns < 100_000, "{r:?}");
+        assert_eq!(r.sink, 0, "the chains read zeroed words");
+    }
+    say(&format!("sm_rtt_measures_every_sm: {} SMs on {}", recs.len(), d.name()));
+}
+
 /// The transport probe answers every doorbell, whichever way it is rung. GPU only.
 #[test]
 fn echo_probe_answers_every_doorbell() {

@@ -283,3 +283,51 @@ pub fn echo(dev: &CudaDevice, way: impl Into<EchoWay>, payload_bytes: usize, n: 
     out.sort_by(|a, b| a.total_cmp(b));
     Ok(out)
 }
+
+/// Round trips from every SM (`tilemux_sm_rtt`): per CTA, one per SM and one at a time, the
+/// mean of `n` dependent loads from host-mapped memory and from device memory, in ns, with the
+/// CTA's `%smid`. Sorted by SM. Tells whether where the forwarder runs matters.
+pub fn sm_rtt(dev: &CudaDevice, n: u32) -> Result<Vec<crate::abi::SmRtt>> {
+    use crate::abi::SmRtt;
+    let gpu = dev.gpu();
+    gpu.bind()?;
+    let module = Module::load(&ptx_with_entries(&["tilemux_sm_rtt"]), 0)?;
+    let func = module.function("tilemux_sm_rtt")?;
+    // More than half an SM's shared memory: one CTA per SM.
+    let smem = (gpu.smem_per_sm / 2 + 1024).min(gpu.smem_per_block_optin);
+    // SAFETY: a valid function; an attribute the device allows (at most the opt-in size).
+    ck("cuFuncSetAttribute", unsafe {
+        sys::cuFuncSetAttribute(
+            func,
+            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+    })?;
+    let host = PinnedBuffer::new(4096, sys::CU_MEMHOSTALLOC_DEVICEMAP | sys::CU_MEMHOSTALLOC_PORTABLE)?;
+    let ctas = gpu.sm_count as usize;
+    let words = DeviceBuffer::new(4096)?;
+    let out = DeviceBuffer::new(ctas * size_of::<SmRtt>())?;
+    // SAFETY: zero the chains' words, the turn word and the records (all ours).
+    unsafe {
+        std::ptr::write_bytes(host.ptr(), 0, 4096);
+        ck("cuMemsetD8", sys::cuMemsetD8_v2(words.ptr, 0, 4096))?;
+        ck("cuMemsetD8", sys::cuMemsetD8_v2(out.ptr, 0, out.bytes))?;
+    }
+    let stream = Stream::new()?;
+    let mut params = KernelArgs::new(&[host.device_addr()?, words.ptr, words.ptr + 2048, out.ptr, n as u64, 0]);
+    // SAFETY: the parameters match `tilemux_sm_rtt`; a cooperative launch keeps every CTA
+    // resident (they take turns); the buffers outlive the kernel (synchronized below).
+    ck("cuLaunchCooperativeKernel", unsafe {
+        sys::cuLaunchCooperativeKernel(func, ctas as u32, 1, 1, 32, 1, 1, smem, stream.0, params.as_mut_ptr())
+    })?;
+    stream.sync()?;
+    let mut recs = vec![SmRtt::default(); ctas];
+    // SAFETY: `ctas` records of device memory into as many host ones.
+    ck("cuMemcpyDtoH", unsafe { sys::cuMemcpyDtoH_v2(recs.as_mut_ptr() as *mut c_void, out.ptr, out.bytes) })?;
+    recs.iter_mut().for_each(|r| {
+        r.host_ns /= n.max(1) as u64;
+        r.device_ns /= n.max(1) as u64;
+    });
+    recs.sort_by_key(|r| r.sm);
+    Ok(recs)
+}

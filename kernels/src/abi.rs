@@ -790,6 +790,22 @@ pub mod ring {
 }
 
 /// The transport probe's `how` word (`tilemux_echo`): bits 0..4, polling warps (1..=8).
+/// The per-SM round-trip probe's record (`tilemux_sm_rtt`), one per CTA.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(not(target_arch = "nvptx64"), derive(Pod, Zeroable))]
+pub struct SmRtt {
+    /// `%smid` of the CTA.
+    pub sm: u32,
+    pub _pad: u32,
+    /// Nanoseconds for the chain of dependent loads from host-mapped memory.
+    pub host_ns: u64,
+    /// Nanoseconds for the chain of dependent loads from device memory (L2).
+    pub device_ns: u64,
+    /// The chains' last values (kept so no load is optimised away).
+    pub sink: u64,
+}
+
 pub mod echo {
     /// The payload is polled itself: each 16-byte chunk carries its stamp in its first word.
     pub const INLINE: u32 = 1 << 8;

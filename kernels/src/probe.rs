@@ -122,3 +122,47 @@ pub unsafe extern "ptx-kernel" fn tilemux_echo(
         }
     }
 }
+
+/// Per-SM round trips: CTA `b` (one per SM: launch with more than half an SM's shared memory)
+/// waits for its turn (`turn`, a device word, equal to `b`), then its thread 0 times a chain of
+/// `n` dependent loads from `host` (host-mapped) and another from `device` (device memory),
+/// each load's address depending on the previous value (`mask` is zero), records them with its
+/// `%smid` in `out[b]` (an `abi::SmRtt`) and passes the turn on. One CTA at a time: no chain
+/// shares the bus or the L2 slice with another.
+///
+/// # Safety
+/// `host` and `device` point at 8 readable bytes, `turn` at a zeroed device word, `out` at one
+/// `SmRtt` per CTA.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn tilemux_sm_rtt(host: u64, device: u64, turn: u64, out: u64, n: u32, mask: u64) {
+    use crate::abi::SmRtt;
+    use crate::arch::{
+        block_idx_x, ld_acquire_gpu_u32, ld_volatile_u64, sm_id, st_relaxed_gpu_u64, st_release_gpu_u32,
+    };
+    use core::mem::offset_of;
+    if thread_idx_x() != 0 {
+        return;
+    }
+    let b = block_idx_x();
+    // SAFETY (loads and stores below): the caller's addresses.
+    while unsafe { ld_acquire_gpu_u32(turn) } != b {}
+    let chain = |base: u64| {
+        let mut v = 0u64;
+        let t = globaltimer();
+        for _ in 0..n {
+            v = unsafe { ld_volatile_u64(base + (v & mask)) };
+        }
+        // The store waits for the last load's value; the clock is read after it issues.
+        unsafe { st_relaxed_gpu_u64(out + (b as usize * size_of::<SmRtt>() + offset_of!(SmRtt, sink)) as u64, v) };
+        globaltimer().wrapping_sub(t)
+    };
+    let host_ns = chain(host);
+    let device_ns = chain(device);
+    let at = out + (b as usize * size_of::<SmRtt>()) as u64;
+    unsafe {
+        st_relaxed_gpu_u64(at + offset_of!(SmRtt, sm) as u64, sm_id() as u64);
+        st_relaxed_gpu_u64(at + offset_of!(SmRtt, host_ns) as u64, host_ns);
+        st_relaxed_gpu_u64(at + offset_of!(SmRtt, device_ns) as u64, device_ns);
+        st_release_gpu_u32(turn, b + 1);
+    }
+}

@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use tilemux::Device;
 use tilemux::abi::TileKind;
 use tilemux::abi::ring::Trace;
-use tilemux::cuda::probe::{Doorbell, EchoWay, Reply, Write, echo};
+use tilemux::cuda::probe::{Doorbell, EchoWay, Reply, Write, echo, sm_rtt};
 use tilemux::cuda::{CudaConfig, CudaDevice};
 use tilemux::memory::Arena;
 use tilemux::persistent::Engine;
@@ -347,6 +347,24 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
     ];
     for (w, bytes) in ways.into_iter().filter(|_| !args.saturated_only) {
         row(&format!("echo, {bytes} B payload"), &w.label(), echo(&probe, w, bytes, args.requests)?);
+    }
+    if !args.saturated_only {
+        // Where the forwarder runs: a chain of dependent loads from every SM, one SM at a time.
+        let recs = sm_rtt(&probe, 64)?;
+        let mut host: Vec<f64> = recs.iter().map(|r| r.host_ns as f64).collect();
+        let mut device: Vec<f64> = recs.iter().map(|r| r.device_ns as f64).collect();
+        let best = recs.iter().min_by_key(|r| r.host_ns).map_or(0, |r| r.sm);
+        println!(
+            "one load's round trip per SM (64 dependent loads each, one SM at a time), ns: host-mapped memory min {:.0} / median {:.0} / max {:.0} (fastest SM {best}); device memory min {:.0} / median {:.0} / max {:.0}",
+            percentile(&mut host, 0.0),
+            percentile(&mut host, 0.5),
+            percentile(&mut host, 1.0),
+            percentile(&mut device, 0.0),
+            percentile(&mut device, 0.5),
+            percentile(&mut device, 1.0),
+        );
+        let per_sm: Vec<String> = recs.iter().map(|r| format!("{}:{}/{}", r.sm, r.host_ns, r.device_ns)).collect();
+        println!("  per SM (sm:host/device ns): {}", per_sm.join(" "));
     }
     drop(probe);
     if args.echo_only {

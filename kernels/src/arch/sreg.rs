@@ -20,3 +20,12 @@ pub fn grid_dim_x() -> u32 {
     // SAFETY: reading a special register has no preconditions.
     unsafe { core::arch::nvptx::_grid_dim_x() as u32 }
 }
+
+/// `%smid`: the SM the thread runs on (for probes; it may change across preemptions).
+#[inline(always)]
+pub fn sm_id() -> u32 {
+    let v: u32;
+    // SAFETY: reading a special register.
+    unsafe { core::arch::asm!("mov.u32 {0}, %smid;", out(reg32) v, options(nostack, nomem)) };
+    v
+}
