@@ -431,6 +431,17 @@ fn echo_probe_answers_every_doorbell() {
         let l = echo(&d, w, 208, 500).unwrap();
         assert!(l.len() == 500 && l[0] > 0.0 && l[499] < 1e6, "{}: {l:?}", w.label());
     }
+    // Two copies of the payload, one per polling warp.
+    let w = EchoWay {
+        doorbell: Doorbell::HostStore,
+        pollers: 2,
+        inline: true,
+        reply: Reply::Relaxed,
+        write: Write::TwoCopies,
+    };
+    let l = echo(&d, w, 208, 500).unwrap();
+    assert!(l.len() == 500 && l[0] > 0.0 && l[499] < 1e6, "{}: {l:?}", w.label());
+    assert!(echo(&d, w, 272, 1).is_err(), "two copies of more than 256 bytes are refused");
     assert!(echo(&d, Doorbell::HostStore, 24, 1).is_err(), "a payload of 24 bytes is refused");
     let inline_store = EchoWay { inline: true, reply: Reply::Relaxed, ..EchoWay::plain(Doorbell::StreamWrite) };
     assert!(echo(&d, inline_store, 160, 1).is_err(), "an inline echo needs a host store");

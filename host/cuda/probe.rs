@@ -10,7 +10,7 @@ use cudarc::driver::sys;
 
 use super::driver::{KernelArgs, ck};
 use super::{CudaDevice, DeviceBuffer, Module, PinnedBuffer, Stream, ptx_with_entries};
-use crate::abi::echo::{INLINE as ECHO_INLINE, REPLY_SHIFT as ECHO_REPLY_SHIFT};
+use crate::abi::echo::{COPIES as ECHO_COPIES, INLINE as ECHO_INLINE, REPLY_SHIFT as ECHO_REPLY_SHIFT};
 use crate::error::{Error, Result};
 
 /// How the host rings the doorbell (and where the payload the GPU loads lives).
@@ -83,6 +83,9 @@ pub enum Write {
     /// The data words with non-temporal stores (no read for ownership of lines the GPU keeps
     /// polling), a store fence, the stamps likewise, another fence. x86-64 only (else `Image`).
     ImageNonTemporal,
+    /// The stamps of two copies of the payload (at most 256 bytes) 256 bytes apart; polling
+    /// warp `w` reads copy `w % 2`.
+    TwoCopies,
 }
 
 impl EchoWay {
@@ -106,6 +109,7 @@ impl EchoWay {
                 (true, Write::Image) => ", stamped payload polled itself, its data rewritten",
                 (true, Write::ImageNonTemporal) =>
                     ", stamped payload polled itself, rewritten with non-temporal stores",
+                (true, Write::TwoCopies) => ", stamped payload in two copies, one per warp",
             },
             self.reply
         )
@@ -126,6 +130,9 @@ pub fn echo(dev: &CudaDevice, way: impl Into<EchoWay>, payload_bytes: usize, n: 
     }
     if way.inline && (how != Doorbell::HostStore || payload_bytes == 0) {
         return Err(Error::Config("an inline echo needs a host-store doorbell and a payload".into()));
+    }
+    if way.write == Write::TwoCopies && (!way.inline || payload_bytes > 256) {
+        return Err(Error::Config("two copies need an inline payload of at most 256 bytes".into()));
     }
     if !(1..=8).contains(&way.pollers) {
         return Err(Error::Config(format!("{} polling warps: want 1 to 8", way.pollers)));
@@ -163,7 +170,8 @@ pub fn echo(dev: &CudaDevice, way: impl Into<EchoWay>, payload_bytes: usize, n: 
         Reply::GpuFence => 2,
         Reply::Relaxed => 3,
     };
-    let flags = way.pollers | if way.inline { ECHO_INLINE } else { 0 } | mode << ECHO_REPLY_SHIFT;
+    let copies = if way.write == Write::TwoCopies { ECHO_COPIES } else { 0 };
+    let flags = way.pollers | if way.inline { ECHO_INLINE } else { 0 } | copies | mode << ECHO_REPLY_SHIFT;
     let mut params = KernelArgs::new(&[
         doorbell,
         hdev + 64,
@@ -179,8 +187,11 @@ pub fn echo(dev: &CudaDevice, way: impl Into<EchoWay>, payload_bytes: usize, n: 
         unsafe { &*(host.ptr().add(512 + 16 * c + 4 * m) as *const AtomicU32) }
     };
     let stamp = |c: usize| word32(c, 0);
+    // The second copy's stamp of chunk `c`.
+    let stamp2 = |c: usize| word32(16 + c, 0);
     if way.inline {
         (0..chunks).for_each(|c| stamp(c).store(0, Ordering::Relaxed));
+        (0..chunks).filter(|_| way.write == Write::TwoCopies).for_each(|c| stamp2(c).store(0, Ordering::Relaxed));
     }
     // SAFETY: parameters match `tilemux_echo`; the buffers outlive the kernel (joined below).
     ck("cuLaunchKernel", unsafe {
@@ -209,6 +220,11 @@ pub fn echo(dev: &CudaDevice, way: impl Into<EchoWay>, payload_bytes: usize, n: 
                 let data = |c: usize, m: usize| (i as u32).wrapping_mul(2_654_435_761) ^ (4 * c + m) as u32;
                 let stamps_stored = match way.write {
                     Write::Stamps => false,
+                    Write::TwoCopies => {
+                        (0..chunks).for_each(|c| stamp(c).store(i as u32, Ordering::Release));
+                        (0..chunks).for_each(|c| stamp2(c).store(i as u32, Ordering::Release));
+                        true
+                    }
                     #[cfg(target_arch = "x86_64")]
                     Write::ImageNonTemporal => {
                         // SAFETY: 4-aligned words of the payload area, written by this thread

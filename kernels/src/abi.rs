@@ -812,4 +812,7 @@ pub mod echo {
     /// Shift of the reply mode: 0, two `st.release.sys`; 1, relaxed stores around one
     /// `fence.acq_rel.sys`; 2, around `fence.acq_rel.gpu`; 3, no fence.
     pub const REPLY_SHIFT: u32 = 12;
+    /// An inline payload in two copies 256 bytes apart: warp `w` polls copy `w % 2` (two polls
+    /// in flight without reading the same lines).
+    pub const COPIES: u32 = 1 << 9;
 }

@@ -3,7 +3,7 @@
 //! dispatch` reports it as the floor under any persistent-mode ring on the machine at hand, for
 //! each way a ring could be polled and answered.
 
-use crate::abi::echo::{INLINE, REPLY_SHIFT};
+use crate::abi::echo::{COPIES, INLINE, REPLY_SHIFT};
 use crate::arch::{
     atom_cas_shared_u32, fence_acq_rel_gpu, fence_acq_rel_sys, globaltimer, ld_acquire_sys_u64, ld_volatile_shared_u32,
     ld_volatile_v4_u32, nanosleep, shfl_idx, shfl_xor, smem_base, st_relaxed_sys_u64, st_release_sys_u64,
@@ -66,6 +66,7 @@ pub unsafe extern "ptx-kernel" fn tilemux_echo(
     let (warp, lane) = (tid / 32, tid % 32);
     let pollers = (how & 15).clamp(1, 8);
     let inline = how & INLINE != 0;
+    let copy = if how & COPIES != 0 { (warp % 2) as u64 * 256 } else { 0 };
     let mode = (how >> REPLY_SHIFT) & 3;
     let next = smem_base();
     if tid == 0 {
@@ -92,7 +93,7 @@ pub unsafe extern "ptx-kernel" fn tilemux_echo(
         let ready = if inline {
             let mut ok = true;
             if lane < chunks {
-                let w = unsafe { ld_volatile_v4_u32(payload + lane as u64 * 16) };
+                let w = unsafe { ld_volatile_v4_u32(payload + copy + lane as u64 * 16) };
                 ok = w[0] >= i as u32;
                 x = w[1] ^ w[2] ^ w[3];
             }

@@ -336,6 +336,10 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
         // window), the answer is one relaxed store.
         (way(1, true, Reply::Relaxed), 16 * tilemux::abi::ring::HOST_SLOT_CHUNKS),
         (way(2, true, Reply::Relaxed), 16 * tilemux::abi::ring::HOST_SLOT_CHUNKS),
+        (
+            EchoWay { write: Write::TwoCopies, ..way(2, true, Reply::Relaxed) },
+            16 * tilemux::abi::ring::HOST_SLOT_CHUNKS,
+        ),
         (way(1, true, Reply::Relaxed), 32 * tilemux::abi::ring::HOST_SLOT_CHUNKS),
         // ... its data rewritten too, as the ring's writer does: with ordinary stores (each line
         // read for ownership from under the polling GPU) or non-temporal ones.
