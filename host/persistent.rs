@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use crate::abi::ProblemDesc;
 use crate::abi::ring::{
-    CLAIM_TABLE, Cursor, HOST_COPIES, HOST_SLOT_CHUNKS, HostHeader, ImageView, Look, MAX_PROBLEM_TILES, RingSlot,
-    done_offset, entry, host_bytes, host_slot_offset, stamp,
+    CLAIM_TABLE, Cursor, HOST_SLOT_CHUNKS, HostHeader, ImageView, Look, MAX_PROBLEM_TILES, RingSlot, done_offset,
+    entry, host_bytes, host_slot_offset, stamp,
 };
 use crate::error::{Error, Result};
 
@@ -132,11 +132,8 @@ impl RingMemory {
     /// stores ([`RingMemory::stamp_slot`] publishes it).
     fn store_image(&self, i: u32, s: &RingSlot) {
         let words: &[u32] = bytemuck::cast_slice(bytemuck::bytes_of(s));
-        for copy in 0..HOST_COPIES as u32 {
-            let base = host_slot_offset(self.slots, copy, i);
-            for (j, w) in words[2..].iter().enumerate() {
-                self.u32_at(base + 16 * (j / 3) + 4 * (1 + j % 3)).store(*w, Ordering::Relaxed);
-            }
+        for (j, w) in words[2..].iter().enumerate() {
+            self.u32_at(host_slot_offset(i) + 16 * (j / 3) + 4 * (1 + j % 3)).store(*w, Ordering::Relaxed);
         }
     }
 
@@ -144,21 +141,18 @@ impl RingMemory {
     /// release store after the chunk's data.
     fn stamp_slot(&self, seq: u64) {
         let i = (seq % self.slots as u64) as u32;
-        for copy in 0..HOST_COPIES as u32 {
-            let base = host_slot_offset(self.slots, copy, i);
-            for c in 0..HOST_SLOT_CHUNKS {
-                self.u32_at(base + 16 * c).store(stamp(seq), Ordering::Release);
-            }
+        for c in 0..HOST_SLOT_CHUNKS {
+            self.u32_at(host_slot_offset(i) + 16 * c).store(stamp(seq), Ordering::Release);
         }
     }
 
-    /// Reads problem `seq`'s image from copy `copy` of its slot if every chunk carries its stamp
-    /// (the CPU forwarder's poll; acquire loads of the stamps, then the chunks' data).
-    fn load_image(&self, seq: u64, copy: u32) -> Option<Image> {
+    /// Reads problem `seq`'s image from its slot if every chunk carries its stamp (the CPU
+    /// forwarder's poll; acquire loads of the stamps, then the chunks' data).
+    fn load_image(&self, seq: u64) -> Option<Image> {
         let i = (seq % self.slots as u64) as u32;
         let mut image = [[0u32; 4]; HOST_SLOT_CHUNKS];
         for (c, chunk) in image.iter_mut().enumerate() {
-            let at = host_slot_offset(self.slots, copy, i) + 16 * c;
+            let at = host_slot_offset(i) + 16 * c;
             if self.u32_at(at).load(Ordering::Acquire) != stamp(seq) {
                 return None;
             }
@@ -364,11 +358,8 @@ fn idle_wait(idle: Instant) {
 fn cpu_forward(mem: &RingMemory, st: &CpuState, heartbeat_timeout: Duration) {
     let (mut q, mut idle, mut stopping) = (0u64, Instant::now(), false);
     let (mut beat, mut beat_at) = (mem.heartbeat(), Instant::now());
-    // The kernel's polls alternate between the images' copies; so do these.
-    let mut polls = 0u32;
     loop {
-        polls = polls.wrapping_add(1);
-        let Some(image) = mem.load_image(q, polls % HOST_COPIES as u32) else {
+        let Some(image) = mem.load_image(q) else {
             // A poll after the stop request was seen, and still nothing: all is forwarded.
             if stopping {
                 break;
@@ -563,22 +554,21 @@ mod tests {
         p.a = 0x1234_5678_9abc;
         p.alpha = 1.5;
         assert_eq!(w.write(p), 0);
-        assert!(mem.load_image(0, 0).is_none(), "written, not published");
+        assert!(mem.load_image(0).is_none(), "written, not published");
         w.publish();
-        let s = decode(&mem.load_image(0, 0).expect("published"));
-        assert_eq!(mem.load_image(0, 1), mem.load_image(0, 0), "both copies published");
+        let s = decode(&mem.load_image(0).expect("published"));
         assert_eq!((s.seq, s.first_tile, s.tiles, s.done_target), (0, 0, 3, 3));
         assert_eq!((s.problem.a, s.problem.alpha, s.problem.completion), (p.a, 1.5, 0));
-        assert!(mem.load_image(2, 0).is_none(), "slot 0's image is problem 0's, not 2's");
+        assert!(mem.load_image(2).is_none(), "slot 0's image is problem 0's, not 2's");
         assert_eq!(w.write(of_tiles(4)), 1);
         w.publish();
         mem.done_word(0).store(1, Ordering::Release);
         assert_eq!(w.write(of_tiles(5)), 2);
         w.publish();
-        let s = decode(&mem.load_image(2, 1).expect("slot 0 reused"));
+        let s = decode(&mem.load_image(2).expect("slot 0 reused"));
         // Slot 0's counter has seen 3 tiles, then 5: the target counts both.
         assert_eq!((s.seq, s.first_tile, s.tiles, s.done_target), (2, 7, 5, 8));
-        assert!(mem.load_image(0, 0).is_none() && mem.load_image(0, 1).is_none(), "problem 0's stamps are gone");
+        assert!(mem.load_image(0).is_none(), "problem 0's stamps are gone");
     }
 
     /// A slot is reused only once its problem is done, whatever finished after it.

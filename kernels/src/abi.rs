@@ -758,26 +758,22 @@ pub mod ring {
     /// completion words (the device writes `seq + 1` into word `q % slots` when problem `q` is
     /// done).
     pub const fn host_bytes(slots: u32) -> usize {
-        HOST_HEADER_BYTES + slots as usize * (HOST_COPIES * HOST_SLOT_BYTES + 8)
+        HOST_HEADER_BYTES + slots as usize * (HOST_SLOT_BYTES + 8)
     }
-
-    /// Copies of the slot images in the host block: the forwarder keeps two polls in flight,
-    /// one per copy (two polls of the same lines slow each other; of two copies, they do not).
-    pub const HOST_COPIES: usize = 2;
 
     /// Byte offset of slot `i`'s image in the device ring (images as in the host block).
     pub const fn slot_offset(i: u32) -> usize {
         i as usize * HOST_SLOT_BYTES
     }
 
-    /// Byte offset of copy `copy` of slot `i`'s image in the host block (of `slots` slots).
-    pub const fn host_slot_offset(slots: u32, copy: u32, i: u32) -> usize {
-        HOST_HEADER_BYTES + (copy as usize * slots as usize + i as usize) * HOST_SLOT_BYTES
+    /// Byte offset of slot `i`'s image in the host block.
+    pub const fn host_slot_offset(i: u32) -> usize {
+        HOST_HEADER_BYTES + i as usize * HOST_SLOT_BYTES
     }
 
     /// Byte offset of completion word `i` in the host block.
     pub const fn done_offset(slots: u32, i: u32) -> usize {
-        HOST_HEADER_BYTES + HOST_COPIES * slots as usize * HOST_SLOT_BYTES + i as usize * 8
+        host_slot_offset(slots) + i as usize * 8
     }
 
     const _: () = {

@@ -34,13 +34,10 @@ use crate::problem::Problem;
 const MAX_BACKOFF_NS: u32 = 128;
 /// A waiting worker looks at the stop word every this many polls.
 const WORKER_STOP_EVERY: u32 = 64;
-/// The forwarder polls two at a time, half a bus round trip apart (a round trip is about
-/// 1–2.5 µs), until this long passes without work, then sleeps this long between polls.
+/// The forwarder polls back to back (each poll is one bus round trip, about 1.5 µs) until this
+/// long passes without work, then sleeps this long between polls.
 const FORWARDER_IDLE_NS: u64 = 1_000_000;
 const FORWARDER_IDLE_SLEEP_NS: u32 = 1000;
-/// The forwarder's first estimate of a bus round trip, and the most one poll counts for in it.
-const FIRST_RTT_NS: u64 = 1500;
-const MAX_RTT_NS: u64 = 10_000;
 /// Every this many polls, two more lanes of the forwarder's poll read the host's stop and
 /// heartbeat words (in the same round trip as the slots).
 const FORWARDER_CONTROL_EVERY: u32 = 32;
@@ -127,99 +124,40 @@ fn shfl_u64(v: u64, lane: u32) -> u64 {
     shfl_idx(v as u32, lane) as u64 | (shfl_idx((v >> 32) as u32, lane) as u64) << 32
 }
 
-/// One poll of the forwarder's: what each lane read for the window of problems `q`, `q + 1`
-/// (slots `qi`, `qi + 1`), issued at `at` as the `idx`-th poll.
-#[derive(Clone, Copy)]
-struct Poll {
-    w: [u32; 4],
-    ctl: u64,
-    q: u64,
-    qi: u32,
-    control: bool,
-    at: u64,
-    idx: u32,
-}
-
-/// Issues poll `idx` of the window at problem `q` (slot `qi`): lanes `k·13 + c` load chunk `c`
-/// of problem `q + k`'s slot image (in copy `idx % 2`); every [`FORWARDER_CONTROL_EVERY`]th poll two more lanes load
-/// the host's stop and heartbeat words. The loads are only issued here: the warp waits for them
-/// where [`handle`] first uses their values.
+/// Warp 0 of block 0: forwards problems from the host images to the device ring and the claim
+/// table until stopped, then sets the device stop word (after its last `tiles_published`).
+///
+/// Each poll is one load per lane: lanes `k·13 + c` read chunk `c` of problem `q + k`'s slot
+/// image; a problem has arrived when all 13 of its stamps are `q + k + 1` (the host stores each
+/// stamp after its chunk's data, and a 16-byte chunk is read at once).
 ///
 /// # Safety
-/// As [`forward`].
-#[inline(always)]
-unsafe fn issue(r: &Ring, lane: u32, q: u64, qi: u32, idx: u32) -> Poll {
+/// As [`tilemux_persistent`]; called by the 32 lanes of one warp.
+unsafe fn forward(r: &Ring, lane: u32) {
+    // SAFETY (loads and stores below): the device state, the host block, the device ring and
+    // the claim table, as the kernel's contract describes them.
+    let timeout = unsafe { ld_volatile_u64(r.state(offset_of!(DeviceState, heartbeat_timeout_ns))) };
+    let (mut beat, mut beat_at) = (0u64, globaltimer());
+    let (mut q, mut polls, mut busy_at) = (0u64, 0u32, globaltimer());
+    // Problem q's slot, `q % slots`, kept as q moves.
+    let mut qi = 0u32;
+    let mut stopping = false;
     let (k, c) = (lane / HOST_SLOT_CHUNKS as u32, lane % HOST_SLOT_CHUNKS as u32);
-    let control = idx % FORWARDER_CONTROL_EVERY == FORWARDER_CONTROL_EVERY - 1;
-    let at = globaltimer();
-    let (mut w, mut ctl) = ([0u32; 4], 0u64);
-    // SAFETY (loads): the host block, as the kernel's contract describes it.
-    if lane < POLL_LANES {
-        // Copy `idx % 2` of the images: the other poll in flight reads the other copy.
-        let at = host_slot_offset(r.slots, idx % 2, r.next(qi, k)) + c as usize * 16;
-        w = unsafe { ld_volatile_v4_u32(r.host + at as u64) };
-    } else if control && lane == LANE_STOP {
-        // Relaxed: an acquire at system scope would cost this poll a fence; the one that
-        // orders the next poll after the stop word comes only once it is seen.
-        ctl = unsafe { ld_volatile_u64(r.header(offset_of!(HostHeader, stop))) };
-    } else if control && lane == LANE_BEAT {
-        ctl = unsafe { ld_volatile_u64(r.header(offset_of!(HostHeader, heartbeat))) };
-    }
-    Poll { w, ctl, q, qi, control, at, idx }
-}
-
-/// The forwarder's state between polls.
-struct Forwarder {
-    /// The next problem to forward and its slot (`q % slots`, kept as q moves).
-    q: u64,
-    qi: u32,
-    /// Polls issued so far.
-    issued: u32,
-    /// When a problem last arrived (the forwarder idles after [`FORWARDER_IDLE_NS`] without one).
-    busy_at: u64,
-    /// The host's heartbeat as last seen, and when it changed.
-    beat: u64,
-    beat_at: u64,
-    timeout: u64,
-    /// Once the stop word is seen: the first poll issued after the fence that follows.
-    stop_from: Option<u32>,
-    /// Bus round trip estimate (ns): polls go out half of it apart.
-    rtt: u64,
-}
-
-impl Forwarder {
-    fn idle(&self) -> bool {
-        globaltimer().wrapping_sub(self.busy_at) > FORWARDER_IDLE_NS
-    }
-
-    /// Issues the next poll once `after` has passed (and after a sleep while idle).
-    ///
-    /// # Safety
-    /// As [`forward`].
-    #[inline(always)]
-    unsafe fn next_poll(&mut self, r: &Ring, lane: u32, after: u64) -> Poll {
-        if self.idle() {
-            nanosleep(FORWARDER_IDLE_SLEEP_NS);
+    loop {
+        let control = polls % FORWARDER_CONTROL_EVERY == FORWARDER_CONTROL_EVERY - 1;
+        let mut w = [0u32; 4];
+        let mut ctl = 0u64;
+        if lane < POLL_LANES {
+            let at = r.host + (host_slot_offset(r.next(qi, k)) + c as usize * 16) as u64;
+            w = unsafe { ld_volatile_v4_u32(at) };
+        } else if control && lane == LANE_STOP {
+            // Relaxed: an acquire at system scope would cost this poll a fence; the one that
+            // orders the next poll after the stop word comes only once it is seen.
+            ctl = unsafe { ld_volatile_u64(r.header(offset_of!(HostHeader, stop))) };
+        } else if control && lane == LANE_BEAT {
+            ctl = unsafe { ld_volatile_u64(r.header(offset_of!(HostHeader, heartbeat))) };
         }
-        while globaltimer() < after {}
-        let idx = self.issued;
-        self.issued = self.issued.wrapping_add(1);
-        // SAFETY: the caller's.
-        unsafe { issue(r, lane, self.q, self.qi, idx) }
-    }
-
-    /// Takes in poll `p`: forwards the problems it found arrived (copies their images into the
-    /// device ring, publishes their tiles in the claim table, releases `tiles_published`).
-    /// Returns false when the forwarder is to stop. A poll of a window the forwarder has since
-    /// moved past is dropped.
-    ///
-    /// # Safety
-    /// As [`forward`].
-    #[inline(always)]
-    unsafe fn handle(&mut self, r: &Ring, lane: u32, p: Poll) -> bool {
-        let (k, c) = (lane / HOST_SLOT_CHUNKS as u32, lane % HOST_SLOT_CHUNKS as u32);
-        let w = p.w;
-        let mine = lane >= POLL_LANES || w[0] == stamp(p.q + k as u64);
+        let mine = lane >= POLL_LANES || w[0] == stamp(q + k as u64);
         let first = vote_all(k != 0 || mine);
         let n = if !first {
             0
@@ -228,39 +166,35 @@ impl Forwarder {
         } else {
             1
         };
-        // The votes waited for the loads: a round trip, unless the poll waited for its turn.
-        let now = globaltimer();
-        if !self.idle() {
-            self.rtt = (7 * self.rtt + now.wrapping_sub(p.at).min(MAX_RTT_NS)) / 8;
-        }
-        if p.q != self.q {
-            return true;
-        }
         if n == 0 {
-            // A poll issued after the stop word was seen (and the fence), and still nothing:
-            // everything the host published before asking to stop is forwarded.
-            if self.stop_from.is_some_and(|s| p.idx.wrapping_sub(s) < 1 << 31) {
-                return false;
+            polls = polls.wrapping_add(1);
+            // A poll issued after the stop word was seen, and still nothing: everything the host
+            // published before asking to stop is forwarded.
+            if stopping {
+                break;
             }
-            if p.control {
-                let (stop, b) = (shfl_u64(p.ctl, LANE_STOP), shfl_u64(p.ctl, LANE_BEAT));
-                if stop != 0 && self.stop_from.is_none() {
-                    // With the load above, an acquire of the stop word: the polls issued from
-                    // here on see every stamp the host stored before it.
+            let now = globaltimer();
+            if control {
+                let (stop, b) = (shfl_u64(ctl, LANE_STOP), shfl_u64(ctl, LANE_BEAT));
+                if stop != 0 {
+                    // With the load above, an acquire of the stop word: the next poll sees every
+                    // stamp the host stored before it.
                     sync_warp();
                     fence_acq_rel_sys();
-                    self.stop_from = Some(self.issued);
+                    stopping = true;
                 }
-                if b != self.beat || p.idx < FORWARDER_CONTROL_EVERY {
-                    (self.beat, self.beat_at) = (b, now);
-                } else if self.timeout != 0 && now.wrapping_sub(self.beat_at) > self.timeout {
-                    return false;
+                if b != beat || polls == FORWARDER_CONTROL_EVERY {
+                    (beat, beat_at) = (b, now);
+                } else if timeout != 0 && now.wrapping_sub(beat_at) > timeout {
+                    break;
                 }
             }
-            return true;
+            if now.wrapping_sub(busy_at) > FORWARDER_IDLE_NS {
+                nanosleep(FORWARDER_IDLE_SLEEP_NS);
+            }
+            continue;
         }
-        self.busy_at = now;
-        let (q, qi) = (p.q, p.qi);
+        busy_at = globaltimer();
         if lane == 0 {
             for j in 0..n {
                 r.stamp(q + j as u64, offset_of!(Trace, seen));
@@ -291,7 +225,6 @@ impl Forwarder {
             let mut t = tiles.saturating_sub(CLAIM_TABLE as u32) + lane;
             while t < tiles {
                 let g = first + t as u64;
-                // SAFETY: the claim table.
                 unsafe { st_relaxed_gpu_u64(r.table + (g % CLAIM_TABLE) * 8, entry::pack(g, slot, t)) };
                 t += 32;
             }
@@ -301,55 +234,10 @@ impl Forwarder {
         if lane == 0 {
             // For the stop protocol: released after every lane's copies and entries (the
             // barrier, then the release, cumulative).
-            // SAFETY: the device state.
             unsafe { st_release_gpu_u64(r.state(offset_of!(DeviceState, tiles_published)), end) };
         }
-        self.q = q + n as u64;
-        self.qi = r.next(qi, n);
-        true
-    }
-}
-
-/// Warp 0 of block 0: forwards problems from the host images to the device ring and the claim
-/// table until stopped, then sets the device stop word (after its last `tiles_published`).
-///
-/// Each poll is one load per lane ([`issue`]): lanes `k·13 + c` read chunk `c` of problem
-/// `q + k`'s slot image; a problem has arrived when all 13 of its stamps are `q + k + 1` (the
-/// host stores each stamp after its chunk's data, and a 16-byte chunk is read at once). Two
-/// polls are in flight, issued half a bus round trip apart: a host store is seen on average a
-/// quarter of a round trip sooner than with one poll at a time, and whatever the phase of the
-/// host's writes against the polls (one poller's closed loops locked into either of two modes a
-/// whole round trip apart). More polls in flight slowed every one of them (`bench dispatch`'s
-/// echo rows).
-///
-/// # Safety
-/// As [`tilemux_persistent`]; called by the 32 lanes of one warp.
-unsafe fn forward(r: &Ring, lane: u32) {
-    // SAFETY (loads and stores below): the device state, the host block, the device ring and
-    // the claim table, as the kernel's contract describes them.
-    let timeout = unsafe { ld_volatile_u64(r.state(offset_of!(DeviceState, heartbeat_timeout_ns))) };
-    let now = globaltimer();
-    let mut f = Forwarder {
-        q: 0,
-        qi: 0,
-        issued: 0,
-        busy_at: now,
-        beat: 0,
-        beat_at: now,
-        timeout,
-        stop_from: None,
-        rtt: FIRST_RTT_NS,
-    };
-    let mut a = unsafe { f.next_poll(r, lane, 0) };
-    loop {
-        let b = unsafe { f.next_poll(r, lane, a.at + f.rtt / 2) };
-        if !unsafe { f.handle(r, lane, a) } {
-            break;
-        }
-        a = unsafe { f.next_poll(r, lane, b.at + f.rtt / 2) };
-        if !unsafe { f.handle(r, lane, b) } {
-            break;
-        }
+        q += n as u64;
+        qi = r.next(qi, n);
     }
     if lane == 0 {
         // SAFETY: the device stop word; released after the last `tiles_published`.
