@@ -355,17 +355,16 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
     if !args.saturated_only {
         // Where the forwarder runs: a chain of dependent loads from every SM, one SM at a time.
         let recs = sm_rtt(&probe, 64)?;
-        let mut host: Vec<f64> = recs.iter().map(|r| r.host_ns as f64).collect();
-        let mut device: Vec<f64> = recs.iter().map(|r| r.device_ns as f64).collect();
+        let spread = |ns: &dyn Fn(&tilemux::abi::SmRtt) -> u64| {
+            let mut v: Vec<f64> = recs.iter().map(|r| ns(r) as f64).collect();
+            let [lo, mid, hi] = [0.0, 0.5, 1.0].map(|q| percentile(&mut v, q));
+            format!("min {lo:.0} / median {mid:.0} / max {hi:.0}")
+        };
         let best = recs.iter().min_by_key(|r| r.host_ns).map_or(0, |r| r.sm);
         println!(
-            "one load's round trip per SM (64 dependent loads each, one SM at a time), ns: host-mapped memory min {:.0} / median {:.0} / max {:.0} (fastest SM {best}); device memory min {:.0} / median {:.0} / max {:.0}",
-            percentile(&mut host, 0.0),
-            percentile(&mut host, 0.5),
-            percentile(&mut host, 1.0),
-            percentile(&mut device, 0.0),
-            percentile(&mut device, 0.5),
-            percentile(&mut device, 1.0),
+            "one load's round trip per SM (64 dependent loads each, one SM at a time), ns: host-mapped memory {} (fastest SM {best}); device memory {}",
+            spread(&|r| r.host_ns),
+            spread(&|r| r.device_ns),
         );
         let per_sm: Vec<String> = recs.iter().map(|r| format!("{}:{}/{}", r.sm, r.host_ns, r.device_ns)).collect();
         println!("  per SM (sm:host/device ns): {}", per_sm.join(" "));
