@@ -20,7 +20,7 @@ use crate::abi::ring::{
 };
 use crate::abi::{SMEM_DESC_OFFSET, SMEM_HEADER_BYTES, TileDesc};
 use crate::arch::{
-    atom_add_acq_rel_gpu_u64, atom_add_relaxed_gpu_u64, block_idx_x, fence_acq_rel_gpu, fence_acq_rel_sys, globaltimer,
+    atom_add_acq_rel_gpu_u64, atom_add_relaxed_gpu_u64, block_idx_x, fence_acq_rel_sys, globaltimer,
     ld_acquire_gpu_u32, ld_acquire_gpu_u64, ld_acquire_gpu_v4_u32, ld_shared_u32, ld_shared_u64, ld_volatile_u32,
     ld_volatile_u64, ld_volatile_v4_u32, nanosleep, shfl_idx, smem_base, st_relaxed_gpu_u64, st_relaxed_gpu_v4_u32,
     st_relaxed_sys_u64, st_release_gpu_u32, st_release_gpu_u64, st_shared_u32, st_shared_u64, sync_threads, sync_warp,
@@ -271,13 +271,12 @@ unsafe fn find(r: &Ring, lane: u32, spin_polls: u32, header: u32, smem: u32, des
     loop {
         let (mut w, mut e) = ([0u32; 4], 0u64);
         let slot = cur.slot;
-        // Relaxed: an acquire load here costs every poll an L1 invalidation after its value
-        // returns (a second wait per poll); the fence below, once the problem is found, gives
-        // the tile the same order.
         if lane < HOST_SLOT_CHUNKS as u32 {
-            w = unsafe { ld_volatile_v4_u32(r.slots_addr + (slot_offset(slot) + lane as usize * 16) as u64) };
+            // Acquire: the tile's loads that follow miss no write the host ordered before the
+            // publish (the SM's L1 keeps nothing older).
+            w = unsafe { ld_acquire_gpu_v4_u32(r.slots_addr + (slot_offset(slot) + lane as usize * 16) as u64) };
         } else if lane == LANE_ENTRY {
-            e = unsafe { ld_volatile_u64(at) };
+            e = unsafe { ld_acquire_gpu_u64(at) };
         }
         let s0 = shfl_idx(w[0], 0);
         let view = ImageView {
@@ -290,9 +289,6 @@ unsafe fn find(r: &Ring, lane: u32, spin_polls: u32, header: u32, smem: u32, des
         let hi = shfl_idx(w[1], 1);
         match cur.step(g, view, shfl_u64(e, LANE_ENTRY), r.slots) {
             Look::Found(tile) => {
-                // With the loads that found it, an acquire: the tile's loads that follow miss no
-                // write the host ordered before the publish (the SM's L1 keeps nothing older).
-                fence_acq_rel_gpu();
                 // Lane c holds the slot's words 2 + 3c.. (the image leaves out `seq`): the head's
                 // into scratch, the problem's into the descriptor.
                 for m in 0..3u32 {
