@@ -1,6 +1,6 @@
 //! Host cost of one request in persistent mode: `submit()` alone and submit → ticket resolved,
 //! one 512×1×512 GEMV at a time, on the GPU when there is one (else the CPU backend, whose
-//! resident "kernel" is a thread). `cargo run --release --example submit [requests [gap_ns]]`.
+//! resident "kernel" is a thread). `cargo run --release --example submit [requests [gap_ns | rgap_ns]]`.
 use std::time::Instant;
 
 use tilemux::Backend;
@@ -8,9 +8,15 @@ use tilemux::runtime::{Mat, Mode, Op, PersistentConfig, Runtime, RuntimeConfig, 
 
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20_000);
-    // A gap (ns) the loop spins between a result and the next submit, outside the measured
-    // interval: sweeping it shows where the next publish meets the GPU's poll cycle.
-    let gap = std::time::Duration::from_nanos(std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(0));
+    // A gap the loop spins between a result and the next submit, outside the measured interval:
+    // `GAP_NS` always (sweeping it shows where the next publish meets the GPU's poll cycle), or
+    // `rGAP_NS` uniform in [0, GAP_NS) per request (the cycle's phase at random, as for requests
+    // that arrive independently: host savings then show in the median).
+    let gap_arg = std::env::args().nth(2).unwrap_or_default();
+    let (random, gap_ns) = match gap_arg.strip_prefix('r') {
+        Some(g) => (true, g.parse::<u64>().unwrap_or(0)),
+        None => (false, gap_arg.parse::<u64>().unwrap_or(0)),
+    };
     let rt = Runtime::new(RuntimeConfig {
         backend: Backend::Auto,
         memory_budget: 64 << 20,
@@ -26,6 +32,7 @@ fn main() {
     let op = Op::gemm(Mat::new(&a, 512, 512), Mat::new(&x, 512, 1), Mat::new(&y, 512, 1));
     let (mut submit, mut total) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n + 100 {
+        let gap = std::time::Duration::from_nanos(if random { rand::random_range(0..gap_ns.max(1)) } else { gap_ns });
         let g = Instant::now();
         while g.elapsed() < gap {
             std::hint::spin_loop();
