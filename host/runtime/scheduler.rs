@@ -333,6 +333,9 @@ fn add_users(ops: &[Checked<CheckedOp>]) {
     }
 }
 
+/// A request the fast path gave back: the scheduler lock, still held, and the request's ops.
+type Refused<'a> = (std::sync::MutexGuard<'a, SchedState>, Vec<Checked<CheckedOp>>);
+
 /// What the fast path needs of a validated request besides its ops.
 struct FastPath {
     submitted: Instant,
@@ -350,14 +353,13 @@ impl FastPath {
     /// publishes the request under the ring's writer lock, and only then makes its ticket and
     /// hands it to the completer: nothing the device does waits for the bookkeeping. Gives the
     /// lock and the ops back when the request must queue.
-    #[allow(clippy::type_complexity)]
     fn take<'a>(
         self,
         inner: &Arc<Inner>,
         mut s: std::sync::MutexGuard<'a, SchedState>,
         tenant: &Arc<TenantState>,
         ops: Vec<Checked<CheckedOp>>,
-    ) -> std::result::Result<Ticket<Done>, (std::sync::MutexGuard<'a, SchedState>, Vec<Checked<CheckedOp>>)> {
+    ) -> std::result::Result<Ticket<Done>, Refused<'a>> {
         let Some(ring) = &inner.persistent else { return Err((s, ops)) };
         // Alone: nothing queued, so no tenant's turn to take (`queued` counts every queue).
         if s.paused || s.queued != 0 {
