@@ -628,6 +628,9 @@ fn check_overlaps(round: &Round) -> Result<(), DescriptorError> {
     Ok(())
 }
 
+/// Rounds over which [`CostModel::observe`] takes its median.
+pub const DRIFT_WINDOW: usize = 15;
+
 /// Predicted execution time of tiles, per tile kind: `fixed + per_unit · units`, where a unit is
 /// one k-step of the tile for the SGEMM kinds and one byte of `A` for the GEMV kinds. Defaults
 /// come from the H100 figures in `docs/results/`; [`CostModel::calibrate`] refits them for the
@@ -636,8 +639,13 @@ fn check_overlaps(round: &Round) -> Result<(), DescriptorError> {
 pub struct CostModel {
     fixed_ns: [f64; TileKind::ALL.len()],
     per_unit_ns: [f64; TileKind::ALL.len()],
-    /// Ratio measured / predicted, smoothed over recent rounds.
+    /// Drift factor: the median of `drift`, so that a few rounds stalled by something else
+    /// (a loaded host, another context) do not move it.
     scale: f64,
+    /// The last rounds' measured work / unscaled predicted work, oldest overwritten first.
+    drift: [f64; DRIFT_WINDOW],
+    /// Rounds observed since calibration (those in `drift`: the first `min(n, DRIFT_WINDOW)`).
+    observed: usize,
     /// Fixed cost of a round (launch, copies, synchronisation).
     pub round_overhead_ns: f64,
     /// Cost of moving one partial tile through L2 in a split-K reduction.
@@ -671,6 +679,8 @@ impl Default for CostModel {
                 1.0 / 9.5,
             ],
             scale: 1.0,
+            drift: [1.0; DRIFT_WINDOW],
+            observed: 0,
             round_overhead_ns: 8000.0,
             split_ns: 600.0,
             part_ns: 2500.0,
@@ -789,16 +799,27 @@ impl CostModel {
         Duration::from_nanos((Self::makespan_groups(&mut groups, slots) + self.round_overhead_ns) as u64)
     }
 
-    /// Folds one measured round into the model (exponential smoothing of measured / predicted).
+    /// Folds one measured round into the model: the drift factor becomes the median of measured
+    /// / unscaled predicted work over the last [`DRIFT_WINDOW`] rounds, and the round overhead
+    /// never stays above a measured round (no round takes less than the fixed cost, so a shorter
+    /// one shows that calibration timed the overhead through a stall).
     pub fn observe(&mut self, predicted: Duration, measured: Duration) {
-        let p = predicted.as_nanos() as f64;
-        if p <= self.round_overhead_ns || measured.is_zero() {
+        if measured.is_zero() {
             return;
         }
-        let work_pred = p - self.round_overhead_ns;
-        let work_meas = (measured.as_nanos() as f64 - self.round_overhead_ns).max(0.05 * work_pred);
-        let ratio = (work_meas / work_pred).clamp(0.25, 4.0);
-        self.scale = (0.8 * self.scale + 0.2 * self.scale * ratio).clamp(0.05, 20.0);
+        let m = measured.as_nanos() as f64;
+        let work_pred = predicted.as_nanos() as f64 - self.round_overhead_ns;
+        self.round_overhead_ns = self.round_overhead_ns.min(m);
+        if work_pred <= 0.0 {
+            return;
+        }
+        let work_meas = (m - self.round_overhead_ns).max(0.05 * work_pred);
+        self.drift[self.observed % DRIFT_WINDOW] = (self.scale * work_meas / work_pred).clamp(0.05, 20.0);
+        self.observed += 1;
+        let mut recent = self.drift;
+        let recent = &mut recent[..self.observed.min(DRIFT_WINDOW)];
+        recent.sort_by(f64::total_cmp);
+        self.scale = recent[recent.len() / 2];
     }
 
     /// The current drift factor (1.0 = calibrated constants hold).
@@ -846,6 +867,7 @@ impl CostModel {
             self.set_kind(kind, t1 - per_unit * u1, per_unit);
         }
         self.scale = 1.0;
+        self.observed = 0;
         Ok(())
     }
 }
@@ -1156,6 +1178,32 @@ mod tests {
         let p =
             problem((0, 0, 0, 0), (256, 128, 1152), (1152, 128, 128), (1.0, 0.0), 0, Activation::None, BiasMode::None);
         vec![p; n]
+    }
+
+    /// Drift tracking: a model off by 3× in either direction comes within 10% of a steady device,
+    /// and so does one whose calibration timed the round overhead through a stall (its
+    /// predictions all overhead), while one round in four is stalled 20× by something else.
+    #[test]
+    fn observe_tracks_drift_through_stalls() {
+        let mut round = Round::default();
+        for p in conv2_2(4) {
+            round.push(p, TileKind::Sgemm128x64, 1);
+        }
+        let truth = CostModel::default();
+        let actual = truth.predict(&round, 132);
+        let off = |scale: f64, overhead_ns: f64| {
+            let mut m = CostModel { round_overhead_ns: overhead_ns, ..truth.clone() };
+            m.scale = scale;
+            m
+        };
+        for mut m in [off(3.0, truth.round_overhead_ns), off(1.0 / 3.0, truth.round_overhead_ns), off(1.0, 4e6)] {
+            for i in 0..40 {
+                let predicted = m.predict(&round, 132);
+                m.observe(predicted, if i % 4 == 1 { actual * 20 } else { actual });
+            }
+            let ratio = m.predict(&round, 132).as_secs_f64() / actual.as_secs_f64();
+            assert!((0.9..1.1).contains(&ratio), "predicted / measured {ratio:.3} after 40 rounds ({m:?})");
+        }
     }
 
     /// A lone GEMV spreads over 8-row tiles while they fit in about one wave of slots; an override,

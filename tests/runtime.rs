@@ -425,7 +425,7 @@ runtime_test!(removal_and_shutdown_with_work_in_flight, |d: Arc<dyn Device>, _gp
     say(&format!("removal: {ok} ran, {removed} cancelled; shutdown: {done} ran, {closed} closed"));
 });
 
-runtime_test!(calibration_and_prediction, |d: Arc<dyn Device>, gpu: bool| {
+runtime_test!(alone calibration_and_prediction, |d: Arc<dyn Device>, gpu: bool| {
     let rt = runtime(d, RuntimeConfig { calibrate: true, ..config(Policy::Fifo) });
     let t = rt.add_tenant(TenantSpec::new("c").quota(64 << 20)).unwrap();
     let mut rng = StdRng::seed_from_u64(rand::random());

@@ -1208,7 +1208,7 @@ pub(crate) fn calibrate(device: &dyn Device, cost: &mut CostModel) -> Result<()>
             round.push(p, kind, 1);
         }
         let mut best = Duration::MAX;
-        for _ in 0..3 {
+        for _ in 0..5 {
             best = best.min(device.run(&round)?.kernel);
         }
         Ok(best)

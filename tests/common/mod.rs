@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rand::Rng;
 use rand::seq::IndexedRandom;
@@ -174,15 +174,36 @@ pub fn check_cases(device: &dyn Device, cases: &mut [Case], kinds: Kinds, runs: 
     worst
 }
 
+/// Shares the CPU among this executable's CPU-engine tests: each holds it for reading, a test
+/// that times the CPU engine ([`runtime_test!`]'s `alone` form) for writing, so that no other
+/// test of the process runs beside it. (Other processes on the machine still may.)
+pub fn cpu_share(alone: bool) -> (Option<RwLockReadGuard<'static, ()>>, Option<RwLockWriteGuard<'static, ()>>) {
+    static CPU: RwLock<()> = RwLock::new(());
+    if alone {
+        (None, Some(CPU.write().unwrap_or_else(|e| e.into_inner())))
+    } else {
+        (Some(CPU.read().unwrap_or_else(|e| e.into_inner())), None)
+    }
+}
+
 /// Defines a module `<name>` with tests `cpu` and `gpu`, each running `body(device, on_gpu)` with
 /// an `Arc<dyn Device>` for a runtime; the GPU variant says `skipped: no CUDA device` without one.
+/// `runtime_test!(alone name, body)` runs the CPU variant with no other test of the executable
+/// beside it (for tests that time the CPU engine).
 #[macro_export]
 macro_rules! runtime_test {
+    (alone $name:ident, $body:expr) => {
+        $crate::runtime_test!(@with true, $name, $body);
+    };
     ($name:ident, $body:expr) => {
+        $crate::runtime_test!(@with false, $name, $body);
+    };
+    (@with $alone:expr, $name:ident, $body:expr) => {
         mod $name {
             use super::*;
             #[test]
             fn cpu() {
+                let _share = common::cpu_share($alone);
                 ($body)(common::cpu(512 << 20), false);
             }
             #[test]
