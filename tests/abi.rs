@@ -143,6 +143,9 @@ fn ptx_builds_keep_only_their_entries() {
     assert_eq!(n, ["tilemux_persistent", "tilemux_round"]);
     assert_eq!(entries(&wide), ["tilemux_round_wide"]);
     assert_eq!(entries(&probe), ["tilemux_echo"]);
+    // A function the PTX does not export stays only in the builds whose entries call it.
+    assert_eq!(narrow.matches("\n.func ").count(), tilemux::cuda::PTX.matches("\n.func ").count());
+    assert!(!wide.contains("\n.func ") && !probe.contains("\n.func "));
     for p in [&narrow, &wide, &probe] {
         assert!(p.contains(".extern .shared") && p.contains(".version"));
         assert_eq!(p.matches('{').count(), p.matches('}').count(), "unbalanced braces");

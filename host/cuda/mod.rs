@@ -107,19 +107,49 @@ impl WideKernel {
 /// (and the context reserve local memory for it), the uncapped wide build would waste JIT time on
 /// the narrow entries.
 pub fn ptx_with_entries(keep: &[&str]) -> String {
-    let mut out = String::with_capacity(PTX.len());
-    let mut skipping = false;
+    let entry_kept = |line: &str| {
+        line.strip_prefix(".visible .entry ")
+            .map(|rest| keep.iter().any(|k| rest.strip_prefix(k).is_some_and(|r| r.starts_with('('))))
+    };
+    // The kept entries' text: a (non-visible) function is kept only where one of them names it.
+    let mut kept_text = String::new();
+    let mut inside = false;
     for line in PTX.split_inclusive('\n') {
-        if let Some(rest) = line.strip_prefix(".visible .entry ") {
-            skipping = !keep.iter().any(|k| rest.strip_prefix(k).is_some_and(|r| r.starts_with('(')));
+        if let Some(k) = entry_kept(line) {
+            inside = k;
         }
+        if inside {
+            kept_text.push_str(line);
+            inside = line.trim_end() != "}";
+        }
+    }
+    let mut out = String::with_capacity(PTX.len());
+    // Skipping a block; `bodied` once its `{` is seen (a declaration without a body ends at `;`).
+    let (mut skipping, mut bodied) = (false, false);
+    for line in PTX.split_inclusive('\n') {
+        if let Some(k) = entry_kept(line) {
+            (skipping, bodied) = (!k, false);
+        } else if let Some(name) = local_func_name(line) {
+            (skipping, bodied) = (!kept_text.contains(name), false);
+        }
+        let end = line.trim_end();
         if !skipping {
             out.push_str(line);
-        } else if line.trim_end() == "}" {
+        } else if end == "}" || (!bodied && end.ends_with(';')) {
             skipping = false;
+        } else if end == "{" {
+            bodied = true;
         }
     }
     out
+}
+
+/// The name a `.func` line (a function the PTX does not export) defines.
+fn local_func_name(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix(".func ")?.trim_start();
+    // A return value comes first: `.func (.param .b32 r) name(`.
+    let rest = if rest.starts_with('(') { rest.split_once(')')?.1.trim_start() } else { rest };
+    rest.split('(').next().map(str::trim).filter(|n| !n.is_empty())
 }
 
 /// Loads `entry` of the PTX `ptx` with `max_registers`, raises its shared memory limit and
