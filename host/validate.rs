@@ -49,8 +49,9 @@ fn overlaps(a: &(u64, Range<usize>), b: &(u64, Range<usize>)) -> bool {
     a.0 == b.0 && a.1.start < b.1.end && b.1.start < a.1.end
 }
 
-/// Checks one op of `tenant`'s request (index `i`).
-fn check_op(tenant: &TenantState, i: usize, op: &Op) -> Result<CheckedOp> {
+/// Checks one op of `tenant`'s request (index `i`); its buffer handles move into the checked op
+/// (no reference count changes on the submitting thread's critical path).
+fn check_op(tenant: &TenantState, i: usize, op: Op) -> Result<CheckedOp> {
     let (m, k) = op.a.op_shape();
     let (kb, n) = op.b.op_shape();
     let (cm, cn) = (op.c.rows, op.c.cols);
@@ -143,34 +144,35 @@ fn check_op(tenant: &TenantState, i: usize, op: &Op) -> Result<CheckedOp> {
         bias_mode,
     );
     desc.tenant = tenant.id;
-    let mut reads = smallvec::smallvec![op.a.buf.clone(), op.b.buf.clone()];
-    if let Some((b, _, _)) = &op.bias {
-        reads.push(b.clone());
-    }
-    if op.beta != 0.0 {
-        reads.push(op.c.buf.clone());
-    }
     let ref_tiles =
         if TileKind::Gemv32.supports(n as u32, fl) { m.div_ceil(32) } else { m.div_ceil(128) * n.div_ceil(128) };
-    Ok(CheckedOp { desc, plan: op.plan, reads, write: op.c.buf.clone(), ref_tiles })
+    let Op { a, b, c, bias, beta, plan, .. } = op;
+    let mut reads = smallvec::smallvec![a.buf, b.buf];
+    if let Some((b, _, _)) = bias {
+        reads.push(b);
+    }
+    if beta != 0.0 {
+        reads.push(c.buf.clone());
+    }
+    Ok(CheckedOp { desc, plan, reads, write: c.buf, ref_tiles })
 }
 
 /// Validates `req` as `tenant` would submit it, without queueing it (what `submit` does first).
 pub fn check(tenant: &crate::runtime::Tenant, req: Request) -> Result<Vec<Checked<CheckedOp>>> {
-    check_request(tenant.state(), &req)
+    check_request(tenant.state(), req)
 }
 
 /// Validates `req` for `tenant`: every op on its own (shapes, ownership, bounds, overlap,
 /// scalars, tile override) and the ops against each other (they run concurrently, so none may
 /// write a buffer another op of the request touches).
-pub(crate) fn check_request(tenant: &TenantState, req: &Request) -> Result<Vec<Checked<CheckedOp>>> {
+pub(crate) fn check_request(tenant: &TenantState, req: Request) -> Result<Vec<Checked<CheckedOp>>> {
     if req.ops.is_empty() {
         return Err(Error::EmptyRequest);
     }
     // Collected as they will be returned: a request is usually one op, checked on the submitting
     // thread's critical path, and a second pass would move every op again.
     let ops: Vec<Checked<CheckedOp>> =
-        req.ops.iter().enumerate().map(|(i, op)| check_op(tenant, i, op).map(Checked)).collect::<Result<_>>()?;
+        req.ops.into_iter().enumerate().map(|(i, op)| check_op(tenant, i, op).map(Checked)).collect::<Result<_>>()?;
     for (i, a) in ops.iter().map(Checked::get).enumerate() {
         for (j, b) in ops.iter().map(Checked::get).enumerate().skip(i + 1) {
             let hits = |w: &Buffer, x: &CheckedOp| x.write.id() == w.id() || x.reads.iter().any(|r| r.id() == w.id());

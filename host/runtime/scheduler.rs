@@ -238,8 +238,8 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
     if tenant.is_removed() {
         return reject(Error::NoSuchTenant(tenant.name.to_string()));
     }
-    // `req` itself (its buffer handles and list) is dropped on return: after the publish.
-    let ops = match check_request(tenant, &req) {
+    // Validation consumes `req`: its buffer handles move into the checked ops.
+    let ops = match check_request(tenant, req) {
         Ok(ops) => ops,
         Err(e) => return reject(e),
     };
@@ -247,9 +247,14 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
     if let Err(e) = admit(inner, ops.len() as u64) {
         return reject(e);
     }
-    let (cost_ns, ref_tiles) = {
+    super::phases::mark(super::phases::Step::AdmitDone);
+    // In persistent mode the fast path's plan too, under the same lock: the plan depends on the
+    // ops, the cost model and the chooser only (wasted when the request has to queue).
+    let (cost_ns, ref_tiles, planned) = {
         let cost = inner.cost.lock().unwrap_or_else(|e| e.into_inner());
-        ops.iter().fold((0.0, 0), |(c, t), o| {
+        let planned = inner.persistent.as_ref().map(|_| plan_alone(inner, &cost, &ops));
+        super::phases::mark(super::phases::Step::Planned);
+        let (cost_ns, ref_tiles) = ops.iter().fold((0.0, 0), |(c, t), o| {
             let o = o.get();
             let kind = o.plan.map_or(
                 if TileKind::Gemv32.supports(o.desc.n, o.desc.flags) {
@@ -262,7 +267,8 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
             let mut d = o.desc;
             d.tile_kind = kind as u32;
             (c + cost.kind_tile_ns(kind, &d) * o.ref_tiles as f64, t + o.ref_tiles)
-        })
+        });
+        (cost_ns, ref_tiles, planned)
     };
     super::phases::mark(super::phases::Step::Admitted);
     let now = Instant::now();
@@ -278,7 +284,7 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
         return reject(Error::QueueFull { tenant: tenant.name.to_string(), pending: 0, limit: 0 });
     }
     let fast = FastPath { submitted: now, deadline: now + slo, cost_ns, ref_tiles };
-    let ops = match fast.take(inner, s, tenant, ops) {
+    let ops = match fast.take(inner, s, tenant, ops, planned) {
         Ok(t) => return Ok(t),
         Err((guard, ops)) => {
             s = guard;
@@ -359,8 +365,9 @@ impl FastPath {
         mut s: std::sync::MutexGuard<'a, SchedState>,
         tenant: &Arc<TenantState>,
         ops: Vec<Checked<CheckedOp>>,
+        planned: Option<Planned>,
     ) -> std::result::Result<Ticket<Done>, Refused<'a>> {
-        let Some(ring) = &inner.persistent else { return Err((s, ops)) };
+        let (Some(ring), Some((problems, checked))) = (&inner.persistent, planned) else { return Err((s, ops)) };
         // Alone: nothing queued, so no tenant's turn to take (`queued` counts every queue).
         if s.paused || s.queued != 0 {
             return Err((s, ops));
@@ -380,8 +387,6 @@ impl FastPath {
         drop(s);
         add_users(&ops);
         tenant.inflight.fetch_add(1, Ordering::AcqRel);
-        let (problems, checked) = plan_alone(inner, &ops);
-        super::phases::mark(super::phases::Step::Planned);
         let checked = within_ring_limits(&problems, checked);
         let seqs = match &checked {
             Ok(()) => {
@@ -414,20 +419,24 @@ impl FastPath {
 }
 
 /// A lone request's problems, planned for latency, and the backend's check of them.
-fn plan_alone(inner: &Inner, ops: &[Checked<CheckedOp>]) -> (Vec<ProblemDesc>, std::result::Result<(), String>) {
-    let cost = inner.cost.lock().unwrap_or_else(|e| e.into_inner());
+type Planned = (Vec<ProblemDesc>, std::result::Result<(), String>);
+
+/// Plans `ops` as a lone request (the fast path's plan) with `cost`, the locked cost model.
+fn plan_alone(inner: &Inner, cost: &CostModel, ops: &[Checked<CheckedOp>]) -> Planned {
     let chooser = inner.chooser.read().unwrap_or_else(|e| e.into_inner());
+    super::phases::mark(super::phases::Step::PlanLocks);
     if let [o] = ops {
         // One problem (the usual request): its plan and the backend's check, without a round
         // (the ring lists no tiles; the persistent chooser splits nothing).
         let o = o.get();
-        let plan = chooser.choose_alone(&o.desc, o.plan, &cost, inner.device.slots());
+        let plan = chooser.choose_alone(&o.desc, o.plan, cost, inner.device.slots());
+        super::phases::mark(super::phases::Step::Chosen);
         let d = crate::round::Round::planned(o.desc, plan.kind, 1);
         let checked = crate::round::check_alone(&d, inner.device.pool()).map_err(|e| e.to_string());
         (vec![d], checked)
     } else {
         let (descs, overrides): (Vec<_>, Vec<_>) = ops.iter().map(|o| (o.get().desc, o.get().plan)).unzip();
-        let round = chooser.build(&descs, &overrides, &cost, inner.device.slots());
+        let round = chooser.build(&descs, &overrides, cost, inner.device.slots());
         let checked = crate::round::check(&round, inner.device.pool()).map_err(|e| e.to_string());
         (round.problems, checked)
     }
@@ -795,11 +804,13 @@ pub(crate) struct Flight {
 /// waiter that says it is spinning).
 #[repr(C)]
 pub(crate) struct FlightCell {
-    seqs: std::ops::Range<u64>,
+    /// Next to the `Arc`'s counts: the lines a waiter that finishes the request writes.
     flight: std::sync::Mutex<Option<Flight>>,
-    /// Keeps `spinning` off the lines above: the completer reads it on every pass, and the
-    /// waiter writes those lines when it finishes the request.
+    /// Keeps what the completer reads off the lines above: each read it makes of them there
+    /// would cost the waiter a cross-core invalidation on the result's path.
     _line: [u8; 64],
+    /// Read by the completer on its passes (the waiter polls its own copy).
+    seqs: std::ops::Range<u64>,
     /// The request's waiter is spinning on it and will finish it (see [`FlightCell::with_waiter`]).
     spinning: std::sync::atomic::AtomicBool,
 }
@@ -865,10 +876,12 @@ impl FlightCell {
                 }
                 super::phases::mark(super::phases::Step::SeenDone);
                 let Some(c) = cell.upgrade() else { return };
+                super::phases::mark(super::phases::Step::CellUp);
                 // A contended lock means the completer is taking it.
                 let f = c.flight.try_lock().ok().and_then(|mut f| f.take());
+                super::phases::mark(super::phases::Step::Taken);
                 if let (Some(f), Some(inner)) = (f, inner.upgrade()) {
-                    super::phases::mark(super::phases::Step::Taken);
+                    super::phases::mark(super::phases::Step::InnerUp);
                     settle(&inner, [f]);
                     super::phases::mark(super::phases::Step::Settled);
                 }
@@ -1120,6 +1133,7 @@ fn ring_completer(inner: &Inner, rx: Receiver<Arc<FlightCell>>) {
 fn finish_flights(inner: &Inner, done: impl AsRef<[Flight]> + IntoIterator<Item = Flight>, err: Option<String>) {
     if let Some(ring) = &inner.persistent {
         let mut inflight = ring.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        super::phases::mark(super::phases::Step::InflightLocked);
         for (b, w) in done.as_ref().iter().flat_map(|f| f.pending.touches()) {
             if let Some(e) = inflight.get_mut(&b) {
                 if w {
@@ -1150,6 +1164,7 @@ fn finish(
     executed: Duration,
 ) {
     p.release();
+    super::phases::mark(super::phases::Step::UsersReleased);
     let queued = start.saturating_duration_since(p.submitted);
     {
         let mut c = t.counters();
@@ -1163,6 +1178,7 @@ fn finish(
             c.failed += 1;
         }
     }
+    super::phases::mark(super::phases::Step::Counted);
     t.inflight.fetch_sub(1, Ordering::AcqRel);
     inner.outstanding.fetch_sub(p.ops.len() as u64, Ordering::AcqRel);
     p.resolver.resolve(match err {
