@@ -1,7 +1,7 @@
 //! Tenant buffers: typed handles to a zeroed block of a tenant's arena.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::ticket::{Ticket, ticket};
 use super::{Inner, TenantState};
@@ -25,6 +25,10 @@ pub(crate) struct BufferInner {
     rt: Arc<Inner>,
     /// Ops (queued or in a round) that read or write this buffer.
     users: AtomicUsize,
+    /// Persistent mode's hazards: requests on the device that read (low 32 bits) and write
+    /// (high 32 bits) this buffer. Read and changed only under the ring's hazard lock, so
+    /// relaxed loads and stores (no read-modify-write) suffice.
+    on_device: AtomicU64,
 }
 
 impl std::fmt::Debug for Buffer {
@@ -41,7 +45,8 @@ impl Drop for BufferInner {
 
 impl Buffer {
     pub(crate) fn new(rt: Arc<Inner>, tenant: Arc<TenantState>, id: u64, addr: u64, len: usize) -> Buffer {
-        Buffer { inner: Arc::new(BufferInner { id, addr, len, tenant, rt, users: AtomicUsize::new(0) }) }
+        let (users, on_device) = (AtomicUsize::new(0), AtomicU64::new(0));
+        Buffer { inner: Arc::new(BufferInner { id, addr, len, tenant, rt, users, on_device }) }
     }
 
     /// Elements.
@@ -77,6 +82,25 @@ impl Buffer {
 
     pub(crate) fn remove_user(&self) {
         self.inner.users.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Requests on the device that `(read, write)` the buffer. Only under the ring's hazard lock.
+    pub(crate) fn on_device(&self) -> (u32, u32) {
+        let v = self.inner.on_device.load(Ordering::Relaxed);
+        (v as u32, (v >> 32) as u32)
+    }
+
+    /// Counts one more request on the device that reads (or `write`s) the buffer, or one fewer
+    /// (`add` false). Only under the ring's hazard lock.
+    pub(crate) fn count_on_device(&self, write: bool, add: bool) {
+        let (r, w) = self.on_device();
+        let step = |n: u32, this: bool| match (this, add) {
+            (false, _) => n,
+            (true, true) => n + 1,
+            (true, false) => n.saturating_sub(1),
+        };
+        let (r, w) = (step(r, !write), step(w, write));
+        self.inner.on_device.store(u64::from(w) << 32 | u64::from(r), Ordering::Relaxed);
     }
 
     /// Fails if the buffer can no longer be used (tenant removed, runtime shut down).

@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::ticket::{Resolver, Ticket, ticket};
-use super::{Done, Inner, Policy, Request, RoundInfo, TenantState};
+use super::{Buffer, Done, Inner, Policy, Request, RoundInfo, TenantState};
 use crate::abi::{Activation, BiasMode, ProblemDesc, TileKind};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -56,16 +56,16 @@ pub(crate) struct Pending {
 }
 
 /// Buffers `ops` touch: `(id, written)`.
-fn touches(ops: &[Checked<CheckedOp>]) -> impl Iterator<Item = (u64, bool)> + '_ {
+fn touches(ops: &[Checked<CheckedOp>]) -> impl Iterator<Item = (&Buffer, bool)> + '_ {
     ops.iter().flat_map(|o| {
         let o = o.get();
-        o.reads.iter().map(|b| (b.id(), false)).chain(std::iter::once((o.write.id(), true)))
+        o.reads.iter().map(|b| (b, false)).chain(std::iter::once((&o.write, true)))
     })
 }
 
 impl Pending {
-    /// Buffers the request touches: `(id, written)`.
-    fn touches(&self) -> impl Iterator<Item = (u64, bool)> + '_ {
+    /// Buffers the request touches: `(buffer, written)`.
+    fn touches(&self) -> impl Iterator<Item = (&Buffer, bool)> + '_ {
         touches(&self.ops)
     }
 
@@ -124,58 +124,34 @@ pub(crate) struct Ring {
     writer: std::sync::Mutex<crate::persistent::RingWriter>,
     /// Written requests on their way to the completer; `None` once the writer thread is done.
     flights: std::sync::Mutex<Option<std::sync::mpsc::Sender<Arc<FlightCell>>>>,
-    /// Buffers of requests on the device, `(readers, writers)` per buffer id: requests overlap
-    /// there, so one must not touch what another in flight writes. Taken after the scheduler
-    /// lock where both are needed; the completer needs only this one.
-    inflight: std::sync::Mutex<Inflight>,
+    /// The hazard lock: guards every buffer's count of requests on the device that read and
+    /// write it ([`Buffer::on_device`]): requests overlap there, so one must not touch what
+    /// another in flight writes. Taken after the scheduler lock where both are needed; the
+    /// completer needs only this one.
+    inflight: std::sync::Mutex<()>,
     /// Fast paths between taking a request (under the scheduler lock, runtime open) and
     /// handing it to the completer; shutdown waits for none.
     fast_writers: std::sync::atomic::AtomicU32,
 }
 
-/// `(readers, writers)` on the device per buffer id.
-type Inflight = std::collections::HashMap<u64, (u32, u32), std::hash::BuildHasherDefault<IdHasher>>;
-
-/// Hashes a buffer id (unique, handed out in sequence by the runtime, never chosen by a caller)
-/// with one multiply: the in-flight map is on every request's critical path twice, and SipHash's
-/// resistance to crafted keys buys nothing here.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-/// Books `ops`' buffers in the in-flight map, unless one conflicts with a request in flight
-/// (read-after-write, write-after-read, write-after-write): then books nothing and returns false.
-fn try_book(inflight: &mut Inflight, ops: &[Checked<CheckedOp>]) -> bool {
+/// Books `ops`' buffers as on the device (the hazard lock held: `_hazards`), unless one
+/// conflicts with a request in flight (read-after-write, write-after-read, write-after-write):
+/// then books nothing and returns false.
+fn try_book(_hazards: &std::sync::MutexGuard<'_, ()>, ops: &[Checked<CheckedOp>]) -> bool {
     let conflict = touches(ops).any(|(b, w)| {
-        let (r, wr) = inflight.get(&b).copied().unwrap_or((0, 0));
+        let (r, wr) = b.on_device();
         wr > 0 || (w && r > 0)
     });
     if !conflict {
-        book(inflight, ops);
+        book(_hazards, ops, true);
     }
     !conflict
 }
 
-/// Books `ops`' buffers in the in-flight map.
-fn book(inflight: &mut Inflight, ops: &[Checked<CheckedOp>]) {
+/// Counts `ops`' buffers as on the device (`add`) or no longer (the hazard lock held).
+fn book(_hazards: &std::sync::MutexGuard<'_, ()>, ops: &[Checked<CheckedOp>], add: bool) {
     for (b, w) in touches(ops) {
-        let e = inflight.entry(b).or_default();
-        if w { e.1 += 1 } else { e.0 += 1 }
+        b.count_on_device(w, add);
     }
 }
 
@@ -372,7 +348,7 @@ impl FastPath {
         if s.paused || s.queued != 0 {
             return Err((s, ops));
         }
-        if !try_book(&mut ring.inflight.lock().unwrap_or_else(|e| e.into_inner()), &ops) {
+        if !try_book(&ring.inflight.lock().unwrap_or_else(|e| e.into_inner()), &ops) {
             return Err((s, ops));
         }
         super::phases::mark(super::phases::Step::HazardsBooked);
@@ -496,7 +472,7 @@ fn assemble(inner: &Inner, s: &mut SchedState) -> Option<Batch> {
     let mut exhausted = HashSet::new();
     let mut per_tenant: BTreeMap<u32, (usize, HashSet<(u64, bool)>)> = BTreeMap::new();
     let (mut tiles, mut sum_ns) = (0usize, 0.0f64);
-    let mut inflight = inner.persistent.as_ref().map(|r| r.inflight.lock().unwrap_or_else(|e| e.into_inner()));
+    let inflight = inner.persistent.as_ref().map(|r| r.inflight.lock().unwrap_or_else(|e| e.into_inner()));
     while let Some(id) = pick(cfg.policy, s, &exhausted) {
         let q = s.queues.get_mut(&id).expect("picked");
         let head = q.pending.front().expect("non-empty");
@@ -510,8 +486,9 @@ fn assemble(inner: &Inner, s: &mut SchedState) -> Option<Batch> {
             continue;
         }
         let conflict = head.touches().any(|(b, w)| {
-            let (r, wr) = inflight.as_ref().and_then(|m| m.get(&b)).copied().unwrap_or((0, 0));
-            entry.1.contains(&(b, true)) || (w && entry.1.contains(&(b, false))) || wr > 0 || (w && r > 0)
+            let (r, wr) = if inflight.is_some() { b.on_device() } else { (0, 0) };
+            let id = b.id();
+            entry.1.contains(&(id, true)) || (w && entry.1.contains(&(id, false))) || wr > 0 || (w && r > 0)
         });
         if conflict {
             exhausted.insert(id);
@@ -525,12 +502,12 @@ fn assemble(inner: &Inner, s: &mut SchedState) -> Option<Batch> {
         }
         let p = q.pending.pop_front().expect("non-empty");
         s.queued -= 1;
-        if let Some(m) = inflight.as_mut() {
-            book(m, &p.ops);
+        if let Some(h) = &inflight {
+            book(h, &p.ops, true);
         }
         q.vt += p.cost_ns / q.tenant.spec.weight;
         entry.0 += p.ref_tiles;
-        entry.1.extend(p.touches());
+        entry.1.extend(p.touches().map(|(b, w)| (b.id(), w)));
         tiles += p.ref_tiles;
         sum_ns += p.cost_ns;
         // A tenant at its cap stops here; past-the-cap singles run alone.
@@ -1132,19 +1109,10 @@ fn ring_completer(inner: &Inner, rx: Receiver<Arc<FlightCell>>) {
 /// their buffers for later requests of their tenants.
 fn finish_flights(inner: &Inner, done: impl AsRef<[Flight]> + IntoIterator<Item = Flight>, err: Option<String>) {
     if let Some(ring) = &inner.persistent {
-        let mut inflight = ring.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        let hazards = ring.inflight.lock().unwrap_or_else(|e| e.into_inner());
         super::phases::mark(super::phases::Step::InflightLocked);
-        for (b, w) in done.as_ref().iter().flat_map(|f| f.pending.touches()) {
-            if let Some(e) = inflight.get_mut(&b) {
-                if w {
-                    e.1 -= 1
-                } else {
-                    e.0 -= 1
-                }
-                if *e == (0, 0) {
-                    inflight.remove(&b);
-                }
-            }
+        for f in done.as_ref() {
+            book(&hazards, &f.pending.ops, false);
         }
     }
     super::phases::mark(super::phases::Step::Unbooked);
