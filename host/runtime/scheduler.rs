@@ -837,7 +837,7 @@ impl FlightCell {
                     if let Some(c) = cell.upgrade() {
                         c.spinning.store(false, Ordering::Release);
                     }
-                    return;
+                    return None;
                 }
                 if !marked.load(Ordering::Relaxed) && !marked.swap(true, Ordering::Relaxed) {
                     if let Some(c) = cell.upgrade() {
@@ -847,25 +847,25 @@ impl FlightCell {
                 let (mut i, slots) = (first, mem.slots());
                 for s in seqs.clone() {
                     if !mem.is_done_in(i, s) {
-                        return;
+                        return None;
                     }
                     i = if i + 1 == slots { 0 } else { i + 1 };
                 }
                 super::phases::mark(super::phases::Step::SeenDone);
-                let Some(c) = cell.upgrade() else { return };
+                let c = cell.upgrade()?;
                 super::phases::mark(super::phases::Step::CellUp);
                 // A contended lock means the completer is taking it.
                 let f = c.flight.try_lock().ok().and_then(|mut f| f.take());
                 super::phases::mark(super::phases::Step::Taken);
-                if let (Some(f), Some(inner)) = (f, inner.upgrade()) {
-                    super::phases::mark(super::phases::Step::InnerUp);
-                    settle(&inner, [f]);
-                    super::phases::mark(super::phases::Step::Settled);
-                }
                 // The cell stays marked spinning: the completer reads that line on every pass, so
                 // a store here would wait for it to come back from that core, on the result's
                 // path. The completer's next look finds the flight gone and drops the cell.
                 drop(c);
+                let (f, inner) = (f?, inner.upgrade()?);
+                super::phases::mark(super::phases::Step::InnerUp);
+                let done = settle_own(&inner, f);
+                super::phases::mark(super::phases::Step::Settled);
+                Some(done)
             }));
             FlightCell::holding(f)
         })
@@ -885,6 +885,24 @@ impl FlightCell {
 /// shutdown, a scheduler waiting on hazards).
 fn settle(inner: &Inner, done: impl AsRef<[Flight]> + IntoIterator<Item = Flight>) {
     finish_flights(inner, done, None);
+    notify_finished(inner);
+}
+
+/// A fast-path request finished by its own waiter: as [`settle`], its outcome handed back for
+/// the waiter to return rather than resolved into the ticket (which the waiter owns: no one
+/// else can look at it), which saves the ticket's lock on both sides.
+fn settle_own(inner: &Inner, f: Flight) -> Result<Done> {
+    unbook(inner, std::slice::from_ref(&f));
+    let (resolver, outcome) = finish_outcome(inner, &f.tenant, f.pending, None, 0, f.published, f.published.elapsed());
+    let done = resolver.hand_over(outcome);
+    super::phases::mark(super::phases::Step::Resolved);
+    notify_finished(inner);
+    done
+}
+
+/// Tells whoever waits on progress that requests finished (admission, shutdown, a scheduler
+/// waiting on hazards).
+fn notify_finished(inner: &Inner) {
     inner.notify_progress();
     // Only a scheduler held up by hazards waits for completions; one idle for lack of work
     // (the usual case on the fast path) is left asleep: waking it costs a system call per
@@ -1108,17 +1126,22 @@ fn ring_completer(inner: &Inner, rx: Receiver<Arc<FlightCell>>) {
 /// Finishes persistent-mode requests (one lock of the in-flight map for all of them) and frees
 /// their buffers for later requests of their tenants.
 fn finish_flights(inner: &Inner, done: impl AsRef<[Flight]> + IntoIterator<Item = Flight>, err: Option<String>) {
+    unbook(inner, done.as_ref());
+    for f in done {
+        finish(inner, &f.tenant, f.pending, err.clone(), 0, f.published, f.published.elapsed());
+    }
+}
+
+/// Releases the hazards of `done`, requests no longer on the device (one hold of the lock).
+fn unbook(inner: &Inner, done: &[Flight]) {
     if let Some(ring) = &inner.persistent {
         let hazards = ring.inflight.lock().unwrap_or_else(|e| e.into_inner());
         super::phases::mark(super::phases::Step::InflightLocked);
-        for f in done.as_ref() {
+        for f in done {
             book(&hazards, &f.pending.ops, false);
         }
     }
     super::phases::mark(super::phases::Step::Unbooked);
-    for f in done {
-        finish(inner, &f.tenant, f.pending, err.clone(), 0, f.published, f.published.elapsed());
-    }
 }
 
 /// Resolves one request that ran (`err`: why its round failed), with its statistics.
@@ -1131,6 +1154,22 @@ fn finish(
     start: Instant,
     executed: Duration,
 ) {
+    let (resolver, outcome) = finish_outcome(inner, t, p, err, round, start, executed);
+    resolver.resolve(outcome);
+    super::phases::mark(super::phases::Step::Resolved);
+}
+
+/// Finishes one request's bookkeeping (its buffers' users, its tenant's statistics, admission)
+/// and returns its resolver with the outcome to resolve it with.
+fn finish_outcome(
+    inner: &Inner,
+    t: &TenantState,
+    p: Pending,
+    err: Option<String>,
+    round: u64,
+    start: Instant,
+    executed: Duration,
+) -> (Resolver<Done>, Result<Done>) {
     p.release();
     super::phases::mark(super::phases::Step::UsersReleased);
     let queued = start.saturating_duration_since(p.submitted);
@@ -1149,11 +1188,11 @@ fn finish(
     super::phases::mark(super::phases::Step::Counted);
     t.inflight.fetch_sub(1, Ordering::AcqRel);
     inner.outstanding.fetch_sub(p.ops.len() as u64, Ordering::AcqRel);
-    p.resolver.resolve(match err {
+    let outcome = match err {
         None => Ok(Done { round, queued, executed }),
         Some(e) => Err(Error::RoundFailed(e)),
-    });
-    super::phases::mark(super::phases::Step::Resolved);
+    };
+    (p.resolver, outcome)
 }
 
 /// Fits the cost model to `device`: per tile kind, one round of identical tiles (one per CTA

@@ -25,12 +25,14 @@ struct Shared<T> {
     sleepers: AtomicU32,
     /// Called by a spinning waiter with `true` on every spin, and once with `false` when it stops
     /// spinning to block: lets it finish the work itself once done (persistent mode's fast path,
-    /// whose completion words the waiter can read), ahead of the completer thread.
-    hook: OnceLock<Hook>,
+    /// whose completion words the waiter can read), ahead of the completer thread. A hook that
+    /// finished the work returns its result: the waiter returns it as it is, and the slot is
+    /// never written (the waiter owns the ticket, so no one else can look).
+    hook: OnceLock<Hook<T>>,
 }
 
 /// A waiter's hook (see `Shared::hook`).
-pub(crate) type Hook = Box<dyn Fn(bool) + Send + Sync>;
+pub(crate) type Hook<T> = Box<dyn Fn(bool) -> Option<Result<T>> + Send + Sync>;
 
 /// A pending result. Resolves exactly once: with the work's outcome, or with an error when the
 /// work was rejected, cancelled (tenant removed, runtime shut down) or its round failed.
@@ -61,7 +63,7 @@ impl<T> Resolver<T> {
     /// Gives the ticket's spinning waiter `hook` to call (at most once set): `hook(true)` on each
     /// spin should resolve the ticket through this resolver when the work is done, and do nothing
     /// otherwise; `hook(false)` says the waiter stops spinning (someone else must finish it).
-    pub(crate) fn set_hook(&self, hook: Hook) {
+    pub(crate) fn set_hook(&self, hook: Hook<T>) {
         if let Some(s) = &self.shared {
             let _ = s.hook.set(hook);
         }
@@ -70,6 +72,13 @@ impl<T> Resolver<T> {
     /// Resolves the ticket (first call wins; the resolver is consumed).
     pub(crate) fn resolve(mut self, r: Result<T>) {
         self.set(r);
+    }
+
+    /// Consumes the resolver without resolving: only for a hook that hands the result to the
+    /// ticket's waiter itself, the one caller that can still observe the ticket.
+    pub(crate) fn hand_over(mut self, r: Result<T>) -> Result<T> {
+        self.shared = None;
+        r
     }
 
     fn set(&mut self, r: Result<T>) {
@@ -124,14 +133,16 @@ impl<T> Ticket<T> {
         // cost is how late the waiter can see the result.
         let mut spins = 0u32;
         while !self.shared.ready.load(Ordering::Acquire) && (spins % 16 != 0 || t.elapsed() < spin) {
-            if let Some(hook) = hook {
-                hook(true);
+            if let Some(r) = hook.and_then(|hook| hook(true)) {
+                super::phases::mark(super::phases::Step::Returned);
+                return r;
             }
             spins = spins.wrapping_add(1);
             std::hint::spin_loop();
         }
         if let Some(hook) = hook.filter(|_| !self.shared.ready.load(Ordering::Acquire)) {
-            hook(false);
+            // Only says the waiter stops spinning: it finishes nothing.
+            let _ = hook(false);
         }
         let mut slot = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
         loop {
