@@ -754,7 +754,7 @@ fn complete(inner: &Inner, c: Completed) {
         e.0 += p.ref_tiles;
         e.1 += 1;
         let err = res.as_ref().err().map(|e| e.to_string());
-        finish(inner, &t, p, err, b.index, start, executed);
+        resolve(finish(inner, &t, p, err, b.index, start, executed));
     }
     info.tenants = per.into_iter().map(|(id, (tiles, reqs))| (id, tiles, reqs)).collect();
     {
@@ -893,7 +893,7 @@ fn settle(inner: &Inner, done: impl AsRef<[Flight]> + IntoIterator<Item = Flight
 /// else can look at it), which saves the ticket's lock on both sides.
 fn settle_own(inner: &Inner, f: Flight) -> Result<Done> {
     unbook(inner, std::slice::from_ref(&f));
-    let (resolver, outcome) = finish_outcome(inner, &f.tenant, f.pending, None, 0, f.published, f.published.elapsed());
+    let (resolver, outcome) = finish(inner, &f.tenant, f.pending, None, 0, f.published, f.published.elapsed());
     let done = resolver.hand_over(outcome);
     super::phases::mark(super::phases::Step::Resolved);
     notify_finished(inner);
@@ -1128,7 +1128,7 @@ fn ring_completer(inner: &Inner, rx: Receiver<Arc<FlightCell>>) {
 fn finish_flights(inner: &Inner, done: impl AsRef<[Flight]> + IntoIterator<Item = Flight>, err: Option<String>) {
     unbook(inner, done.as_ref());
     for f in done {
-        finish(inner, &f.tenant, f.pending, err.clone(), 0, f.published, f.published.elapsed());
+        resolve(finish(inner, &f.tenant, f.pending, err.clone(), 0, f.published, f.published.elapsed()));
     }
 }
 
@@ -1144,24 +1144,16 @@ fn unbook(inner: &Inner, done: &[Flight]) {
     super::phases::mark(super::phases::Step::Unbooked);
 }
 
-/// Resolves one request that ran (`err`: why its round failed), with its statistics.
-fn finish(
-    inner: &Inner,
-    t: &TenantState,
-    p: Pending,
-    err: Option<String>,
-    round: u64,
-    start: Instant,
-    executed: Duration,
-) {
-    let (resolver, outcome) = finish_outcome(inner, t, p, err, round, start, executed);
+/// Resolves a finished request's ticket with its outcome (from [`finish`]).
+fn resolve((resolver, outcome): (Resolver<Done>, Result<Done>)) {
     resolver.resolve(outcome);
     super::phases::mark(super::phases::Step::Resolved);
 }
 
-/// Finishes one request's bookkeeping (its buffers' users, its tenant's statistics, admission)
-/// and returns its resolver with the outcome to resolve it with.
-fn finish_outcome(
+/// Finishes the bookkeeping of one request that ran (`err`: why its round failed): its buffers'
+/// users, its tenant's statistics, admission. Returns its resolver with the outcome to resolve
+/// it with.
+fn finish(
     inner: &Inner,
     t: &TenantState,
     p: Pending,
