@@ -642,9 +642,11 @@ pub struct CostModel {
     /// Drift factor: the median of `drift`, so that a few rounds stalled by something else
     /// (a loaded host, another context) do not move it.
     scale: f64,
-    /// The last rounds' measured work / unscaled predicted work, oldest overwritten first.
+    /// The last rounds' measured work / unscaled predicted work, oldest overwritten first. It
+    /// starts full of 1.0 (the calibrated constants hold), so that one stalled round right after
+    /// calibration does not move the factor: the rounds' word wins once they are the majority.
     drift: [f64; DRIFT_WINDOW],
-    /// Rounds observed since calibration (those in `drift`: the first `min(n, DRIFT_WINDOW)`).
+    /// Rounds observed since calibration.
     observed: usize,
     /// Fixed cost of a round (launch, copies, synchronisation).
     pub round_overhead_ns: f64,
@@ -817,9 +819,8 @@ impl CostModel {
         self.drift[self.observed % DRIFT_WINDOW] = (self.scale * work_meas / work_pred).clamp(0.05, 20.0);
         self.observed += 1;
         let mut recent = self.drift;
-        let recent = &mut recent[..self.observed.min(DRIFT_WINDOW)];
         recent.sort_by(f64::total_cmp);
-        self.scale = recent[recent.len() / 2];
+        self.scale = recent[DRIFT_WINDOW / 2];
     }
 
     /// The current drift factor (1.0 = calibrated constants hold).
@@ -866,8 +867,7 @@ impl CostModel {
             let per_unit = (t2 - t1) / (u2 - u1);
             self.set_kind(kind, t1 - per_unit * u1, per_unit);
         }
-        self.scale = 1.0;
-        self.observed = 0;
+        (self.scale, self.drift, self.observed) = (1.0, [1.0; DRIFT_WINDOW], 0);
         Ok(())
     }
 }
@@ -1180,23 +1180,23 @@ mod tests {
         vec![p; n]
     }
 
-    /// Drift tracking: a model off by 3× in either direction comes within 10% of a steady device,
-    /// and so does one whose calibration timed the round overhead through a stall (its
-    /// predictions all overhead), while one round in four is stalled 20× by something else.
+    /// Drift tracking: a device 3× slower or faster than calibrated is tracked within 10%, and
+    /// so is one whose calibration timed the round overhead through a stall (its predictions all
+    /// overhead), while one round in four is stalled 20× by something else.
     #[test]
     fn observe_tracks_drift_through_stalls() {
         let mut round = Round::default();
         for p in conv2_2(4) {
             round.push(p, TileKind::Sgemm128x64, 1);
         }
-        let truth = CostModel::default();
-        let actual = truth.predict(&round, 132);
-        let off = |scale: f64, overhead_ns: f64| {
-            let mut m = CostModel { round_overhead_ns: overhead_ns, ..truth.clone() };
-            m.scale = scale;
-            m
-        };
-        for mut m in [off(3.0, truth.round_overhead_ns), off(1.0 / 3.0, truth.round_overhead_ns), off(1.0, 4e6)] {
+        let model = CostModel::default();
+        let calibrated = model.predict(&round, 132);
+        let work = calibrated.as_secs_f64() - model.round_overhead_ns * 1e-9;
+        let device = |speed: f64| Duration::from_secs_f64(model.round_overhead_ns * 1e-9 + work * speed);
+        let stalled = CostModel { round_overhead_ns: 4e6, ..model.clone() };
+        for (mut m, actual) in
+            [(model.clone(), device(3.0)), (model.clone(), device(1.0 / 3.0)), (stalled, device(1.0))]
+        {
             for i in 0..40 {
                 let predicted = m.predict(&round, 132);
                 m.observe(predicted, if i % 4 == 1 { actual * 20 } else { actual });
