@@ -55,7 +55,7 @@ pub(crate) struct Pending {
     ref_tiles: usize,
 }
 
-/// Buffers `ops` touch: `(id, written)`.
+/// Buffers `ops` touch: `(buffer, written)`.
 fn touches(ops: &[Checked<CheckedOp>]) -> impl Iterator<Item = (&Buffer, bool)> + '_ {
     ops.iter().flat_map(|o| {
         let o = o.get();
@@ -128,22 +128,22 @@ pub(crate) struct Ring {
     /// write it ([`Buffer::on_device`]): requests overlap there, so one must not touch what
     /// another in flight writes. Taken after the scheduler lock where both are needed; the
     /// completer needs only this one.
-    inflight: std::sync::Mutex<()>,
+    hazards: std::sync::Mutex<()>,
     /// Fast paths between taking a request (under the scheduler lock, runtime open) and
     /// handing it to the completer; shutdown waits for none.
     fast_writers: std::sync::atomic::AtomicU32,
 }
 
-/// Books `ops`' buffers as on the device (the hazard lock held: `_hazards`), unless one
+/// Books `ops`' buffers as on the device (`hazards`: the hazard lock, held), unless one
 /// conflicts with a request in flight (read-after-write, write-after-read, write-after-write):
 /// then books nothing and returns false.
-fn try_book(_hazards: &std::sync::MutexGuard<'_, ()>, ops: &[Checked<CheckedOp>]) -> bool {
+fn try_book(hazards: &std::sync::MutexGuard<'_, ()>, ops: &[Checked<CheckedOp>]) -> bool {
     let conflict = touches(ops).any(|(b, w)| {
         let (r, wr) = b.on_device();
         wr > 0 || (w && r > 0)
     });
     if !conflict {
-        book(_hazards, ops, true);
+        book(hazards, ops, true);
     }
     !conflict
 }
@@ -163,7 +163,7 @@ impl Ring {
             engine,
             writer,
             flights: std::sync::Mutex::new(None),
-            inflight: Default::default(),
+            hazards: Default::default(),
             fast_writers: Default::default(),
         }
     }
@@ -348,7 +348,7 @@ impl FastPath {
         if s.paused || s.queued != 0 {
             return Err((s, ops));
         }
-        if !try_book(&ring.inflight.lock().unwrap_or_else(|e| e.into_inner()), &ops) {
+        if !try_book(&ring.hazards.lock().unwrap_or_else(|e| e.into_inner()), &ops) {
             return Err((s, ops));
         }
         super::phases::mark(super::phases::Step::HazardsBooked);
@@ -472,7 +472,7 @@ fn assemble(inner: &Inner, s: &mut SchedState) -> Option<Batch> {
     let mut exhausted = HashSet::new();
     let mut per_tenant: BTreeMap<u32, (usize, HashSet<(u64, bool)>)> = BTreeMap::new();
     let (mut tiles, mut sum_ns) = (0usize, 0.0f64);
-    let inflight = inner.persistent.as_ref().map(|r| r.inflight.lock().unwrap_or_else(|e| e.into_inner()));
+    let hazards = inner.persistent.as_ref().map(|r| r.hazards.lock().unwrap_or_else(|e| e.into_inner()));
     while let Some(id) = pick(cfg.policy, s, &exhausted) {
         let q = s.queues.get_mut(&id).expect("picked");
         let head = q.pending.front().expect("non-empty");
@@ -486,7 +486,7 @@ fn assemble(inner: &Inner, s: &mut SchedState) -> Option<Batch> {
             continue;
         }
         let conflict = head.touches().any(|(b, w)| {
-            let (r, wr) = if inflight.is_some() { b.on_device() } else { (0, 0) };
+            let (r, wr) = if hazards.is_some() { b.on_device() } else { (0, 0) };
             let id = b.id();
             entry.1.contains(&(id, true)) || (w && entry.1.contains(&(id, false))) || wr > 0 || (w && r > 0)
         });
@@ -502,7 +502,7 @@ fn assemble(inner: &Inner, s: &mut SchedState) -> Option<Batch> {
         }
         let p = q.pending.pop_front().expect("non-empty");
         s.queued -= 1;
-        if let Some(h) = &inflight {
+        if let Some(h) = &hazards {
             book(h, &p.ops, true);
         }
         q.vt += p.cost_ns / q.tenant.spec.weight;
@@ -1123,7 +1123,7 @@ fn ring_completer(inner: &Inner, rx: Receiver<Arc<FlightCell>>) {
     }
 }
 
-/// Finishes persistent-mode requests (one lock of the in-flight map for all of them) and frees
+/// Finishes persistent-mode requests (one hold of the hazard lock for all of them) and frees
 /// their buffers for later requests of their tenants.
 fn finish_flights(inner: &Inner, done: impl AsRef<[Flight]> + IntoIterator<Item = Flight>, err: Option<String>) {
     unbook(inner, done.as_ref());
@@ -1135,8 +1135,8 @@ fn finish_flights(inner: &Inner, done: impl AsRef<[Flight]> + IntoIterator<Item 
 /// Releases the hazards of `done`, requests no longer on the device (one hold of the lock).
 fn unbook(inner: &Inner, done: &[Flight]) {
     if let Some(ring) = &inner.persistent {
-        let hazards = ring.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        super::phases::mark(super::phases::Step::InflightLocked);
+        let hazards = ring.hazards.lock().unwrap_or_else(|e| e.into_inner());
+        super::phases::mark(super::phases::Step::HazardsLocked);
         for f in done {
             book(&hazards, &f.pending.ops, false);
         }
