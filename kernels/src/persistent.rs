@@ -274,7 +274,8 @@ unsafe fn find(
     smem: u32,
     desc: u32,
 ) {
-    // Rebuilt from scalars: a `Ring` passed to a function that is not inlined goes through local memory.
+    // Rebuilt from scalars: a `Ring` passed to a function that is not inlined goes through local
+    // memory. The fields `find` has no use for (completion, host block, trace) stay zero.
     let r = &Ring { state, slots_addr, table, slots, done_ctr: 0, host: 0, trace: 0 };
     // The cursor: where the previous claim's problem was (problem 0 in slot 0 at the start).
     // SAFETY: header words of this kernel's own.
