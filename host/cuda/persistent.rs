@@ -12,7 +12,9 @@ use cudarc::driver::sys;
 
 use super::driver::{KernelArgs, ck};
 use super::{CudaDevice, DeviceBuffer, PinnedBuffer, Stream};
-use crate::abi::ring::{CLAIM_TABLE, DeviceState, HOST_SLOT_BYTES, TRACE_PROBLEMS, Trace, host_bytes};
+use crate::abi::ring::{
+    CLAIM_TABLE, DeviceState, HOST_SLOT_BYTES, TRACE_BYTES, TRACE_CTAS, TRACE_PROBLEMS, Trace, host_bytes,
+};
 use crate::error::{Error, Result};
 use crate::persistent::{Engine, RingMemory};
 
@@ -40,9 +42,9 @@ impl CudaDevice {
     pub fn start_persistent(&self, slots: u32, heartbeat_timeout: Duration) -> Result<(Arc<RingMemory>, CudaEngine)> {
         self.gpu().bind()?;
         let k = self.kernel();
-        if k.persistent_grid < 2 {
+        if k.persistent_grid < 2 || k.persistent_grid > TRACE_CTAS {
             return Err(Error::Config(format!(
-                "persistent mode needs 2 co-resident CTAs (a forwarder and a worker); this device fits {}",
+                "persistent mode runs 2 (a forwarder and a worker) to {TRACE_CTAS} co-resident CTAs; this device fits {}",
                 k.persistent_grid
             )));
         }
@@ -55,7 +57,7 @@ impl CudaDevice {
             Ok(b)
         };
         let state = DeviceBuffer::new(size_of::<DeviceState>())?;
-        let trace = zeroed(TRACE_PROBLEMS as usize * size_of::<Trace>())?;
+        let trace = zeroed(TRACE_BYTES)?;
         let init = DeviceState {
             claim: 0,
             _unused: 0,
@@ -149,4 +151,39 @@ impl Engine for CudaEngine {
         }
         Ok(0)
     }
+}
+
+/// Where one problem's time went on the device: medians, over the traced problems before
+/// `written` (problems `written - n ..`, at most [`TRACE_PROBLEMS`]), of the steps between the
+/// resident kernel's stamps, in µs unless named otherwise.
+pub fn trace_breakdown(trace: &[Trace], written: u64) -> String {
+    let n = (trace.len() as u64).min(written);
+    let recent: Vec<&Trace> = (written - n..written).map(|q| &trace[(q % trace.len() as u64) as usize]).collect();
+    let median = |f: &dyn Fn(&Trace) -> f64| {
+        let mut v: Vec<f64> = recent.iter().map(|t| f(t)).filter(|x| x.is_finite()).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+    };
+    let us = |a: u64, b: u64| if b >= a && a != 0 { (b - a) as f64 / 1e3 } else { f64::NAN };
+    let step = |f: &dyn Fn(&Trace) -> (u64, u64)| median(&|t| us(f(t).0, f(t).1));
+    // The SM clock, from tile 0's cycles over its nanoseconds.
+    let ghz = median(&|t| t.tile_cycles as f64 / (t.tile_done.saturating_sub(t.staged)) as f64);
+    format!(
+        "device p50 µs: forward {:.2}, to a worker {:.2} (its poll's round trip {:.2}, {:.0} polls), stage {:.2}, \
+         tile 0 {:.2}, its count {:.2}; the last tile's CTA: found {:.2} after the forward, staged {:.2}, tile {:.2}, \
+         count {:.2}; completion write {:.2}; seen → completed {:.2} (SM clock {ghz:.2} GHz)",
+        step(&|t| (t.seen, t.forwarded)),
+        step(&|t| (t.forwarded, t.found)),
+        median(&|t| t.poll_cycles as f64 / ghz / 1e3),
+        median(&|t| t.polls as f64),
+        step(&|t| (t.found, t.staged)),
+        step(&|t| (t.staged, t.tile_done)),
+        step(&|t| (t.tile_done, t.counted)),
+        step(&|t| (t.forwarded, t.last_found)),
+        step(&|t| (t.last_found, t.last_staged)),
+        step(&|t| (t.last_staged, t.last_tile_done)),
+        step(&|t| (t.last_tile_done, t.completing)),
+        step(&|t| (t.completing, t.completed)),
+        step(&|t| (t.seen, t.completed)),
+    )
 }

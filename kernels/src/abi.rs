@@ -743,13 +743,52 @@ pub mod ring {
         pub staged: u64,
         /// That CTA finished tile 0.
         pub tile_done: u64,
+        /// That CTA's count of the tile returned.
+        pub counted: u64,
         /// The CTA finishing the last tile is about to write the completion word.
         pub completing: u64,
         /// ... and has written it.
         pub completed: u64,
+        /// When the CTA finishing the last tile found its problem.
+        pub last_found: u64,
+        /// ... staged its descriptor.
+        pub last_staged: u64,
+        /// ... finished its tile.
+        pub last_tile_done: u64,
+        /// Tile 0's CTA: SM cycles (`%clock64`) from issuing the poll that found the problem to
+        /// finding it.
+        pub poll_cycles: u64,
+        /// Tile 0's CTA: SM cycles from staged to tile done (with `tile_done - staged`, the SM
+        /// clock).
+        pub tile_cycles: u64,
+        /// Tile 0's CTA: polls its `find` made for the claim.
+        pub polls: u64,
+        /// Reserved, zero.
+        pub _reserved: [u64; 2],
+    }
+
+    /// Per CTA after the `TRACE_PROBLEMS` traces: stamps of its current tile ([`CtaStash`]),
+    /// kept until it knows whether it finished its problem.
+    pub const TRACE_CTAS: u32 = 1024;
+
+    /// A CTA's stamps of its current tile, in the trace buffer after the problems' traces.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    #[cfg_attr(not(target_arch = "nvptx64"), derive(Pod, Zeroable))]
+    pub struct CtaStash {
+        /// When it found its problem.
+        pub found: u64,
+        /// When it staged the descriptor.
+        pub staged: u64,
+        /// `%clock64` when it staged it.
+        pub staged_clock: u64,
         /// Reserved, zero.
         pub _reserved: u64,
     }
+
+    /// Bytes of the trace buffer: the problems' traces, then the CTAs' stashes.
+    pub const TRACE_BYTES: usize = TRACE_PROBLEMS as usize * core::mem::size_of::<Trace>()
+        + TRACE_CTAS as usize * core::mem::size_of::<CtaStash>();
 
     /// Bytes of the header at the start of the host block.
     pub const HOST_HEADER_BYTES: usize = core::mem::size_of::<HostHeader>();
@@ -784,7 +823,8 @@ pub mod ring {
         assert!(core::mem::offset_of!(RingSlot, problem) == 32);
         assert!(IMAGE_WORDS <= HOST_SLOT_CHUNKS * 3 && IMAGE_WORDS > (HOST_SLOT_CHUNKS - 1) * 3);
         assert!(core::mem::size_of::<DeviceState>() == 64);
-        assert!(core::mem::size_of::<Trace>() == 64);
+        assert!(core::mem::size_of::<Trace>() == 128);
+        assert!(core::mem::size_of::<CtaStash>() == 32);
         assert!(core::mem::size_of::<HostHeader>() == 64);
     };
 }

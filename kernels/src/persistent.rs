@@ -15,12 +15,12 @@
 use core::mem::offset_of;
 
 use crate::abi::ring::{
-    CLAIM_TABLE, Cursor, DeviceState, HOST_SLOT_BYTES, HOST_SLOT_CHUNKS, HostHeader, IMAGE_WORDS, ImageView, Look,
-    RingSlot, TRACE_PROBLEMS, Trace, done_offset, entry, host_slot_offset, slot_offset, stamp,
+    CLAIM_TABLE, CtaStash, Cursor, DeviceState, HOST_SLOT_BYTES, HOST_SLOT_CHUNKS, HostHeader, IMAGE_WORDS, ImageView,
+    Look, RingSlot, TRACE_PROBLEMS, Trace, done_offset, entry, host_slot_offset, slot_offset, stamp,
 };
 use crate::abi::{SMEM_DESC_OFFSET, SMEM_HEADER_BYTES, TileDesc};
 use crate::arch::{
-    atom_add_acq_rel_gpu_u64, atom_add_relaxed_gpu_u64, block_idx_x, fence_acq_rel_sys, globaltimer,
+    atom_add_acq_rel_gpu_u64, atom_add_relaxed_gpu_u64, block_idx_x, clock64, fence_acq_rel_sys, globaltimer,
     ld_acquire_gpu_u32, ld_acquire_gpu_u64, ld_acquire_gpu_v4_u32, ld_shared_u32, ld_shared_u64, ld_volatile_u32,
     ld_volatile_u64, ld_volatile_v4_u32, nanosleep, shfl_idx, smem_base, st_relaxed_gpu_u64, st_relaxed_gpu_v4_u32,
     st_relaxed_sys_u64, st_release_gpu_u32, st_release_gpu_u64, st_shared_u32, st_shared_u64, sync_threads, sync_warp,
@@ -50,6 +50,10 @@ const LANE_BEAT: u32 = POLL_LANES + 1;
 const SCRATCH_TILE: u32 = 12;
 /// When the CTA's warp 0 found the problem (for the trace).
 const SCRATCH_FOUND: u32 = 48;
+/// SM cycles from issuing the poll that found the problem to finding it (for the trace).
+const SCRATCH_POLL_CYCLES: u32 = 56;
+/// Polls `find` made for the claim (for the trace).
+const SCRATCH_POLLS: u32 = 64;
 /// The staged slot's first 32 bytes laid out as `RingSlot`'s (`first_tile`, `tiles`,
 /// `done_target` staged; `seq` is in the header).
 const SCRATCH_HEAD: u32 = 16;
@@ -111,11 +115,24 @@ impl Ring {
 
     /// Stamps `%globaltimer` into field `field` of problem `q`'s trace entry (if tracing).
     fn stamp(&self, q: u64, field: usize) {
+        self.put(q, field, globaltimer());
+    }
+
+    /// Stores `v` into field `field` of problem `q`'s trace entry (if tracing).
+    fn put(&self, q: u64, field: usize, v: u64) {
         if self.trace != 0 {
             let at = self.trace + (q % TRACE_PROBLEMS as u64) * size_of::<Trace>() as u64 + field as u64;
             // SAFETY: inside the trace buffer (`DeviceState::trace`'s contract).
-            unsafe { st_relaxed_gpu_u64(at, globaltimer()) };
+            unsafe { st_relaxed_gpu_u64(at, v) };
         }
+    }
+
+    /// Address of field `field` of this CTA's stash in the trace buffer (tracing only).
+    fn stash(&self, field: usize) -> u64 {
+        self.trace
+            + TRACE_PROBLEMS as u64 * size_of::<Trace>() as u64
+            + block_idx_x() as u64 * size_of::<CtaStash>() as u64
+            + field as u64
     }
 }
 
@@ -290,6 +307,7 @@ unsafe fn find(
     loop {
         let (mut w, mut e) = ([0u32; 4], 0u64);
         let slot = cur.slot;
+        let issued = clock64();
         if lane < HOST_SLOT_CHUNKS as u32 {
             // Acquire: the tile's loads that follow miss no write the host ordered before the
             // publish (the SM's L1 keeps nothing older).
@@ -326,6 +344,8 @@ unsafe fn find(
                         st_shared_u32(header + HEADER_SLOT, slot);
                         st_shared_u64(header + HEADER_SEQ, seq);
                         st_shared_u64(smem + SCRATCH_FOUND, globaltimer());
+                        st_shared_u64(smem + SCRATCH_POLL_CYCLES, clock64().wrapping_sub(issued));
+                        st_shared_u32(smem + SCRATCH_POLLS, polls);
                         st_shared_u32(smem + SCRATCH_TILE, tile);
                     }
                 }
@@ -420,13 +440,21 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
                 ld_shared_u64(smem + SCRATCH_HEAD + offset_of!(RingSlot, done_target) as u32),
             )
         };
-        if tid == 0 && tile == 0 && r.trace != 0 {
-            // SAFETY: the trace buffer; a scratch word written before the barriers.
+        if tid == 0 && r.trace != 0 {
+            // SAFETY: the trace buffer and this CTA's stash; scratch words written before the
+            // barriers.
             unsafe {
-                let at = r.trace + (seq % TRACE_PROBLEMS as u64) * size_of::<Trace>() as u64;
-                st_relaxed_gpu_u64(at + offset_of!(Trace, found) as u64, ld_shared_u64(smem + SCRATCH_FOUND));
+                let (found, staged, clock) = (ld_shared_u64(smem + SCRATCH_FOUND), globaltimer(), clock64());
+                st_relaxed_gpu_u64(r.stash(offset_of!(CtaStash, found)), found);
+                st_relaxed_gpu_u64(r.stash(offset_of!(CtaStash, staged)), staged);
+                st_relaxed_gpu_u64(r.stash(offset_of!(CtaStash, staged_clock)), clock);
+                if tile == 0 {
+                    r.put(seq, offset_of!(Trace, found), found);
+                    r.put(seq, offset_of!(Trace, staged), staged);
+                    r.put(seq, offset_of!(Trace, poll_cycles), ld_shared_u64(smem + SCRATCH_POLL_CYCLES));
+                    r.put(seq, offset_of!(Trace, polls), ld_shared_u32(smem + SCRATCH_POLLS) as u64);
+                }
             }
-            r.stamp(seq, offset_of!(Trace, staged));
         }
         let tiles_n = desc.tiles_n();
         let (tm, tn) = if tiles_n == 0 { (u32::MAX, 0) } else { (tile / tiles_n, tile % tiles_n) };
@@ -435,21 +463,49 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
             unsafe { run_tile::<false>(desc, TileDesc { problem: 0, tile_m: tm, tile_n: tn, split: 0 }, smem, status) };
         sync_threads(); // the tile's stores are issued; descriptor, stages and scratch are free
         if tid == 0 {
+            let (done_at, done_clock) = if r.trace != 0 { (globaltimer(), clock64()) } else { (0, 0) };
             if tile == 0 {
-                r.stamp(seq, offset_of!(Trace, tile_done));
+                r.put(seq, offset_of!(Trace, tile_done), done_at);
             }
             // SAFETY: the slot's counter and completion word.
-            unsafe {
+            let last = unsafe {
                 // Release: this CTA's tile results (barrier, then the release, cumulative) precede
                 // the count; acquire: the last CTA sees every other CTA's. The counter is never
                 // reset: each problem's target counts every tile the slot has held.
-                if atom_add_acq_rel_gpu_u64(r.done_ctr + slot as u64 * 8, 1) + 1 == target {
-                    // Last tile: tell the host. Every tile's results are in device memory (L2)
-                    // before this store issues (the acquire above, whose value it depends on);
-                    // see QUEUE.md for why no system-scope fence follows.
-                    r.stamp(seq, offset_of!(Trace, completing));
-                    st_relaxed_sys_u64(host_done + slot as u64 * 8, seq + 1);
-                    r.stamp(seq, offset_of!(Trace, completed));
+                atom_add_acq_rel_gpu_u64(r.done_ctr + slot as u64 * 8, 1) + 1 == target
+            };
+            if tile == 0 {
+                r.stamp(seq, offset_of!(Trace, counted));
+            }
+            if last {
+                // Last tile: tell the host. Every tile's results are in device memory (L2)
+                // before this store issues (the acquire above, whose value it depends on);
+                // see QUEUE.md for why no system-scope fence follows.
+                r.stamp(seq, offset_of!(Trace, completing));
+                // SAFETY: the slot's completion word.
+                unsafe { st_relaxed_sys_u64(host_done + slot as u64 * 8, seq + 1) };
+                r.stamp(seq, offset_of!(Trace, completed));
+            }
+            if r.trace != 0 {
+                // SAFETY: this CTA's stash (its own stores above) and the trace buffer.
+                unsafe {
+                    if tile == 0 {
+                        let staged_clock = ld_volatile_u64(r.stash(offset_of!(CtaStash, staged_clock)));
+                        r.put(seq, offset_of!(Trace, tile_cycles), done_clock.wrapping_sub(staged_clock));
+                    }
+                    if last {
+                        r.put(
+                            seq,
+                            offset_of!(Trace, last_found),
+                            ld_volatile_u64(r.stash(offset_of!(CtaStash, found))),
+                        );
+                        r.put(
+                            seq,
+                            offset_of!(Trace, last_staged),
+                            ld_volatile_u64(r.stash(offset_of!(CtaStash, staged))),
+                        );
+                        r.put(seq, offset_of!(Trace, last_tile_done), done_at);
+                    }
                 }
             }
         }

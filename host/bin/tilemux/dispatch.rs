@@ -15,7 +15,6 @@ use clap::Args;
 use rand::SeedableRng;
 use tilemux::Device;
 use tilemux::abi::TileKind;
-use tilemux::abi::ring::Trace;
 use tilemux::cuda::probe::{Doorbell, EchoWay, Reply, Write, echo, sm_rtt};
 use tilemux::cuda::{CudaConfig, CudaDevice};
 use tilemux::memory::Arena;
@@ -259,27 +258,6 @@ fn bare_saturated(dev: &Arc<dyn Device>, depth: u64, secs: f64) -> Result<f64> {
     Ok(rate)
 }
 
-/// Medians of the resident kernel's stamps over the last traced problems before `written`, as
-/// the steps of one problem's way through the device.
-fn trace_breakdown(trace: &[Trace], written: u64) -> String {
-    let n = (trace.len() as u64).min(written);
-    let recent: Vec<&Trace> = (written - n..written).map(|q| &trace[(q % trace.len() as u64) as usize]).collect();
-    let step = |f: &dyn Fn(&Trace) -> (u64, u64)| {
-        let mut v: Vec<f64> = recent.iter().map(|t| f(t)).map(|(a, b)| b.saturating_sub(a) as f64 / 1e3).collect();
-        percentile(&mut v, 0.5)
-    };
-    format!(
-        "device p50 µs: forward {:.2}, to a worker {:.2}, stage {:.2}, tile 0 {:.2}, to the last tile's end {:.2}, completion write {:.2}; seen → completed {:.2}",
-        step(&|t| (t.seen, t.forwarded)),
-        step(&|t| (t.forwarded, t.found)),
-        step(&|t| (t.found, t.staged)),
-        step(&|t| (t.staged, t.tile_done)),
-        step(&|t| (t.tile_done, t.completing)),
-        step(&|t| (t.completing, t.completed)),
-        step(&|t| (t.seen, t.completed)),
-    )
-}
-
 pub fn run(mut args: DispatchArgs) -> Result<()> {
     if args.quick {
         args.requests = 5000;
@@ -426,7 +404,11 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
             ensure!(case.error(&got[0], &case.reference()) < 1e-4, "bare ring result wrong ({})", kind.name());
             let label = format!("bare ring (no runtime), {} tiles of {}", p.tile_count(), kind.name());
             row(name, &label, l?);
-            breakdown.push(format!("{name}, {}: {}", kind.name(), trace_breakdown(&engine.trace()?, w.written())));
+            breakdown.push(format!(
+                "{name}, {}: {}",
+                kind.name(),
+                tilemux::cuda::persistent::trace_breakdown(&engine.trace()?, w.written())
+            ));
             eprintln!("{}", breakdown.last().expect("pushed"));
         }
     }
@@ -436,7 +418,7 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
     let bare = bare_saturated(&dev, (t * d) as u64, args.seconds)?;
     eprintln!("bare ring, {} in flight: {bare:.0} problems/s", t * d);
     let pre = format!(
-        "{describe}\nOne request at a time, closed loop; latency from submit to the result visible on the host (ticket resolved; cuBLAS: stream synchronized).\n\nSaturated throughput, seed mix ({t} tenants, {d} in flight each, {} s): round per launch {rounds:.0} requests/s, persistent {persistent:.0} requests/s ({:.2}x); the bare ring (one thread keeping {} seed-mix problems in it, no runtime) {bare:.0} problems/s.\n\n- {rounds_note}\n- {persistent_note}\n\nBare ring, one request at a time, from the resident kernel's %globaltimer stamps (forwarder saw the publish → forwarded → the CTA of tile 0 found it → staged its descriptor → finished tile 0 → the last tile's CTA about to write the completion word → written):\n\n{}\n",
+        "{describe}\nOne request at a time, closed loop; latency from submit to the result visible on the host (ticket resolved; cuBLAS: stream synchronized).\n\nSaturated throughput, seed mix ({t} tenants, {d} in flight each, {} s): round per launch {rounds:.0} requests/s, persistent {persistent:.0} requests/s ({:.2}x); the bare ring (one thread keeping {} seed-mix problems in it, no runtime) {bare:.0} problems/s.\n\n- {rounds_note}\n- {persistent_note}\n\nBare ring, one request at a time, from the resident kernel's %globaltimer stamps (forwarder saw the publish → forwarded → the CTA of tile 0 found it (after its poll's round trip) → staged its descriptor → finished tile 0 → counted it; the CTA of the tile that finished last: found it, staged, finished, counted it → wrote the completion word):\n\n{}\n",
         args.seconds,
         persistent / rounds,
         t * d,

@@ -1,0 +1,86 @@
+//! Where a lone problem's time goes in the resident kernel, per shape and tile kind: the bare
+//! ring (one problem written and published, its completion word polled; no runtime), its
+//! submit → done latency and the kernel's trace. For kernel developers tuning the persistent
+//! path. `cargo run --release --example ring_trace [requests]` (needs a GPU).
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use tilemux::Device;
+use tilemux::abi::TileKind;
+use tilemux::cuda::{CudaConfig, CudaDevice};
+use tilemux::memory::Arena;
+use tilemux::persistent::{Engine, RingWriter};
+use tilemux::reference::{Case, Staged};
+use tilemux::round::{CostModel, Round, TileChooser, check_alone};
+
+/// Shapes `(m, n, k)` with the kinds to run them as (`None`: as the fast path plans them alone).
+const RUNS: [((u32, u32, u32), Option<TileKind>); 7] = [
+    ((8, 1, 16), None),
+    ((8, 1, 512), None),
+    ((512, 1, 16), None),
+    ((512, 1, 512), None),
+    ((512, 1, 512), Some(TileKind::Gemv32)),
+    ((64, 64, 64), None),
+    ((256, 256, 256), None),
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let cuda = CudaDevice::new(&CudaConfig { pool_bytes: 256 << 20, ..Default::default() })?;
+    println!(
+        "{}, {} UTC-epoch s",
+        cuda.name(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs()
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+    for (shape, kind) in RUNS {
+        let case = Case::plain(&mut rng, shape);
+        let pool = cuda.pool();
+        let mut arena = Arena::new(pool.start, pool.end - pool.start);
+        let staged = Staged::new(&cuda, &mut arena, std::slice::from_ref(&case))?;
+        let desc = staged.descs(std::slice::from_ref(&case))[0];
+        let kind = kind.unwrap_or_else(|| {
+            TileChooser::persistent().choose_alone(&desc, None, &CostModel::default(), cuda.slots()).kind
+        });
+        let p = Round::planned(desc, kind, 1);
+        check_alone(&p, cuda.pool())?;
+        staged.poison(&cuda, std::slice::from_ref(&case))?;
+        let (ring, engine) = cuda.start_persistent(64, Duration::from_secs(10))?;
+        let mut w = RingWriter::new(ring.clone());
+        let mut lat = Vec::with_capacity(n);
+        for i in 0..n + n / 10 {
+            let t = Instant::now();
+            let seq = w.write(p);
+            w.publish();
+            while !ring.is_done(seq) {
+                std::hint::spin_loop();
+            }
+            if i >= n / 10 {
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            if i % 1000 == 0 {
+                ring.beat(i as u64 + 1);
+            }
+        }
+        ring.request_stop();
+        engine.join()?;
+        let got = staged.read_c(&cuda, std::slice::from_ref(&case))?;
+        let err = case.error(&got[0], &case.reference());
+        lat.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "{}x{}x{}, {} tiles of {}: p50 {:.2} µs, p99 {:.2} µs (error {err:.1e})\n  {}",
+            shape.0,
+            shape.1,
+            shape.2,
+            p.tile_count(),
+            kind.name(),
+            lat[lat.len() / 2],
+            lat[lat.len() * 99 / 100],
+            tilemux::cuda::persistent::trace_breakdown(&engine.trace()?, w.written())
+        );
+        if err > 1e-4 {
+            return Err(format!("wrong result: relative error {err}").into());
+        }
+    }
+    Ok(())
+}
