@@ -457,7 +457,12 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
             }
         }
         let tiles_n = desc.tiles_n();
-        let (tm, tn) = if tiles_n == 0 { (u32::MAX, 0) } else { (tile / tiles_n, tile % tiles_n) };
+        // A GEMV's grid is one column: no division (software on the GPU) on its way to the tile.
+        let (tm, tn) = match tiles_n {
+            0 => (u32::MAX, 0),
+            1 => (tile, 0),
+            _ => (tile / tiles_n, tile % tiles_n),
+        };
         // SAFETY: the staged, validated problem; `run_tile` rejects bad coordinates.
         let _ =
             unsafe { run_tile::<false>(desc, TileDesc { problem: 0, tile_m: tm, tile_n: tn, split: 0 }, smem, status) };
