@@ -20,9 +20,7 @@ pub(crate) enum Step {
     Published,
     HandedOver,
     SeenDone,
-    CellUp,
     Taken,
-    InnerUp,
     HazardsLocked,
     Unbooked,
     UsersReleased,
@@ -33,7 +31,7 @@ pub(crate) enum Step {
 }
 
 /// The steps' names, in order.
-pub const STEPS: [&str; 24] = [
+pub const STEPS: [&str; 22] = [
     "validated",
     "admitted (ring room)",
     "plan: cost lock, chooser lock",
@@ -48,9 +46,7 @@ pub const STEPS: [&str; 24] = [
     "published",
     "ticket made, handed to the completer",
     "waiter saw it done",
-    "cell upgraded",
     "taken from its cell",
-    "runtime upgraded",
     "hazard lock taken",
     "hazards released",
     "buffer users released",

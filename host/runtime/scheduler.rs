@@ -831,7 +831,10 @@ impl FlightCell {
             let (cell, seqs) = (cell.clone(), f.seqs.clone());
             // Its first problem's slot, once: the spins below poll without dividing.
             let first = (seqs.start % u64::from(mem.slots())) as u32;
-            let marked = std::sync::atomic::AtomicBool::new(false);
+            // The cell and the runtime, strong, from the first spin on: taking them at the result
+            // would put two reference-count changes each on its path. (A cycle through the
+            // ticket until the flight is taken, by its waiter or the completer.)
+            let held: std::sync::OnceLock<Option<(Arc<FlightCell>, Arc<Inner>)>> = std::sync::OnceLock::new();
             f.pending.resolver.set_hook(Box::new(move |spinning: bool| {
                 if !spinning {
                     if let Some(c) = cell.upgrade() {
@@ -839,11 +842,13 @@ impl FlightCell {
                     }
                     return None;
                 }
-                if !marked.load(Ordering::Relaxed) && !marked.swap(true, Ordering::Relaxed) {
-                    if let Some(c) = cell.upgrade() {
+                let (c, inner) = held
+                    .get_or_init(|| {
+                        let c = cell.upgrade()?;
                         c.spinning.store(true, Ordering::Release);
-                    }
-                }
+                        Some((c, inner.upgrade()?))
+                    })
+                    .as_ref()?;
                 let (mut i, slots) = (first, mem.slots());
                 for s in seqs.clone() {
                     if !mem.is_done_in(i, s) {
@@ -852,18 +857,13 @@ impl FlightCell {
                     i = if i + 1 == slots { 0 } else { i + 1 };
                 }
                 super::phases::mark(super::phases::Step::SeenDone);
-                let c = cell.upgrade()?;
-                super::phases::mark(super::phases::Step::CellUp);
                 // A contended lock means the completer is taking it.
                 let f = c.flight.try_lock().ok().and_then(|mut f| f.take());
                 super::phases::mark(super::phases::Step::Taken);
                 // The cell stays marked spinning: the completer reads that line on every pass, so
                 // a store here would wait for it to come back from that core, on the result's
                 // path. The completer's next look finds the flight gone and drops the cell.
-                drop(c);
-                let (f, inner) = (f?, inner.upgrade()?);
-                super::phases::mark(super::phases::Step::InnerUp);
-                let done = settle_own(&inner, f);
+                let done = settle_own(inner, f?);
                 super::phases::mark(super::phases::Step::Settled);
                 Some(done)
             }));
