@@ -150,6 +150,34 @@ runtime_test!(hazards_between_requests_in_flight, |d: Arc<dyn Device>, _gpu: boo
     }
 });
 
+runtime_test!(rewritten_inputs_are_read_fresh, |d: Arc<dyn Device>, gpu: bool| {
+    // The resident kernel outlives every buffer write: a GEMV's inputs rewritten between
+    // requests (the same buffers, the same tiles, likely on SMs that read the old values) must
+    // be read as they are now, not from an SM's cache. Fresh A and x each time, y poisoned.
+    let rt = Runtime::with_device(d, persistent(16, WhenFull::Wait)).unwrap();
+    let t = rt.add_tenant(TenantSpec::new("rewrites").quota(16 << 20)).unwrap();
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    let (m, k) = (512, 512);
+    let (a, x, y) = (t.alloc(m * k).unwrap(), t.alloc(k).unwrap(), t.alloc(m).unwrap());
+    let rounds = if gpu { 300 } else { 30 };
+    let mut worst = 0.0f64;
+    for _ in 0..rounds {
+        let av: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let xv: Vec<f32> = (0..k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        a.write(&av).unwrap();
+        x.write(&xv).unwrap();
+        y.write(&vec![f32::NAN; m]).unwrap();
+        rt.submit(&t, Op::gemm(Mat::new(&a, m, k), Mat::new(&x, k, 1), Mat::new(&y, m, 1))).unwrap().wait().unwrap();
+        let got = y.read().unwrap();
+        let want: Vec<f64> = (0..m).map(|i| (0..k).map(|j| av[i * k + j] as f64 * xv[j] as f64).sum::<f64>()).collect();
+        let scale = want.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let err = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).powi(2)).sum::<f64>().sqrt() / scale;
+        assert!(err < 1e-4, "a GEMV read stale or wrong inputs (relative error {err:e})");
+        worst = worst.max(err);
+    }
+    say(&format!("rewritten_inputs_are_read_fresh: {rounds} rewrites, worst error {worst:.1e}"));
+});
+
 runtime_test!(set_chooser_keeps_persistent_limits, |d: Arc<dyn Device>, _gpu: bool| {
     // A chooser set later (here the round-mode default, which splits a lone conv2_2 along k)
     // keeps persistent mode's limits: the ring has no split-K workspace.

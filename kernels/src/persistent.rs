@@ -21,7 +21,7 @@ use crate::abi::ring::{
 use crate::abi::{SMEM_DESC_OFFSET, SMEM_HEADER_BYTES, TileDesc};
 use crate::arch::{
     atom_add_acq_rel_gpu_u64, atom_add_relaxed_gpu_u64, block_idx_x, clock64, fence_acq_rel_sys, globaltimer,
-    ld_acquire_gpu_u32, ld_acquire_gpu_u64, ld_acquire_gpu_v4_u32, ld_shared_u32, ld_shared_u64, ld_volatile_u32,
+    ld_acquire_gpu_shared_u32, ld_acquire_gpu_u32, ld_acquire_gpu_u64, ld_shared_u32, ld_shared_u64, ld_volatile_u32,
     ld_volatile_u64, ld_volatile_v4_u32, nanosleep, shfl_idx, smem_base, st_relaxed_gpu_u64, st_relaxed_gpu_v4_u32,
     st_relaxed_sys_u64, st_release_gpu_u32, st_release_gpu_u64, st_shared_u32, st_shared_u64, sync_threads, sync_warp,
     thread_idx_x, vote_all,
@@ -309,11 +309,11 @@ unsafe fn find(
         let slot = cur.slot;
         let issued = clock64();
         if lane < HOST_SLOT_CHUNKS as u32 {
-            // Acquire: the tile's loads that follow miss no write the host ordered before the
-            // publish (the SM's L1 keeps nothing older).
-            w = unsafe { ld_acquire_gpu_v4_u32(r.slots_addr + (slot_offset(slot) + lane as usize * 16) as u64) };
+            // Relaxed (strong, so never served from L1): an acquire here would drop the SM's L1
+            // after every poll (0.17 µs a poll on the H100); it comes once, below, when found.
+            w = unsafe { ld_volatile_v4_u32(r.slots_addr + (slot_offset(slot) + lane as usize * 16) as u64) };
         } else if lane == LANE_ENTRY {
-            e = unsafe { ld_acquire_gpu_u64(at) };
+            e = unsafe { ld_volatile_u64(at) };
         }
         let s0 = shfl_idx(w[0], 0);
         let view = ImageView {
@@ -326,6 +326,12 @@ unsafe fn find(
         let hi = shfl_idx(w[1], 1);
         match cur.step(g, view, shfl_u64(e, LANE_ENTRY), r.slots) {
             Look::Found(tile) => {
+                // The acquire for the tile's loads: an acquire load at GPU scope drops the SM's
+                // L1, so nothing the tile reads is served from a line older than this poll (the
+                // data a request reads reached device memory before the host published it).
+                // From shared memory it costs no round trip. (QUEUE.md, step 7.)
+                // SAFETY: a header word.
+                unsafe { ld_acquire_gpu_shared_u32(header + HEADER_SLOT) };
                 // Lane c holds the slot's words 2 + 3c.. (the image leaves out `seq`): the head's
                 // into scratch, the problem's into the descriptor.
                 for m in 0..3u32 {

@@ -177,22 +177,6 @@ pub unsafe fn ld_volatile_v4_u32(addr: u64) -> [u32; 4] {
     [a, b, c, d]
 }
 
-/// `ld.acquire.gpu.global.v4.u32`: 16 bytes in one access, then an acquire (the SM's L1 holds
-/// nothing older than the load for the thread's later loads).
-///
-/// # Safety
-/// `addr` is a 16-byte aligned global address.
-#[inline(always)]
-pub unsafe fn ld_acquire_gpu_v4_u32(addr: u64) -> [u32; 4] {
-    let (a, b, c, d): (u32, u32, u32, u32);
-    // SAFETY: the caller guarantees the address.
-    unsafe {
-        asm!("ld.acquire.gpu.global.v4.u32 {{{0}, {1}, {2}, {3}}}, [{4}];",
-            out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d, in(reg64) addr, options(nostack))
-    };
-    [a, b, c, d]
-}
-
 /// `nanosleep.u32`: suspends the thread for about `ns` nanoseconds (sm_70+).
 #[inline(always)]
 pub fn nanosleep(ns: u32) {

@@ -123,3 +123,19 @@ pub unsafe fn st_shared_u64(addr: u32, v: u64) {
     // SAFETY: the caller guarantees the address.
     unsafe { asm!("st.shared.u64 [{0}], {1};", in(reg32) addr, in(reg64) v, options(nostack)) };
 }
+
+/// `ld.acquire.gpu.shared.u32`. On sm_90 an acquire at GPU scope is the load and then
+/// `CCTL.IVALL` (every L1 line of the SM dropped, so no later load is served data older than
+/// the acquire); from shared memory the load itself costs nothing, which makes this the way to
+/// order a thread's later global loads after an earlier relaxed one without a fence (see
+/// `persistent::find`).
+///
+/// # Safety
+/// `addr` lies in the launch's dynamic shared memory.
+#[inline(always)]
+pub unsafe fn ld_acquire_gpu_shared_u32(addr: u32) -> u32 {
+    let v: u32;
+    // SAFETY: the caller guarantees the address.
+    unsafe { asm!("ld.acquire.gpu.shared.u32 {0}, [{1}];", out(reg32) v, in(reg32) addr, options(nostack)) };
+    v
+}
