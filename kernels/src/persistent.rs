@@ -20,7 +20,7 @@ use crate::abi::ring::{
 };
 use crate::abi::{SMEM_DESC_OFFSET, SMEM_HEADER_BYTES, TileDesc};
 use crate::arch::{
-    atom_add_acq_rel_gpu_u64, atom_add_relaxed_gpu_u64, block_idx_x, clock64, fence_acq_rel_sys, globaltimer,
+    atom_add_relaxed_gpu_u64, atom_add_release_gpu_u64, block_idx_x, clock64, fence_acq_rel_sys, globaltimer,
     ld_acquire_gpu_shared_u32, ld_acquire_gpu_u32, ld_acquire_gpu_u64, ld_shared_u32, ld_shared_u64, ld_volatile_u32,
     ld_volatile_u64, ld_volatile_v4_u32, nanosleep, shfl_idx, smem_base, st_relaxed_gpu_u64, st_relaxed_gpu_v4_u32,
     st_relaxed_sys_u64, st_release_gpu_u32, st_release_gpu_u64, st_shared_u32, st_shared_u64, sync_threads, sync_warp,
@@ -481,17 +481,20 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
             // SAFETY: the slot's counter and completion word.
             let last = unsafe {
                 // Release: this CTA's tile results (barrier, then the release, cumulative) precede
-                // the count; acquire: the last CTA sees every other CTA's. The counter is never
-                // reset: each problem's target counts every tile the slot has held.
-                atom_add_acq_rel_gpu_u64(r.done_ctr + slot as u64 * 8, 1) + 1 == target
+                // the count. No acquire: the last CTA reads nothing the others wrote (an acquire
+                // would drop the SM's L1 and send the spilled registers read next to L2; 0.03–0.1
+                // µs on the H100); its next tile's loads have their own (`find`). The counter is
+                // never reset: each problem's target counts every tile the slot has held.
+                atom_add_release_gpu_u64(r.done_ctr + slot as u64 * 8, 1) + 1 == target
             };
             if tile == 0 {
                 r.stamp(seq, offset_of!(Trace, counted));
             }
             if last {
                 // Last tile: tell the host. Every tile's results are in device memory (L2)
-                // before this store issues (the acquire above, whose value it depends on);
-                // see QUEUE.md for why no system-scope fence follows.
+                // before this store issues (every CTA's add released them, and this store
+                // depends on the last add's value); see QUEUE.md for why no system-scope fence
+                // follows.
                 r.stamp(seq, offset_of!(Trace, completing));
                 // SAFETY: the slot's completion word.
                 unsafe { st_relaxed_sys_u64(host_done + slot as u64 * 8, seq + 1) };

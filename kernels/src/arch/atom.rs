@@ -261,16 +261,16 @@ pub unsafe fn atom_cas_shared_u32(addr: u32, compare: u32, v: u32) -> u32 {
     old
 }
 
-/// `atom.acq_rel.gpu.global.add.u64`: returns the old value.
+/// `atom.release.gpu.global.add.u64`: returns the old value.
 ///
 /// # Safety
 /// `addr` is an 8-byte aligned global address.
 #[inline(always)]
-pub unsafe fn atom_add_acq_rel_gpu_u64(addr: u64, v: u64) -> u64 {
+pub unsafe fn atom_add_release_gpu_u64(addr: u64, v: u64) -> u64 {
     let old: u64;
     // SAFETY: the caller guarantees the address.
     unsafe {
-        asm!("atom.acq_rel.gpu.global.add.u64 {0}, [{1}], {2};", out(reg64) old, in(reg64) addr, in(reg64) v, options(nostack))
+        asm!("atom.release.gpu.global.add.u64 {0}, [{1}], {2};", out(reg64) old, in(reg64) addr, in(reg64) v, options(nostack))
     };
     old
 }
