@@ -178,6 +178,30 @@ runtime_test!(rewritten_inputs_are_read_fresh, |d: Arc<dyn Device>, gpu: bool| {
     say(&format!("rewritten_inputs_are_read_fresh: {rounds} rewrites, worst error {worst:.1e}"));
 });
 
+runtime_test!(remembered_plans_fit_their_ops, |d: Arc<dyn Device>, _gpu: bool| {
+    // A thread's lone ops reuse the last one's plan when alike: alternating shapes and scalars,
+    // repeats, and a chooser change in between must each run as planned for themselves.
+    let rt = Runtime::with_device(d, persistent(16, WhenFull::Wait)).unwrap();
+    let t = rt.add_tenant(TenantSpec::new("alike").quota(64 << 20)).unwrap();
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    let shapes =
+        [(512, 1, 512), (512, 1, 512), (384, 1, 512), (512, 1, 384), (96, 64, 128), (96, 64, 128), (512, 1, 512)];
+    for round in 0..2 {
+        if round == 1 {
+            rt.set_chooser(TileChooser::default());
+        }
+        for (i, &shape) in shapes.iter().enumerate() {
+            let mut case = Case::plain(&mut rng, shape);
+            case.alpha = if i % 2 == 0 { 1.0 } else { -0.75 };
+            let bufs = case.alloc(&t).unwrap();
+            case.upload(&bufs).unwrap();
+            rt.submit(&t, case.op(&bufs)).unwrap().wait().unwrap();
+            let e = case.error(&bufs.c.read().unwrap(), &case.reference());
+            assert!(e < 1e-4, "{shape:?} (op {i}, round {round}): relative error {e:e}");
+        }
+    }
+});
+
 runtime_test!(set_chooser_keeps_persistent_limits, |d: Arc<dyn Device>, _gpu: bool| {
     // A chooser set later (here the round-mode default, which splits a lone conv2_2 along k)
     // keeps persistent mode's limits: the ring has no split-K workspace.

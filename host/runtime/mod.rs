@@ -388,6 +388,11 @@ pub(crate) struct Inner {
     pub(crate) outstanding: AtomicU64,
     /// Threads in `wait_until` (`notify_progress` skips the wake-up when there are none).
     progress_sleepers: AtomicU32,
+    /// This runtime among all in the process (for plans remembered per thread).
+    pub(crate) id: u64,
+    /// Changes whenever the cost model or the tile chooser does: a remembered plan of an
+    /// earlier value is stale.
+    pub(crate) plans: AtomicU64,
     pub(crate) epoch: Instant,
 }
 
@@ -530,6 +535,11 @@ impl Runtime {
             persistent,
             outstanding: AtomicU64::new(0),
             progress_sleepers: AtomicU32::new(0),
+            id: {
+                static RUNTIMES: AtomicU64 = AtomicU64::new(0);
+                RUNTIMES.fetch_add(1, Ordering::Relaxed)
+            },
+            plans: AtomicU64::new(0),
             epoch: Instant::now(),
             device,
             cfg,
@@ -655,6 +665,7 @@ impl Runtime {
             (chooser.no_split_k, chooser.no_wide) = (true, true);
         }
         *inner.chooser.write().unwrap_or_else(|e| e.into_inner()) = chooser;
+        inner.plans.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Closes the runtime: new calls fail with [`Error::Closed`], queued requests resolve with
