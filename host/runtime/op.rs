@@ -107,7 +107,8 @@ impl Op {
 /// none may write what another reads or writes.
 #[derive(Clone, Debug, Default)]
 pub struct Request {
-    pub(crate) ops: Vec<Op>,
+    /// Inline for one op (the usual request): no allocation on `submit`'s path.
+    pub(crate) ops: smallvec::SmallVec<[Op; 1]>,
 }
 
 impl Request {
@@ -135,6 +136,6 @@ impl Request {
 
 impl From<Op> for Request {
     fn from(op: Op) -> Request {
-        Request { ops: vec![op] }
+        Request { ops: smallvec::smallvec![op] }
     }
 }
