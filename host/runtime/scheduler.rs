@@ -27,7 +27,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::memory::Arena;
 use crate::round::{CostModel, Round, problem};
-use crate::validate::{Checked, CheckedOp, CheckedOps, check_request};
+use crate::validate::{Checked, CheckedOp, check_request};
 
 /// How long the scheduler, the executor and ticket waiters spin before they block: short enough
 /// to cost nothing when idle, long enough to skip a sleeping thread's wake-up (tens of µs) on
@@ -47,7 +47,7 @@ pub(crate) fn spin() -> Duration {
 /// A validated request waiting for a round.
 pub(crate) struct Pending {
     seq: u64,
-    ops: CheckedOps,
+    ops: Vec<Checked<CheckedOp>>,
     resolver: Resolver<Done>,
     submitted: Instant,
     deadline: Instant,
@@ -324,7 +324,7 @@ fn add_users(ops: &[Checked<CheckedOp>]) {
 }
 
 /// A request the fast path gave back: the scheduler lock, still held, and the request's ops.
-type Refused<'a> = (std::sync::MutexGuard<'a, SchedState>, CheckedOps);
+type Refused<'a> = (std::sync::MutexGuard<'a, SchedState>, Vec<Checked<CheckedOp>>);
 
 /// What the fast path needs of a validated request besides its ops.
 struct FastPath {
@@ -343,15 +343,12 @@ impl FastPath {
     /// publishes the request under the ring's writer lock, and only then makes its ticket and
     /// hands it to the completer: nothing the device does waits for the bookkeeping. Gives the
     /// lock and the ops back when the request must queue.
-    // The refused request comes back by value (its ops inline): boxing it would allocate on
-    // the queueing path, which is what the inline ops avoid.
-    #[allow(clippy::result_large_err)]
     fn take<'a>(
         self,
         inner: &Arc<Inner>,
         mut s: std::sync::MutexGuard<'a, SchedState>,
         tenant: &Arc<TenantState>,
-        ops: CheckedOps,
+        ops: Vec<Checked<CheckedOp>>,
         planned: Option<Planned>,
     ) -> std::result::Result<Ticket<Done>, Refused<'a>> {
         let (Some(ring), Some((problems, checked))) = (&inner.persistent, planned) else { return Err((s, ops)) };

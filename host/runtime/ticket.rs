@@ -129,9 +129,8 @@ impl<T> Ticket<T> {
     pub fn wait(self) -> Result<T> {
         let (t, spin) = (Instant::now(), super::scheduler::spin());
         let hook = self.shared.hook.get();
-        // The clock is read every 16th spin and the core told it spins (a pause: up to ~140
-        // cycles on recent x86 cores) every 4th: each spin's cost is how late the waiter can see
-        // the result.
+        // The clock is read every 16th spin: a read costs more than a spin, and each spin's
+        // cost is how late the waiter can see the result.
         let mut spins = 0u32;
         while !self.shared.ready.load(Ordering::Acquire) && (spins % 16 != 0 || t.elapsed() < spin) {
             if let Some(r) = hook.and_then(|hook| hook(true)) {
@@ -139,9 +138,7 @@ impl<T> Ticket<T> {
                 return r;
             }
             spins = spins.wrapping_add(1);
-            if spins % 4 == 0 {
-                std::hint::spin_loop();
-            }
+            std::hint::spin_loop();
         }
         if let Some(hook) = hook.filter(|_| !self.shared.ready.load(Ordering::Acquire)) {
             // Only says the waiter stops spinning: it finishes nothing.
