@@ -895,7 +895,8 @@ impl FlightCell {
             let first = (seqs.start % u64::from(mem.slots())) as u32;
             // The cell and the runtime, strong, from the first spin on: taking them at the result
             // would put two reference-count changes each on its path. (A cycle through the
-            // ticket until the flight is taken, by its waiter or the completer.)
+            // ticket until the flight is taken, by its waiter or the completer; after that the
+            // ticket keeps the runtime's state alive until it is dropped, as a buffer does.)
             let held: std::sync::OnceLock<Option<(Arc<FlightCell>, Arc<Inner>)>> = std::sync::OnceLock::new();
             f.pending.resolver.set_hook(Box::new(move |spinning: bool| {
                 if !spinning {
