@@ -29,6 +29,22 @@ fn persistent(slots: u32, when_full: WhenFull) -> RuntimeConfig {
     }
 }
 
+/// Relative error (2-norm) of `got` against the f64 reference `want`.
+fn rel_error(got: &[f32], want: &[f64]) -> f64 {
+    let scale = want.iter().map(|v| v * v).sum::<f64>().sqrt();
+    got.iter().zip(want).map(|(g, w)| (*g as f64 - w).powi(2)).sum::<f64>().sqrt() / scale
+}
+
+/// `y = A·x` in f64 for a row-major `m × k` A.
+fn gemv_reference(a: &[f32], x: &[f32], m: usize, k: usize) -> Vec<f64> {
+    (0..m).map(|i| (0..k).map(|j| a[i * k + j] as f64 * x[j] as f64).sum::<f64>()).collect()
+}
+
+/// `len` values uniform in [-1, 1).
+fn random_vec(rng: &mut StdRng, len: usize) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
 /// `n` random cases (every `gemv.0`-th of shape `gemv.1`, the rest random up to `max`), staged
 /// on `d` with poisoned outputs, planned one problem each by the persistent chooser and checked.
 fn staged_problems(d: &dyn Device, n: usize, gemv: (usize, (u32, u32, u32)), max: u32) -> (Vec<Case>, Staged, Round) {
@@ -122,9 +138,8 @@ runtime_test!(hazards_between_requests_in_flight, |d: Arc<dyn Device>, _gpu: boo
     let t = rt.add_tenant(TenantSpec::new("chain").quota(16 << 20)).unwrap();
     let mut rng = StdRng::seed_from_u64(rand::random());
     let n = 96;
-    let rand_vec = |rng: &mut StdRng, len: usize| (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>();
     for _ in 0..20 {
-        let (a, b1, b2) = (rand_vec(&mut rng, n * n), rand_vec(&mut rng, n * n), rand_vec(&mut rng, n * n));
+        let (a, b1, b2) = (random_vec(&mut rng, n * n), random_vec(&mut rng, n * n), random_vec(&mut rng, n * n));
         let (ba, bb1, bb2) = (t.upload(&a).unwrap(), t.upload(&b1).unwrap(), t.upload(&b2).unwrap());
         let (c1, c2) = (t.alloc(n * n).unwrap(), t.alloc(n * n).unwrap());
         let m = |b| Mat::new(b, n, n);
@@ -143,9 +158,7 @@ runtime_test!(hazards_between_requests_in_flight, |d: Arc<dyn Device>, _gpu: boo
                 want[i * n + j] = (0..n).map(|k| ab[k] * b2[k * n + j] as f64).sum();
             }
         }
-        let got = c2.read().unwrap();
-        let scale = want.iter().map(|v| v * v).sum::<f64>().sqrt();
-        let err = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).powi(2)).sum::<f64>().sqrt() / scale;
+        let err = rel_error(&c2.read().unwrap(), &want);
         assert!(err < 1e-4, "request 2 did not see request 1's output (error {err:e})");
     }
 });
@@ -162,16 +175,12 @@ runtime_test!(rewritten_inputs_are_read_fresh, |d: Arc<dyn Device>, gpu: bool| {
     let rounds = if gpu { 300 } else { 30 };
     let mut worst = 0.0f64;
     for _ in 0..rounds {
-        let av: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        let xv: Vec<f32> = (0..k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let (av, xv) = (random_vec(&mut rng, m * k), random_vec(&mut rng, k));
         a.write(&av).unwrap();
         x.write(&xv).unwrap();
         y.write(&vec![f32::NAN; m]).unwrap();
         rt.submit(&t, Op::gemm(Mat::new(&a, m, k), Mat::new(&x, k, 1), Mat::new(&y, m, 1))).unwrap().wait().unwrap();
-        let got = y.read().unwrap();
-        let want: Vec<f64> = (0..m).map(|i| (0..k).map(|j| av[i * k + j] as f64 * xv[j] as f64).sum::<f64>()).collect();
-        let scale = want.iter().map(|v| v * v).sum::<f64>().sqrt();
-        let err = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).powi(2)).sum::<f64>().sqrt() / scale;
+        let err = rel_error(&y.read().unwrap(), &gemv_reference(&av, &xv, m, k));
         assert!(err < 1e-4, "a GEMV read stale or wrong inputs (relative error {err:e})");
         worst = worst.max(err);
     }
@@ -187,16 +196,13 @@ runtime_test!(transfers_wait_for_requests_on_the_device, |d: Arc<dyn Device>, _g
     let mut rng = StdRng::seed_from_u64(rand::random());
     let (m, k) = (512, 512);
     for _ in 0..20 {
-        let av: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        let xv: Vec<f32> = (0..k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let (av, xv) = (random_vec(&mut rng, m * k), random_vec(&mut rng, k));
         let (a, x, y) = (t.upload(&av).unwrap(), t.upload(&xv).unwrap(), t.upload(&vec![f32::NAN; m]).unwrap());
         let ticket = rt.submit(&t, Op::gemm(Mat::new(&a, m, k), Mat::new(&x, k, 1), Mat::new(&y, m, 1))).unwrap();
         a.write(&vec![0.0; m * k]).unwrap();
         let got = y.read().unwrap();
         ticket.wait().unwrap();
-        let want: Vec<f64> = (0..m).map(|i| (0..k).map(|j| av[i * k + j] as f64 * xv[j] as f64).sum::<f64>()).collect();
-        let scale = want.iter().map(|v| v * v).sum::<f64>().sqrt();
-        let err = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).powi(2)).sum::<f64>().sqrt() / scale;
+        let err = rel_error(&got, &gemv_reference(&av, &xv, m, k));
         assert!(err < 1e-4, "a transfer did not wait for the request on the device (relative error {err:e})");
     }
 });
