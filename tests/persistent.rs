@@ -412,7 +412,7 @@ fn trace_follows_each_problem() {
         return;
     };
     let (cases, staged, round) = staged_problems(&*d, 30, (2, (512, 1, 512)), 300);
-    let (ring, engine) = d.start_persistent(8, Duration::from_secs(10)).unwrap();
+    let (ring, engine) = d.start_persistent(8, Duration::from_secs(10), true).unwrap();
     let mut w = RingWriter::new(ring.clone());
     let start = Instant::now();
     for p in &round.problems {
@@ -437,6 +437,36 @@ fn trace_follows_each_problem() {
         assert!(c.error(&got, &c.reference()) < 1e-4, "problem {i} wrong");
     }
     say(&format!("trace_follows_each_problem: {} problems on {}", round.problems.len(), d.name()));
+}
+
+/// Untraced (the runtime's way: no timer reads on a problem's way), the kernel stamps nothing
+/// and its engine says so when asked for the trace; results are right. GPU only.
+#[test]
+fn untraced_kernel_has_no_trace() {
+    let Some((_g, d)) = common::gpu() else {
+        say("untraced_kernel_has_no_trace: skipped, no CUDA device");
+        return;
+    };
+    let (cases, staged, round) = staged_problems(&*d, 31, (2, (512, 1, 512)), 100);
+    let (ring, engine) = d.start_persistent(8, Duration::from_secs(10), false).unwrap();
+    let mut w = RingWriter::new(ring.clone());
+    let start = Instant::now();
+    for p in &round.problems {
+        let q = w.write(*p);
+        w.publish();
+        while !ring.is_done(q) {
+            assert!(start.elapsed() < Duration::from_secs(30), "problem {q} did not finish");
+            std::hint::spin_loop();
+        }
+    }
+    let err = engine.trace().expect_err("an untraced kernel has no trace");
+    assert!(err.to_string().contains("without its trace"), "{err}");
+    ring.request_stop();
+    assert_eq!(tilemux::persistent::Engine::join(&engine).unwrap(), 0);
+    for (i, (c, got)) in cases.iter().zip(staged.read_c(&*d, &cases).unwrap()).enumerate() {
+        assert!(c.error(&got, &c.reference()) < 1e-4, "problem {i} wrong");
+    }
+    say(&format!("untraced_kernel_has_no_trace: {} problems on {}", round.problems.len(), d.name()));
 }
 
 /// The per-SM round-trip probe measures every SM once: a bus round trip from each (host-mapped

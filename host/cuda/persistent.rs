@@ -25,7 +25,8 @@ pub struct CudaEngine {
     _slots: DeviceBuffer,
     _done_ctr: DeviceBuffer,
     _table: DeviceBuffer,
-    trace: DeviceBuffer,
+    /// The kernel's trace, when it was started with one.
+    trace: Option<DeviceBuffer>,
     /// Keeps the host block mapped while the kernel may touch it.
     _ring: Arc<RingMemory>,
     gpu: Arc<super::Gpu>,
@@ -38,8 +39,15 @@ unsafe impl Sync for CudaEngine {}
 
 impl CudaDevice {
     /// Starts persistent mode: allocates the ring and launches the resident kernel. While it
-    /// runs, this device must not run rounds (the kernel holds every SM).
-    pub fn start_persistent(&self, slots: u32, heartbeat_timeout: Duration) -> Result<(Arc<RingMemory>, CudaEngine)> {
+    /// runs, this device must not run rounds (the kernel holds every SM). `traced`: the kernel
+    /// stamps each problem's way ([`CudaEngine::trace`]); that costs each problem about 0.3 µs
+    /// (its `%globaltimer` reads), so the runtime runs untraced.
+    pub fn start_persistent(
+        &self,
+        slots: u32,
+        heartbeat_timeout: Duration,
+        traced: bool,
+    ) -> Result<(Arc<RingMemory>, CudaEngine)> {
         self.gpu().bind()?;
         let k = self.kernel();
         if k.persistent_grid < 2 || k.persistent_grid > TRACE_CTAS {
@@ -57,13 +65,13 @@ impl CudaDevice {
             Ok(b)
         };
         let state = DeviceBuffer::new(size_of::<DeviceState>())?;
-        let trace = zeroed(TRACE_BYTES)?;
+        let trace = if traced { Some(zeroed(TRACE_BYTES)?) } else { None };
         let init = DeviceState {
             claim: 0,
             _unused: 0,
             tiles_published: 0,
             heartbeat_timeout_ns: heartbeat_timeout.as_nanos() as u64,
-            trace: trace.ptr,
+            trace: trace.as_ref().map_or(0, |t| t.ptr),
             stop: 0,
             status: 0,
             slots,
@@ -124,16 +132,18 @@ fn worker_spin_polls() -> u32 {
 
 impl CudaEngine {
     /// The kernel's stamps of the last `TRACE_PROBLEMS` problems (entry `q % TRACE_PROBLEMS`;
-    /// only entries of finished problems are complete).
+    /// only entries of finished problems are complete). An error when the kernel was started
+    /// untraced.
     pub fn trace(&self) -> Result<Vec<Trace>> {
+        let Some(trace) = &self.trace else {
+            return Err(Error::Config("the resident kernel was started without its trace".into()));
+        };
         self.gpu.bind()?;
         let mut v = vec![bytemuck::Zeroable::zeroed(); TRACE_PROBLEMS as usize];
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut v);
         // SAFETY: the buffer holds TRACE_PROBLEMS traces; the kernel writes it with plain stores,
         // so entries of problems in flight may be partial (callers read finished ones).
-        ck("cuMemcpyDtoH", unsafe {
-            sys::cuMemcpyDtoH_v2(bytes.as_mut_ptr() as *mut c_void, self.trace.ptr, bytes.len())
-        })?;
+        ck("cuMemcpyDtoH", unsafe { sys::cuMemcpyDtoH_v2(bytes.as_mut_ptr() as *mut c_void, trace.ptr, bytes.len()) })?;
         Ok(v)
     }
 }
