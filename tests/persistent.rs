@@ -187,6 +187,29 @@ runtime_test!(rewritten_inputs_are_read_fresh, |d: Arc<dyn Device>, gpu: bool| {
     say(&format!("rewritten_inputs_are_read_fresh: {rounds} rewrites, worst error {worst:.1e}"));
 });
 
+runtime_test!(transfers_wait_for_requests_on_the_device, |d: Arc<dyn Device>, _gpu: bool| {
+    // A request the fast path takes straight to the device: a read of its output issued before
+    // waiting sees the result, and a write of its input issued right after submitting waits for
+    // it (the request reads the old values).
+    let rt = Runtime::with_device(d, persistent(16, WhenFull::Wait)).unwrap();
+    let t = rt.add_tenant(TenantSpec::new("transfers").quota(16 << 20)).unwrap();
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    let (m, k) = (512, 512);
+    for _ in 0..20 {
+        let av: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let xv: Vec<f32> = (0..k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let (a, x, y) = (t.upload(&av).unwrap(), t.upload(&xv).unwrap(), t.upload(&vec![f32::NAN; m]).unwrap());
+        let ticket = rt.submit(&t, Op::gemm(Mat::new(&a, m, k), Mat::new(&x, k, 1), Mat::new(&y, m, 1))).unwrap();
+        a.write(&vec![0.0; m * k]).unwrap();
+        let got = y.read().unwrap();
+        ticket.wait().unwrap();
+        let want: Vec<f64> = (0..m).map(|i| (0..k).map(|j| av[i * k + j] as f64 * xv[j] as f64).sum::<f64>()).collect();
+        let scale = want.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let err = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).powi(2)).sum::<f64>().sqrt() / scale;
+        assert!(err < 1e-4, "a transfer did not wait for the request on the device (relative error {err:e})");
+    }
+});
+
 runtime_test!(remembered_plans_fit_their_ops, |d: Arc<dyn Device>, _gpu: bool| {
     // A thread's lone ops reuse the last one's plan when alike: alternating shapes and scalars,
     // repeats, and a chooser change in between must each run as planned for themselves.

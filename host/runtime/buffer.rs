@@ -23,11 +23,13 @@ pub(crate) struct BufferInner {
     len: usize,
     tenant: Arc<TenantState>,
     rt: Arc<Inner>,
-    /// Ops (queued or in a round) that read or write this buffer.
+    /// Ops (queued or in a round) that read or write this buffer; not those persistent mode's
+    /// fast path took straight to the device, which `on_device` counts.
     users: AtomicUsize,
     /// Persistent mode's hazards: requests on the device that read (low 32 bits) and write
-    /// (high 32 bits) this buffer. Read and changed only under the ring's hazard lock, so
-    /// relaxed loads and stores (no read-modify-write) suffice.
+    /// (high 32 bits) this buffer. Changed only under the ring's hazard lock, so plain loads
+    /// and stores (no read-modify-write) suffice; stored with release, so a transfer that sees
+    /// it zero without the lock ([`Buffer::settle`]) sees the requests' completion too.
     on_device: AtomicU64,
 }
 
@@ -100,7 +102,7 @@ impl Buffer {
             (true, false) => n.saturating_sub(1),
         };
         let (r, w) = (step(r, !write), step(w, write));
-        self.inner.on_device.store(u64::from(w) << 32 | u64::from(r), Ordering::Relaxed);
+        self.inner.on_device.store(u64::from(w) << 32 | u64::from(r), Ordering::Release);
     }
 
     /// Fails if the buffer can no longer be used (tenant removed, runtime shut down).
@@ -114,7 +116,9 @@ impl Buffer {
 
     fn settle(&self) -> Result<()> {
         self.usable()?;
-        self.inner.rt.wait_until(|| self.inner.users.load(Ordering::Acquire) == 0);
+        self.inner.rt.wait_until(|| {
+            self.inner.users.load(Ordering::Acquire) == 0 && self.inner.on_device.load(Ordering::Acquire) == 0
+        });
         self.usable()
     }
 

@@ -53,6 +53,10 @@ pub(crate) struct Pending {
     deadline: Instant,
     cost_ns: f64,
     ref_tiles: usize,
+    /// Its buffers count it as a user (a queued request). A request the fast path takes is on
+    /// the device at once, and its buffers count it there only ([`Buffer::on_device`]): two
+    /// read-modify-writes per buffer fewer on its way in and out.
+    users: bool,
 }
 
 /// Buffers `ops` touch: `(buffer, written)`.
@@ -69,7 +73,11 @@ impl Pending {
         touches(&self.ops)
     }
 
+    /// Its buffers no longer count it as a user (if they did).
     fn release(&self) {
+        if !self.users {
+            return;
+        }
         for o in &self.ops {
             let o = o.get();
             o.reads.iter().for_each(|b| b.remove_user());
@@ -298,7 +306,16 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
     s.seq += 1;
     let seq = s.seq;
     let q = queue(&mut s, tenant);
-    q.pending.push_back(Pending { seq, ops, resolver, submitted: now, deadline: now + slo, cost_ns, ref_tiles });
+    q.pending.push_back(Pending {
+        seq,
+        ops,
+        resolver,
+        submitted: now,
+        deadline: now + slo,
+        cost_ns,
+        ref_tiles,
+        users: true,
+    });
     s.queued += 1;
     tenant.inflight.fetch_add(1, Ordering::AcqRel);
     tenant.counters().submitted += 1;
@@ -369,7 +386,6 @@ impl FastPath {
         // Counted while the runtime is open (under the lock): a shutdown waits for it.
         ring.fast_writers.fetch_add(1, Ordering::AcqRel);
         drop(s);
-        add_users(&ops);
         tenant.inflight.fetch_add(1, Ordering::AcqRel);
         let checked = within_ring_limits(&problems, checked);
         let seqs = match &checked {
@@ -386,7 +402,7 @@ impl FastPath {
         tenant.counters().submitted += 1;
         let (t, resolver) = ticket();
         let FastPath { submitted, deadline, cost_ns, ref_tiles } = self;
-        let pending = Pending { seq, ops, resolver, submitted, deadline, cost_ns, ref_tiles };
+        let pending = Pending { seq, ops, resolver, submitted, deadline, cost_ns, ref_tiles, users: false };
         let f = Flight { tenant: tenant.clone(), pending, seqs, published };
         match checked {
             Ok(()) => {
