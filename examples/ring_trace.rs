@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use tilemux::Device;
 use tilemux::abi::TileKind;
+use tilemux::cuda::persistent::Resident;
 use tilemux::cuda::{CudaConfig, CudaDevice};
 use tilemux::memory::Arena;
 use tilemux::persistent::{Engine, RingWriter};
@@ -52,7 +53,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // for where the time goes.
         let run = |n: usize, traced: bool| -> Result<(Vec<f64>, String), Box<dyn std::error::Error>> {
             staged.poison(&cuda, std::slice::from_ref(&case))?;
-            let (ring, engine) = cuda.start_persistent(64, Duration::from_secs(10), traced)?;
+            let (ring, engine) =
+                cuda.start_persistent(64, Duration::from_secs(10), Resident { traced, ..Resident::new() })?;
             let mut w = RingWriter::new(ring.clone());
             let mut lat = Vec::with_capacity(n);
             for i in 0..n + n / 10 {

@@ -14,6 +14,7 @@ use common::say;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tilemux::abi::TileKind;
+use tilemux::cuda::persistent::{Forwarder, Resident};
 use tilemux::persistent::RingWriter;
 use tilemux::reference::{Case, Staged, random_dims};
 use tilemux::round::{CostModel, Round, TileChooser};
@@ -435,7 +436,7 @@ fn trace_follows_each_problem() {
         return;
     };
     let (cases, staged, round) = staged_problems(&*d, 30, (2, (512, 1, 512)), 300);
-    let (ring, engine) = d.start_persistent(8, Duration::from_secs(10), true).unwrap();
+    let (ring, engine) = d.start_persistent(8, Duration::from_secs(10), Resident::new().traced()).unwrap();
     let mut w = RingWriter::new(ring.clone());
     let start = Instant::now();
     for p in &round.problems {
@@ -462,6 +463,39 @@ fn trace_follows_each_problem() {
     say(&format!("trace_follows_each_problem: {} problems on {}", round.problems.len(), d.name()));
 }
 
+/// The forwarder wherever it is placed: on the SM with the shortest bus round trip (the
+/// default), on block 0, and on an SM that has no CTA (block 0 takes over after waiting for a
+/// claim that never comes). Results are right each time. GPU only.
+#[test]
+fn forwarder_anywhere() {
+    let Some((_g, d)) = common::gpu() else {
+        say("forwarder_anywhere: skipped, no CUDA device");
+        return;
+    };
+    let (cases, staged, round) = staged_problems(&*d, 24, (2, (512, 1, 512)), 120);
+    for forwarder in [Forwarder::FastestSm, Forwarder::Block0, Forwarder::Sm(1 << 20)] {
+        staged.poison(&*d, &cases).unwrap();
+        let (ring, engine) =
+            d.start_persistent(8, Duration::from_secs(10), Resident { forwarder, ..Resident::new() }).unwrap();
+        let mut w = RingWriter::new(ring.clone());
+        let start = Instant::now();
+        for p in &round.problems {
+            let q = w.write(*p);
+            w.publish();
+            while !ring.is_done(q) {
+                assert!(start.elapsed() < Duration::from_secs(30), "{forwarder:?}: problem {q} did not finish");
+                std::hint::spin_loop();
+            }
+        }
+        ring.request_stop();
+        assert_eq!(tilemux::persistent::Engine::join(&engine).unwrap(), 0);
+        for (i, (c, got)) in cases.iter().zip(staged.read_c(&*d, &cases).unwrap()).enumerate() {
+            assert!(c.error(&got, &c.reference()) < 1e-4, "{forwarder:?}: problem {i} wrong");
+        }
+    }
+    say(&format!("forwarder_anywhere: {} problems three ways on {}", round.problems.len(), d.name()));
+}
+
 /// Untraced (the runtime's way: no timer reads on a problem's way), the kernel stamps nothing
 /// and its engine says so when asked for the trace; results are right. GPU only.
 #[test]
@@ -471,7 +505,7 @@ fn untraced_kernel_has_no_trace() {
         return;
     };
     let (cases, staged, round) = staged_problems(&*d, 31, (2, (512, 1, 512)), 100);
-    let (ring, engine) = d.start_persistent(8, Duration::from_secs(10), false).unwrap();
+    let (ring, engine) = d.start_persistent(8, Duration::from_secs(10), Resident::new()).unwrap();
     let mut w = RingWriter::new(ring.clone());
     let start = Instant::now();
     for p in &round.problems {

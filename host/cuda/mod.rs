@@ -611,7 +611,7 @@ impl Device for CudaDevice {
         slots: u32,
         heartbeat_timeout: std::time::Duration,
     ) -> Result<(Arc<crate::persistent::RingMemory>, Arc<dyn crate::persistent::Engine>)> {
-        let (ring, engine) = CudaDevice::start_persistent(self, slots, heartbeat_timeout, false)?;
+        let (ring, engine) = CudaDevice::start_persistent(self, slots, heartbeat_timeout, persistent::Resident::new())?;
         Ok((ring, Arc::new(engine)))
     }
 

@@ -37,17 +37,51 @@ unsafe impl Send for CudaEngine {}
 // SAFETY: as above.
 unsafe impl Sync for CudaEngine {}
 
+/// Where the resident kernel's forwarder runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Forwarder {
+    /// On the SM with the shortest round trip to host memory, measured before the launch
+    /// (block 0 where the grid is not one CTA on every SM).
+    #[default]
+    FastestSm,
+    /// Block 0, wherever it runs.
+    Block0,
+    /// On this SM (`%smid`); block 0 takes over when no CTA there claims it within 1 ms.
+    Sm(u32),
+}
+
+/// How the resident kernel is started.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Resident {
+    /// The kernel stamps each problem's way ([`CudaEngine::trace`]). Its timer reads are not
+    /// free, so the runtime runs untraced.
+    pub traced: bool,
+    /// Where the forwarder runs (`TILEMUX_FORWARDER_SM=block0` overrides `FastestSm`).
+    pub forwarder: Forwarder,
+}
+
+impl Resident {
+    /// Untraced, the forwarder on the fastest SM: as the runtime starts it.
+    pub fn new() -> Resident {
+        Resident::default()
+    }
+
+    /// With the kernel's trace.
+    pub fn traced(self) -> Resident {
+        Resident { traced: true, ..self }
+    }
+}
+
 impl CudaDevice {
-    /// Starts persistent mode: allocates the ring and launches the resident kernel. While it
-    /// runs, this device must not run rounds (the kernel holds every SM). `traced`: the kernel
-    /// stamps each problem's way ([`CudaEngine::trace`]); that costs each problem about 0.3 µs
-    /// (its `%globaltimer` reads), so the runtime runs untraced.
+    /// Starts persistent mode: allocates the ring and launches the resident kernel as `how`
+    /// says. While it runs, this device must not run rounds (the kernel holds every SM).
     pub fn start_persistent(
         &self,
         slots: u32,
         heartbeat_timeout: Duration,
-        traced: bool,
+        how: Resident,
     ) -> Result<(Arc<RingMemory>, CudaEngine)> {
+        let traced = how.traced;
         self.gpu().bind()?;
         let k = self.kernel();
         if k.persistent_grid < 2 || k.persistent_grid > TRACE_CTAS {
@@ -76,7 +110,8 @@ impl CudaDevice {
             status: 0,
             slots,
             worker_spin_polls: worker_spin_polls(),
-            _reserved: [0; 2],
+            forwarder_sm: forwarder_sm(self, k.persistent_grid, how.forwarder)?,
+            forwarder_claim: 0,
         };
         // SAFETY: the buffer holds a DeviceState.
         ck("cuMemcpyHtoD", unsafe {
@@ -121,6 +156,24 @@ impl CudaDevice {
         };
         Ok((ring, engine))
     }
+}
+
+/// The SM whose CTA forwards (`DeviceState::forwarder_sm`): the one with the shortest round
+/// trip to host-mapped memory (`probe::sm_rtt`, 32 loads from each SM; 1.04–1.23 µs across the
+/// H100's SMs, stable per SM pair). The forwarder polls once per round trip and every publish
+/// waits for its next poll, so the poll cycle is where the SM matters; block 0 lands on any SM.
+/// `u32::MAX` (block 0 forwards) unless the grid is one CTA on every SM (then exactly one runs
+/// on the chosen SM), or with `TILEMUX_FORWARDER_SM=block0`.
+fn forwarder_sm(dev: &CudaDevice, grid: u32, f: Forwarder) -> Result<u32> {
+    let block0 = std::env::var("TILEMUX_FORWARDER_SM").is_ok_and(|v| v == "block0");
+    match f {
+        Forwarder::Sm(sm) => return Ok(sm),
+        Forwarder::Block0 => return Ok(u32::MAX),
+        Forwarder::FastestSm if block0 || grid != dev.gpu().sm_count => return Ok(u32::MAX),
+        Forwarder::FastestSm => {}
+    }
+    let rtt = super::probe::sm_rtt(dev, 32)?;
+    Ok(rtt.iter().filter(|r| r.host_ns > 0).min_by_key(|r| r.host_ns).map_or(u32::MAX, |r| r.sm))
 }
 
 /// Back-to-back polls of a waiting worker before it backs off: about 1 ms of L2 round trips,

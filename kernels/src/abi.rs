@@ -719,8 +719,14 @@ pub mod ring {
         /// Polls a waiting worker makes back to back before it starts sleeping between them
         /// (nanosleep backoff); a worker that just finished a tile polls at once.
         pub worker_spin_polls: u32,
-        /// Reserved, zero.
-        pub _reserved: [u32; 2],
+        /// The SM (`%smid`) whose CTA forwards, the host's choice (the SM with the shortest bus
+        /// round trip: the forwarder polls once per round trip, and every publish waits for its
+        /// next poll); `u32::MAX`: block 0 forwards. Only for a grid of one CTA per SM on every
+        /// SM, where exactly one CTA runs on it.
+        pub forwarder_sm: u32,
+        /// Which CTA forwards, claimed once at the start (zero, then 1 by the CTA on
+        /// `forwarder_sm`, or 2 by block 0 when none claimed it within `FORWARDER_CLAIM_NS`).
+        pub forwarder_claim: u32,
     }
 
     /// Problems the trace keeps (problem `q` in entry `q % TRACE_PROBLEMS`).

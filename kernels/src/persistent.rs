@@ -2,7 +2,8 @@
 //! resident), it drains the ring until told to stop. Protocol and memory ordering: `QUEUE.md`,
 //! "Persistent mode".
 //!
-//! Warp 0 of block 0 is the forwarder: it polls the stamped host images of the next two slots
+//! Warp 0 of one block is the forwarder (the CTA on the SM the host chose for its short bus
+//! round trip, else block 0; see [`forwards`]): it polls the stamped host images of the next two slots
 //! itself (one bus round trip brings both the news and the problems), copies the images that
 //! arrived into the device ring as they are, stamps included, and publishes every tile of them in
 //! the claim table. Every other block is a worker: its warp 0 claims the next global tile index
@@ -20,11 +21,11 @@ use crate::abi::ring::{
 };
 use crate::abi::{SMEM_DESC_OFFSET, SMEM_HEADER_BYTES, TileDesc};
 use crate::arch::{
-    atom_add_relaxed_gpu_u64, atom_add_release_gpu_u64, block_idx_x, clock64, fence_acq_rel_sys, globaltimer,
-    ld_acquire_gpu_shared_u32, ld_acquire_gpu_u32, ld_acquire_gpu_u64, ld_shared_u32, ld_shared_u64, ld_volatile_u32,
-    ld_volatile_u64, ld_volatile_v4_u32, nanosleep, shfl_idx, smem_base, st_relaxed_gpu_u64, st_relaxed_gpu_v4_u32,
-    st_relaxed_sys_u64, st_release_gpu_u32, st_release_gpu_u64, st_shared_u32, st_shared_u64, sync_threads, sync_warp,
-    thread_idx_x, vote_all,
+    atom_add_relaxed_gpu_u64, atom_add_release_gpu_u64, atom_cas_relaxed_gpu_u32, block_idx_x, clock64,
+    fence_acq_rel_sys, globaltimer, ld_acquire_gpu_shared_u32, ld_acquire_gpu_u32, ld_acquire_gpu_u64, ld_shared_u32,
+    ld_shared_u64, ld_volatile_u32, ld_volatile_u64, ld_volatile_v4_u32, nanosleep, shfl_idx, sm_id, smem_base,
+    st_relaxed_gpu_u64, st_relaxed_gpu_v4_u32, st_relaxed_sys_u64, st_release_gpu_u32, st_release_gpu_u64,
+    st_shared_u32, st_shared_u64, sync_threads, sync_warp, thread_idx_x, vote_all,
 };
 use crate::megakernel::run_tile;
 use crate::problem::Problem;
@@ -150,7 +151,7 @@ fn shfl_u64(v: u64, lane: u32) -> u64 {
     shfl_idx(v as u32, lane) as u64 | (shfl_idx((v >> 32) as u32, lane) as u64) << 32
 }
 
-/// Warp 0 of block 0: forwards problems from the host images to the device ring and the claim
+/// The forwarding CTA's warp 0: forwards problems from the host images to the device ring and the claim
 /// table until stopped, then sets the device stop word (after its last `tiles_published`).
 ///
 /// Each poll is one load per lane: lanes `k·13 + c` read chunk `c` of problem `q + k`'s slot
@@ -396,6 +397,51 @@ unsafe fn find(
     }
 }
 
+/// How long block 0 waits for the CTA on `DeviceState::forwarder_sm` to claim the forwarder
+/// before it claims it itself (a grid that left that SM without a CTA must not hang).
+const FORWARDER_CLAIM_NS: u64 = 1_000_000;
+
+/// Whether this CTA forwards: the one on `DeviceState::forwarder_sm` (the host's choice) or,
+/// without one (`u32::MAX`) or when that CTA has not claimed it within [`FORWARDER_CLAIM_NS`],
+/// block 0. Exactly one CTA claims it (a compare-and-swap on `forwarder_claim`); the others
+/// work. Called by every thread of the CTA; a candidate's thread 0 decides and tells the others
+/// through the shared-memory header (one barrier, at the start only).
+///
+/// # Safety
+/// `state` is the kernel's [`DeviceState`]; `header` the shared-memory header, not yet in use.
+#[inline(always)]
+unsafe fn forwards(state: u64, header: u32) -> bool {
+    // SAFETY (loads and the atomic): the device state.
+    let chosen = unsafe { ld_volatile_u32(state + offset_of!(DeviceState, forwarder_sm) as u64) };
+    let claim = state + offset_of!(DeviceState, forwarder_claim) as u64;
+    let mine = chosen != u32::MAX && sm_id() == chosen;
+    if !mine && block_idx_x() != 0 {
+        return false;
+    }
+    if thread_idx_x() == 0 {
+        let won = if mine {
+            unsafe { atom_cas_relaxed_gpu_u32(claim, 0, 1) == 0 }
+        } else {
+            // Block 0: the chosen CTA's claim, or its own once the wait is over.
+            let start = globaltimer();
+            while chosen != u32::MAX
+                && unsafe { ld_volatile_u32(claim) } == 0
+                && globaltimer().wrapping_sub(start) < FORWARDER_CLAIM_NS
+            {
+                nanosleep(1000);
+            }
+            unsafe { atom_cas_relaxed_gpu_u32(claim, 0, 2) == 0 }
+        };
+        // SAFETY: a header word, read by the CTA after the barrier.
+        unsafe { st_shared_u32(header + HEADER_SLOT, won as u32) };
+    }
+    sync_threads();
+    // SAFETY: written before the barrier.
+    let won = unsafe { ld_shared_u32(header + HEADER_SLOT) } != 0;
+    sync_threads(); // the word is the worker's header again once everyone has read it
+    won
+}
+
 /// Persistent-mode entry point. Launch cooperatively with `BLOCK_THREADS` threads, a grid of
 /// at least 2 and at most the co-resident CTAs, and `TileKind::megakernel_smem_bytes()` of
 /// dynamic shared memory. `state` is a [`DeviceState`] (with `slots` and `heartbeat_timeout_ns`
@@ -423,7 +469,8 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
     // SAFETY: the device state.
     let trace = unsafe { ld_volatile_u64(state + offset_of!(DeviceState, trace) as u64) };
     let r = Ring { state, slots_addr, done_ctr, table, host, trace, slots };
-    if block_idx_x() == 0 {
+    // SAFETY: the device state.
+    if unsafe { forwards(state, header) } {
         if tid < 32 {
             // SAFETY: this kernel's contract; one whole warp.
             unsafe { forward(&r, tid) };

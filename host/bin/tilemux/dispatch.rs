@@ -15,6 +15,7 @@ use clap::Args;
 use rand::SeedableRng;
 use tilemux::Device;
 use tilemux::abi::TileKind;
+use tilemux::cuda::persistent::Resident;
 use tilemux::cuda::probe::{Doorbell, EchoWay, Reply, Write, echo, sm_rtt};
 use tilemux::cuda::{CudaConfig, CudaDevice};
 use tilemux::memory::Arena;
@@ -386,7 +387,8 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
             // shorter traced run for where the time goes.
             let bare = |n: usize, traced: bool| -> Result<(Vec<f64>, String)> {
                 staged.poison(&*dev, std::slice::from_ref(&case))?;
-                let (ring, engine) = cuda.start_persistent(64, Duration::from_secs(10), traced)?;
+                let (ring, engine) =
+                    cuda.start_persistent(64, Duration::from_secs(10), Resident { traced, ..Resident::new() })?;
                 let mut w = RingWriter::new(ring.clone());
                 let mut beats = 0;
                 let l = lat(n, || {
