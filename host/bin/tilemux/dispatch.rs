@@ -59,12 +59,22 @@ pub struct DispatchArgs {
 const SHAPES: [(&str, (u32, u32, u32)); 2] = [("gemv 512x1x512", (512, 1, 512)), ("gemm 256x256x256", (256, 256, 256))];
 
 /// Times `f` `n` times (after 1% warm-up); returns sorted latencies in µs.
-fn lat(n: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+/// Longest random gap before a request in the gapped latency rows (about two poll cycles).
+const GAP_NS: u64 = 2000;
+
+fn lat(n: usize, f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    lat_after(n, || {}, f)
+}
+
+/// As [`lat`], running `before` ahead of each call, outside the timed interval.
+fn lat_after(n: usize, mut before: impl FnMut(), mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
     for _ in 0..(n / 100).max(10) {
+        before();
         f()?;
     }
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
+        before();
         let t = Instant::now();
         f()?;
         v.push(t.elapsed().as_secs_f64() * 1e6);
@@ -81,8 +91,9 @@ fn mode(persistent: bool) -> RuntimeConfig {
     }
 }
 
-/// One tenant running `case` through a runtime, checked once, then timed one at a time.
-fn runtime_latency(dev: Arc<dyn Device>, persistent: bool, case: &Case, n: usize) -> Result<Vec<f64>> {
+/// One tenant running `case` through a runtime, checked once, then timed one at a time; with
+/// `gap_ns`, after a random 0..gap_ns spin before each request (outside the timed interval).
+fn runtime_latency(dev: Arc<dyn Device>, persistent: bool, case: &Case, n: usize, gap_ns: u64) -> Result<Vec<f64>> {
     let rt = Runtime::with_device(dev, mode(persistent))?;
     let t = rt.add_tenant(TenantSpec::new("one").quota(64 << 20))?;
     let bufs = case.alloc(&t)?;
@@ -92,13 +103,26 @@ fn runtime_latency(dev: Arc<dyn Device>, persistent: bool, case: &Case, n: usize
     let e = case.error(&bufs.c.read()?, &case.reference());
     ensure!(e < 1e-4, "runtime ({}) result wrong: {e:e}", if persistent { "persistent" } else { "rounds" });
     let mut submit = Vec::with_capacity(n + n / 100 + 10);
-    let l = lat(n, || {
-        let s = Instant::now();
-        let ticket = rt.submit(&t, op.clone())?;
-        submit.push(s.elapsed().as_secs_f64() * 1e6);
-        ticket.wait()?;
-        Ok(())
-    })?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let l = lat_after(
+        n,
+        || {
+            if gap_ns > 0 {
+                let gap = Duration::from_nanos(rand::Rng::random_range(&mut rng, 0..gap_ns));
+                let g = Instant::now();
+                while g.elapsed() < gap {
+                    std::hint::spin_loop();
+                }
+            }
+        },
+        || {
+            let s = Instant::now();
+            let ticket = rt.submit(&t, op.clone())?;
+            submit.push(s.elapsed().as_secs_f64() * 1e6);
+            ticket.wait()?;
+            Ok(())
+        },
+    )?;
     eprintln!("  submit() itself: p50 {:.2} µs", percentile(&mut submit, 0.5));
     Ok(l)
 }
@@ -366,8 +390,12 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
             Ok(())
         })?;
         row(name, "cuBLAS launch + sync", l);
-        row(name, "runtime, round per launch", runtime_latency(dev.clone(), false, &case, args.requests)?);
-        row(name, "runtime, persistent", runtime_latency(dev.clone(), true, &case, args.requests)?);
+        row(name, "runtime, round per launch", runtime_latency(dev.clone(), false, &case, args.requests, 0)?);
+        row(name, "runtime, persistent", runtime_latency(dev.clone(), true, &case, args.requests, 0)?);
+        // Back to back, the loop settles on a whole number of the forwarder's poll cycles;
+        // after a random gap each request meets the cycle at a random phase.
+        let gapped = runtime_latency(dev.clone(), true, &case, args.requests, GAP_NS)?;
+        row(name, &format!("runtime, persistent, after a random 0–{} µs gap", GAP_NS / 1000), gapped);
 
         // The bare ring: one problem written and published, its completion word polled; planned
         // as the fast path plans a lone request, and (a GEMV) with the 32-row kind beside it.
