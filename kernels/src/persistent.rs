@@ -164,19 +164,20 @@ unsafe fn forward(r: &Ring, lane: u32) {
     // SAFETY (loads and stores below): the device state, the host block, the device ring and
     // the claim table, as the kernel's contract describes them.
     let timeout = unsafe { ld_volatile_u64(r.state(offset_of!(DeviceState, heartbeat_timeout_ns))) };
-    let (mut beat, mut beat_at) = (0u64, globaltimer());
-    // Empty polls: all of them (for the control cadence), and in a row (for idling).
-    let (mut q, mut polls, mut idle) = (0u64, 0u32, 0u32);
+    let (mut beat, mut beat_at) = (None, globaltimer());
+    // Empty polls in a row (for idling).
+    let (mut q, mut idle) = (0u64, 0u32);
     // Problem q's slot, `q % slots`, kept as q moves.
     let mut qi = 0u32;
-    let mut stopping = false;
     let (k, c) = (lane / HOST_SLOT_CHUNKS as u32, lane % HOST_SLOT_CHUNKS as u32);
-    loop {
-        let control = polls % FORWARDER_CONTROL_EVERY == FORWARDER_CONTROL_EVERY - 1;
-        let mut w = [0u32; 4];
-        let mut ctl = 0u64;
+    // This lane's word of a poll: chunk `c` of problem `q + k`'s image (moves with `q`).
+    let poll_at = |qi: u32| r.host + (host_slot_offset(r.next(qi, k)) + c as usize * 16) as u64;
+    let mut at = poll_at(qi);
+    // Issues poll number `seq`: its lanes' values, and whether it also read the control words.
+    let issue = |at: u64, seq: u32| -> ([u32; 4], u64, bool) {
+        let control = seq % FORWARDER_CONTROL_EVERY == FORWARDER_CONTROL_EVERY - 1;
+        let (mut w, mut ctl) = ([0u32; 4], 0u64);
         if lane < POLL_LANES {
-            let at = r.host + (host_slot_offset(r.next(qi, k)) + c as usize * 16) as u64;
             w = unsafe { ld_volatile_v4_u32(at) };
         } else if control && lane == LANE_STOP {
             // Relaxed: an acquire at system scope would cost this poll a fence; the one that
@@ -185,6 +186,13 @@ unsafe fn forward(r: &Ring, lane: u32) {
         } else if control && lane == LANE_BEAT {
             ctl = unsafe { ld_volatile_u64(r.header(offset_of!(HostHeader, heartbeat))) };
         }
+        (w, ctl, control)
+    };
+    // The poll being looked at (`seq`), polls issued, and the first one issued after the stop
+    // fence (none yet).
+    let (mut seq, mut issued, mut after_fence) = (0u32, 1u32, u32::MAX);
+    let (mut w, mut ctl, mut control) = issue(at, seq);
+    loop {
         let mine = lane >= POLL_LANES || w[0] == stamp(q + k as u64);
         let first = vote_all(k != 0 || mine);
         let n = if !first {
@@ -195,31 +203,40 @@ unsafe fn forward(r: &Ring, lane: u32) {
             1
         };
         if n == 0 {
-            polls = polls.wrapping_add(1);
             // A poll issued after the stop word was seen, and still nothing: everything the host
             // published before asking to stop is forwarded.
-            if stopping {
+            if seq >= after_fence {
                 break;
             }
             idle = idle.saturating_add(1);
-            if control {
+            let (looked_ctl, looked_control) = (ctl, control);
+            // While busy, the next poll goes out before this one's bookkeeping (which then runs
+            // while it is in flight): the poll cycle is the bus round trip, little more.
+            let busy = idle <= FORWARDER_IDLE_POLLS;
+            if busy {
+                (w, ctl, control) = issue(at, issued);
+                (seq, issued) = (issued, issued.wrapping_add(1));
+            }
+            if looked_control {
                 let now = globaltimer();
-                let (stop, b) = (shfl_u64(ctl, LANE_STOP), shfl_u64(ctl, LANE_BEAT));
-                if stop != 0 {
-                    // With the load above, an acquire of the stop word: the next poll sees every
-                    // stamp the host stored before it.
+                let (stop, b) = (shfl_u64(looked_ctl, LANE_STOP), shfl_u64(looked_ctl, LANE_BEAT));
+                if stop != 0 && after_fence == u32::MAX {
+                    // With the load above, an acquire of the stop word: polls issued from here
+                    // on see every stamp the host stored before it.
                     sync_warp();
                     fence_acq_rel_sys();
-                    stopping = true;
+                    after_fence = issued;
                 }
-                if b != beat || polls == FORWARDER_CONTROL_EVERY {
-                    (beat, beat_at) = (b, now);
+                if beat != Some(b) {
+                    (beat, beat_at) = (Some(b), now);
                 } else if timeout != 0 && now.wrapping_sub(beat_at) > timeout {
                     break;
                 }
             }
-            if idle > FORWARDER_IDLE_POLLS {
+            if !busy {
                 nanosleep(FORWARDER_IDLE_SLEEP_NS);
+                (w, ctl, control) = issue(at, issued);
+                (seq, issued) = (issued, issued.wrapping_add(1));
             }
             continue;
         }
@@ -267,6 +284,9 @@ unsafe fn forward(r: &Ring, lane: u32) {
         }
         q += n as u64;
         qi = r.next(qi, n);
+        at = poll_at(qi);
+        (w, ctl, control) = issue(at, issued);
+        (seq, issued) = (issued, issued.wrapping_add(1));
     }
     if lane == 0 {
         // SAFETY: the device stop word; released after the last `tiles_published`.
