@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use common::say;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tilemux::abi::ProblemDesc;
 use tilemux::abi::TileKind;
 use tilemux::cuda::persistent::{Forwarder, Resident};
-use tilemux::persistent::RingWriter;
+use tilemux::persistent::{Engine, RingMemory, RingWriter};
 use tilemux::reference::{Case, Staged, random_dims};
 use tilemux::round::{CostModel, Round, TileChooser};
 use tilemux::runtime::{Mat, Mode, Op, PersistentConfig, Policy, Runtime, RuntimeConfig, TenantSpec, WhenFull};
@@ -426,6 +427,30 @@ fn soak_gpu() {
     }
 }
 
+/// Writes `problems` into the bare ring one at a time, each done before the next is written
+/// (30 s at most each); `what` names the run in failures.
+fn one_at_a_time(ring: &Arc<RingMemory>, problems: &[ProblemDesc], what: &str) {
+    let mut w = RingWriter::new(ring.clone());
+    let start = Instant::now();
+    for p in problems {
+        let q = w.write(*p);
+        w.publish();
+        while !ring.is_done(q) {
+            assert!(start.elapsed() < Duration::from_secs(30), "{what}: problem {q} did not finish");
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// Stops the resident kernel (which must end cleanly) and checks every case's result.
+fn stop_and_check(ring: &RingMemory, engine: &dyn Engine, d: &dyn Device, cases: &[Case], staged: &Staged, what: &str) {
+    ring.request_stop();
+    assert_eq!(engine.join().unwrap(), 0, "{what}: the kernel's status");
+    for (i, (c, got)) in cases.iter().zip(staged.read_c(d, cases).unwrap()).enumerate() {
+        assert!(c.error(&got, &c.reference()) < 1e-4, "{what}: problem {i} wrong");
+    }
+}
+
 /// The resident kernel's trace: for every finished problem the stamps follow the problem's way
 /// (forwarder saw it ≤ forwarded ≤ tile 0 found ≤ staged ≤ done ≤ completion written), and the
 /// results are right. GPU only (the CPU engine has no forwarder and no trace).
@@ -437,28 +462,15 @@ fn trace_follows_each_problem() {
     };
     let (cases, staged, round) = staged_problems(&*d, 30, (2, (512, 1, 512)), 300);
     let (ring, engine) = d.start_persistent(8, Duration::from_secs(10), Resident::new().traced()).unwrap();
-    let mut w = RingWriter::new(ring.clone());
-    let start = Instant::now();
-    for p in &round.problems {
-        // One at a time, so each problem's stamps are its own.
-        let q = w.write(*p);
-        w.publish();
-        while !ring.is_done(q) {
-            assert!(start.elapsed() < Duration::from_secs(30), "problem {q} did not finish");
-            std::hint::spin_loop();
-        }
-    }
+    // One at a time, so each problem's stamps are its own.
+    one_at_a_time(&ring, &round.problems, "traced");
     let trace = engine.trace().unwrap();
-    ring.request_stop();
-    assert_eq!(tilemux::persistent::Engine::join(&engine).unwrap(), 0);
+    stop_and_check(&ring, &engine, &*d, &cases, &staged, "traced");
     for (q, t) in trace.iter().take(round.problems.len()).enumerate() {
         let steps = [t.seen, t.forwarded, t.found, t.staged, t.tile_done, t.completing, t.completed];
         assert!(steps.iter().all(|&s| s != 0), "problem {q}: missing stamps {t:?}");
         assert!(steps.windows(2).all(|w| w[0] <= w[1]), "problem {q}: stamps out of order {t:?}");
         assert!(t.completed - t.seen < 10_000_000, "problem {q}: 10 ms on the device {t:?}");
-    }
-    for (i, (c, got)) in cases.iter().zip(staged.read_c(&*d, &cases).unwrap()).enumerate() {
-        assert!(c.error(&got, &c.reference()) < 1e-4, "problem {i} wrong");
     }
     say(&format!("trace_follows_each_problem: {} problems on {}", round.problems.len(), d.name()));
 }
@@ -477,21 +489,9 @@ fn forwarder_anywhere() {
         staged.poison(&*d, &cases).unwrap();
         let (ring, engine) =
             d.start_persistent(8, Duration::from_secs(10), Resident { forwarder, ..Resident::new() }).unwrap();
-        let mut w = RingWriter::new(ring.clone());
-        let start = Instant::now();
-        for p in &round.problems {
-            let q = w.write(*p);
-            w.publish();
-            while !ring.is_done(q) {
-                assert!(start.elapsed() < Duration::from_secs(30), "{forwarder:?}: problem {q} did not finish");
-                std::hint::spin_loop();
-            }
-        }
-        ring.request_stop();
-        assert_eq!(tilemux::persistent::Engine::join(&engine).unwrap(), 0);
-        for (i, (c, got)) in cases.iter().zip(staged.read_c(&*d, &cases).unwrap()).enumerate() {
-            assert!(c.error(&got, &c.reference()) < 1e-4, "{forwarder:?}: problem {i} wrong");
-        }
+        let what = format!("{forwarder:?}");
+        one_at_a_time(&ring, &round.problems, &what);
+        stop_and_check(&ring, &engine, &*d, &cases, &staged, &what);
     }
     say(&format!("forwarder_anywhere: {} problems three ways on {}", round.problems.len(), d.name()));
 }
@@ -506,23 +506,10 @@ fn untraced_kernel_has_no_trace() {
     };
     let (cases, staged, round) = staged_problems(&*d, 31, (2, (512, 1, 512)), 100);
     let (ring, engine) = d.start_persistent(8, Duration::from_secs(10), Resident::new()).unwrap();
-    let mut w = RingWriter::new(ring.clone());
-    let start = Instant::now();
-    for p in &round.problems {
-        let q = w.write(*p);
-        w.publish();
-        while !ring.is_done(q) {
-            assert!(start.elapsed() < Duration::from_secs(30), "problem {q} did not finish");
-            std::hint::spin_loop();
-        }
-    }
+    one_at_a_time(&ring, &round.problems, "untraced");
     let err = engine.trace().expect_err("an untraced kernel has no trace");
     assert!(err.to_string().contains("without its trace"), "{err}");
-    ring.request_stop();
-    assert_eq!(tilemux::persistent::Engine::join(&engine).unwrap(), 0);
-    for (i, (c, got)) in cases.iter().zip(staged.read_c(&*d, &cases).unwrap()).enumerate() {
-        assert!(c.error(&got, &c.reference()) < 1e-4, "problem {i} wrong");
-    }
+    stop_and_check(&ring, &engine, &*d, &cases, &staged, "untraced");
     say(&format!("untraced_kernel_has_no_trace: {} problems on {}", round.problems.len(), d.name()));
 }
 
