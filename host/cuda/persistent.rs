@@ -110,7 +110,7 @@ impl CudaDevice {
             status: 0,
             slots,
             worker_spin_polls: worker_spin_polls(),
-            forwarder_sm: forwarder_sm(self, k.persistent_grid, how.forwarder)?,
+            forwarder_sm: forwarder_sm(self, k.persistent_grid, how.forwarder),
             forwarder_claim: 0,
         };
         // SAFETY: the buffer holds a DeviceState.
@@ -164,16 +164,23 @@ impl CudaDevice {
 /// waits for its next poll, so the poll cycle is where the SM matters; block 0 lands on any SM.
 /// `u32::MAX` (block 0 forwards) unless the grid is one CTA on every SM (then exactly one runs
 /// on the chosen SM), or with `TILEMUX_FORWARDER_SM=block0`.
-fn forwarder_sm(dev: &CudaDevice, grid: u32, f: Forwarder) -> Result<u32> {
+fn forwarder_sm(dev: &CudaDevice, grid: u32, f: Forwarder) -> u32 {
     let block0 = std::env::var("TILEMUX_FORWARDER_SM").is_ok_and(|v| v == "block0");
     match f {
-        Forwarder::Sm(sm) => return Ok(sm),
-        Forwarder::Block0 => return Ok(u32::MAX),
-        Forwarder::FastestSm if block0 || grid != dev.gpu().sm_count => return Ok(u32::MAX),
+        Forwarder::Sm(sm) => return sm,
+        Forwarder::Block0 => return u32::MAX,
+        Forwarder::FastestSm if block0 || grid != dev.gpu().sm_count => return u32::MAX,
         Forwarder::FastestSm => {}
     }
-    let rtt = super::probe::sm_rtt(dev, 32)?;
-    Ok(rtt.iter().filter(|r| r.host_ns > 0).min_by_key(|r| r.host_ns).map_or(u32::MAX, |r| r.sm))
+    // A probe that cannot run costs the choice, not the kernel: block 0 forwards.
+    let rtt = match super::probe::sm_rtt(dev, 32) {
+        Ok(rtt) => rtt,
+        Err(e) => {
+            tracing::warn!(error = %e, "per-SM round-trip probe failed; block 0 forwards");
+            return u32::MAX;
+        }
+    };
+    rtt.iter().filter(|r| r.host_ns > 0).min_by_key(|r| r.host_ns).map_or(u32::MAX, |r| r.sm)
 }
 
 /// Back-to-back polls of a waiting worker before it backs off: about 1 ms of L2 round trips,
