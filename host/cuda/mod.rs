@@ -70,7 +70,7 @@ pub struct Megakernel {
     pub grid: u32,
     /// The resident kernel of persistent mode and its cooperative grid.
     pub(crate) persistent_func: sys::CUfunction,
-    /// CTAs of the resident kernel (block 0 the forwarder, the rest workers).
+    /// CTAs of the resident kernel (one forwards, the rest work).
     pub persistent_grid: u32,
     /// Dynamic shared memory of the resident kernel (bytes): enough that one CTA fits per SM.
     pub persistent_smem: u32,
