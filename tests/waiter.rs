@@ -1,6 +1,6 @@
 //! Persistent mode's waiter hand-off: a request's own spinning waiter finishes it, the completer
 //! leaves it alone meanwhile and takes over when the waiter stops spinning, sleeps, or never
-//! spins (a future). Its own test process: the spin window is read once per process, and here
+//! spins (a future, a timed wait), and rests while waiters spin on all it holds. Its own test process: the spin window is read once per process, and here
 //! it is forced on (machines with few cores do not spin by default).
 
 mod common;
@@ -39,10 +39,10 @@ fn check(backend: Backend, big: (u32, u32, u32), quota: u64) {
         let j = i % cases.len();
         let case = Case::plain(&mut rng, (cases[j].m, cases[j].n, cases[j].k));
         case.upload(&bufs[j]).unwrap();
-        // Every fourth request queues behind a long problem on the device.
-        let load = (i % 4 == 3).then(|| rt.submit(&t, big_case.op(&big)).unwrap());
-        let ticket = rt.submit(&t, case.op(&bufs[j])).unwrap();
-        let done = match i % 4 {
+        // Every fifth request queues behind a long problem on the device.
+        let load = (i % 5 == 4).then(|| rt.submit(&t, big_case.op(&big)).unwrap());
+        let mut ticket = rt.submit(&t, case.op(&bufs[j])).unwrap();
+        let done = match i % 5 {
             // The waiter spins from the start and finishes the request itself.
             0 => ticket.wait().unwrap(),
             // Nobody spins while it completes: the completer finishes it.
@@ -52,6 +52,8 @@ fn check(backend: Backend, big: (u32, u32, u32), quota: u64) {
             }
             // A future: no hook, the completer resolves it.
             2 => pollster::block_on(ticket).unwrap(),
+            // A wait with a timeout does not spin either: the completer resolves it.
+            3 => ticket.wait_timeout(Duration::from_secs(10)).unwrap(),
             // Behind the load, the waiter's spin window ends first: it hands the request back
             // to the completer and blocks.
             _ => ticket.wait().unwrap(),
@@ -63,8 +65,29 @@ fn check(backend: Backend, big: (u32, u32, u32), quota: u64) {
         let e = case.error(&bufs[j].c.read().unwrap(), &case.reference());
         assert!(e < 1e-4, "{backend:?} request {i}: relative error {e:e}");
     }
+    // The completer rests while a waiter spins on every request in flight: one thread spins on a
+    // long problem while this one waits for others without spinning (futures, timed waits), which
+    // must wake it.
+    let others = 6;
+    std::thread::scope(|sc| {
+        let spinner = sc.spawn(|| rt.submit(&t, big_case.op(&big)).unwrap().wait().unwrap());
+        for i in 0..others {
+            let j = i % cases.len();
+            let case = Case::plain(&mut rng, (cases[j].m, cases[j].n, cases[j].k));
+            case.upload(&bufs[j]).unwrap();
+            let mut ticket = rt.submit(&t, case.op(&bufs[j])).unwrap();
+            if i % 2 == 0 {
+                pollster::block_on(ticket).unwrap();
+            } else {
+                ticket.wait_timeout(Duration::from_secs(10)).unwrap();
+            }
+            let e = case.error(&bufs[j].c.read().unwrap(), &case.reference());
+            assert!(e < 1e-4, "{backend:?} request {i} beside a spinning waiter: relative error {e:e}");
+        }
+        spinner.join().unwrap();
+    });
     let s = rt.remove_tenant(&t).unwrap();
-    let all = (rounds + rounds / 4) as u64;
+    let all = (rounds + rounds / 5 + others + 1) as u64;
     assert_eq!((s.submitted, s.completed, s.failed), (all, all, 0), "{backend:?}");
     say(&format!("{:?}: {rounds} requests through the waiter hand-off, all correct", rt.backend()));
 }

@@ -140,6 +140,10 @@ pub(crate) struct Ring {
     /// Fast paths between taking a request (under the scheduler lock, runtime open) and
     /// handing it to the completer; shutdown waits for none.
     fast_writers: std::sync::atomic::AtomicU32,
+    /// The completer thread, and whether it rests (parked while every request in flight has a
+    /// waiter spinning on it; see [`ring_completer`]).
+    completer: std::sync::OnceLock<std::thread::Thread>,
+    completer_rests: std::sync::atomic::AtomicBool,
 }
 
 /// Books `ops`' buffers as on the device (`hazards`: the hazard lock, held), unless one
@@ -173,6 +177,22 @@ impl Ring {
             flights: std::sync::Mutex::new(None),
             hazards: Default::default(),
             fast_writers: Default::default(),
+            completer: Default::default(),
+            completer_rests: Default::default(),
+        }
+    }
+
+    /// Wakes the completer if it rests: a request just handed to it that no spinning waiter
+    /// will finish (a batch's, or one whose waiter stopped spinning or never spun) must not
+    /// wait for the end of its rest. A system call, so only then.
+    pub(crate) fn wake_completer(&self) {
+        // Orders the hand-over before the flag's load (the completer raises the flag, then looks
+        // for new flights once more).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.completer_rests.load(Ordering::Relaxed)
+            && let Some(t) = self.completer.get()
+        {
+            t.unpark();
         }
     }
 }
@@ -919,6 +939,10 @@ impl FlightCell {
                     if let Some(c) = cell.upgrade() {
                         c.spinning.store(false, Ordering::Release);
                     }
+                    // The completer finishes it now: it may be resting.
+                    if let Some(ring) = inner.upgrade().as_ref().and_then(|i| i.persistent.as_ref()) {
+                        ring.wake_completer();
+                    }
                     return None;
                 }
                 let (c, inner) = held
@@ -1086,6 +1110,8 @@ fn ring_writer(inner: &Inner, rx: Receiver<Batch>, flights: std::sync::mpsc::Sen
         if out.into_iter().any(|f| flights.send(FlightCell::new(f)).is_err()) {
             break;
         }
+        // No waiter spins on these (they are not the fast path's).
+        ring.wake_completer();
     }
     // The scheduler is gone, so the runtime is closed and no new fast path starts; those that
     // started finish handing their requests to the completer. The completer stops once what is
@@ -1108,8 +1134,10 @@ fn ring_writer(inner: &Inner, rx: Receiver<Batch>, flights: std::sync::mpsc::Sen
 /// (spinning briefly after activity, then sleeping in short steps), resolves finished requests,
 /// and keeps the heartbeat going so the resident kernel knows the host is alive.
 fn ring_completer(inner: &Inner, rx: Receiver<Arc<FlightCell>>) {
+    let shared = inner.persistent.as_ref().expect("persistent mode");
+    let _ = shared.completer.set(std::thread::current());
     // Its own handle: polling through the `Ring` would read a line the submitting threads write.
-    let ring = inner.persistent.as_ref().expect("persistent mode").mem.clone();
+    let ring = shared.mem.clone();
     // Each with when the completer first found it done while its waiter spun on it, and when it
     // last looked at it while its waiter spun.
     let mut flights: VecDeque<(Arc<FlightCell>, Option<Instant>, Option<Instant>)> = VecDeque::new();
@@ -1136,10 +1164,14 @@ fn ring_completer(inner: &Inner, rx: Receiver<Arc<FlightCell>>) {
             }
         }
         let (mut done, mut seen_done) = (Vec::new(), false);
+        // Whether a waiter spins on every flight (each then finishes its own).
+        let mut all_waited = true;
         let mut i = 0;
         while i < flights.len() {
             let (cell, seen, looked) = &mut flights[i];
-            if cell.spinning.load(Ordering::Acquire) {
+            let spinning = cell.spinning.load(Ordering::Acquire);
+            all_waited &= spinning;
+            if spinning {
                 // A spinning waiter finishes its own request: looked at now and then, and left
                 // to it for a grace period once done.
                 if looked.is_some_and(|t| t.elapsed() < WAITER_LOOK) {
@@ -1194,6 +1226,19 @@ fn ring_completer(inner: &Inner, rx: Receiver<Arc<FlightCell>>) {
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => connected = false,
             }
+        } else if all_waited {
+            // Every request in flight has a waiter spinning on it, which finishes it: rest
+            // rather than spin beside them (a spinning completer made each fast-path `submit()`
+            // 0.3–0.5 µs slower on the H100 VM's host). Whoever hands over a request no waiter
+            // spins on wakes it ([`Ring::wake_completer`]); the flag is raised before the last
+            // look at the channel, so such a request is either seen now or wakes the park.
+            shared.completer_rests.store(true, Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            match rx.try_recv() {
+                Ok(v) => flights.push_back((v, None, None)),
+                Err(_) => std::thread::park_timeout(Duration::from_micros(20)),
+            }
+            shared.completer_rests.store(false, Ordering::Relaxed);
         } else if active.elapsed() < spin().max(Duration::from_micros(20)) {
             std::hint::spin_loop();
         } else {

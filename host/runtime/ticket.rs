@@ -113,6 +113,14 @@ impl<T> Ticket<T> {
         !matches!(*self.shared.slot.lock().unwrap_or_else(|e| e.into_inner()), Slot::Pending(_))
     }
 
+    /// Tells the hook, if any, that this ticket's result is waited for without spinning (a
+    /// future, a wait with a timeout): whoever else finishes the work must not leave it to us.
+    fn not_spinning(&self) {
+        if let Some(hook) = self.shared.hook.get().filter(|_| !self.shared.ready.load(Ordering::Acquire)) {
+            let _ = hook(false);
+        }
+    }
+
     fn take(slot: &mut Slot<T>) -> Option<Result<T>> {
         match std::mem::replace(slot, Slot::Taken) {
             Slot::Ready(r) => Some(r),
@@ -160,6 +168,7 @@ impl<T> Ticket<T> {
     /// again.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<T> {
         let deadline = Instant::now() + timeout;
+        self.not_spinning();
         let mut slot = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(r) = Self::take(&mut slot) {
@@ -185,6 +194,8 @@ impl<T> Future for Ticket<T> {
             return Poll::Ready(r);
         }
         *slot = Slot::Pending(Some(cx.waker().clone()));
+        drop(slot);
+        self.not_spinning();
         Poll::Pending
     }
 }
