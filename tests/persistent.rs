@@ -477,7 +477,8 @@ fn trace_follows_each_problem() {
 
 /// The forwarder wherever it is placed: on the SM with the shortest bus round trip (the
 /// default), on block 0, and on an SM that has no CTA (block 0 takes over after waiting for a
-/// claim that never comes). Results are right each time. GPU only.
+/// claim that never comes); and unpaced (the first poll after a forward not delayed). Results
+/// are right each time. GPU only.
 #[test]
 fn forwarder_anywhere() {
     let Some((_g, d)) = common::gpu() else {
@@ -485,15 +486,18 @@ fn forwarder_anywhere() {
         return;
     };
     let (cases, staged, round) = staged_problems(&*d, 24, (2, (512, 1, 512)), 120);
-    for forwarder in [Forwarder::FastestSm, Forwarder::Block0, Forwarder::Sm(1 << 20)] {
+    let unpaced = (Forwarder::FastestSm, false);
+    for (forwarder, pace) in
+        [(Forwarder::FastestSm, true), (Forwarder::Block0, true), (Forwarder::Sm(1 << 20), true), unpaced]
+    {
         staged.poison(&*d, &cases).unwrap();
         let (ring, engine) =
-            d.start_persistent(8, Duration::from_secs(10), Resident { forwarder, ..Resident::new() }).unwrap();
-        let what = format!("{forwarder:?}");
+            d.start_persistent(8, Duration::from_secs(10), Resident { forwarder, pace, ..Resident::new() }).unwrap();
+        let what = format!("{forwarder:?}, paced {pace}");
         one_at_a_time(&ring, &round.problems, &what);
         stop_and_check(&ring, &engine, &*d, &cases, &staged, &what);
     }
-    say(&format!("forwarder_anywhere: {} problems three ways on {}", round.problems.len(), d.name()));
+    say(&format!("forwarder_anywhere: {} problems four ways (one unpaced) on {}", round.problems.len(), d.name()));
 }
 
 /// Untraced (the runtime's way: no timer reads on a problem's way), the kernel stamps nothing

@@ -51,17 +51,27 @@ pub enum Forwarder {
 }
 
 /// How the resident kernel is started.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Resident {
     /// The kernel stamps each problem's way ([`CudaEngine::trace`]). Its timer reads are not
     /// free, so the runtime runs untraced.
     pub traced: bool,
     /// Where the forwarder runs (`TILEMUX_FORWARDER_SM=block0` overrides `FastestSm`).
     pub forwarder: Forwarder,
+    /// The forwarder paces its first poll after a forward to the phase of its poll cycle that
+    /// has seen the next problem soonest (learned; for clients that submit when a result
+    /// arrives, see `QUEUE.md`). `TILEMUX_PACE=0` turns it off.
+    pub pace: bool,
+}
+
+impl Default for Resident {
+    fn default() -> Resident {
+        Resident { traced: false, forwarder: Forwarder::default(), pace: true }
+    }
 }
 
 impl Resident {
-    /// Untraced, the forwarder on the fastest SM: as the runtime starts it.
+    /// Untraced, the forwarder on the fastest SM and paced: as the runtime starts it.
     pub fn new() -> Resident {
         Resident::default()
     }
@@ -102,6 +112,7 @@ impl CudaDevice {
         let trace = if traced { Some(zeroed(TRACE_BYTES)?) } else { None };
         let init = DeviceState {
             claim: 0,
+            pace: (how.pace && std::env::var("TILEMUX_PACE").map_or(true, |v| v != "0")) as u32,
             _unused: 0,
             tiles_published: 0,
             heartbeat_timeout_ns: heartbeat_timeout.as_nanos() as u64,

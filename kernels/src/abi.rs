@@ -698,8 +698,11 @@ pub mod ring {
     pub struct DeviceState {
         /// Next global tile index to claim (workers).
         pub claim: u64,
+        /// Non-zero: the forwarder paces its first poll after a forward to the phase of its
+        /// poll cycle that has been seeing the next problem soonest (`persistent.rs`, `Pacer`).
+        pub pace: u32,
         /// Reserved, zero.
-        pub _unused: u64,
+        pub _unused: u32,
         /// Tiles of the forwarded problems (`first_tile + tiles` of the last one), released
         /// after their claim-table entries: once the forwarder stopped, a claim at or past it
         /// will never be served (forwarder).
