@@ -23,9 +23,6 @@ impl<T> Checked<T> {
     }
 }
 
-/// A request's checked ops: one, usually, kept inline (no allocation on the request's way).
-pub type CheckedOps = smallvec::SmallVec<[Checked<CheckedOp>; 1]>;
-
 /// An op ready for a round.
 #[derive(Debug)]
 pub struct CheckedOp {
@@ -161,20 +158,20 @@ fn check_op(tenant: &TenantState, i: usize, op: Op) -> Result<CheckedOp> {
 }
 
 /// Validates `req` as `tenant` would submit it, without queueing it (what `submit` does first).
-pub fn check(tenant: &crate::runtime::Tenant, req: Request) -> Result<CheckedOps> {
+pub fn check(tenant: &crate::runtime::Tenant, req: Request) -> Result<Vec<Checked<CheckedOp>>> {
     check_request(tenant.state(), req)
 }
 
 /// Validates `req` for `tenant`: every op on its own (shapes, ownership, bounds, overlap,
 /// scalars, tile override) and the ops against each other (they run concurrently, so none may
 /// write a buffer another op of the request touches).
-pub(crate) fn check_request(tenant: &TenantState, req: Request) -> Result<CheckedOps> {
+pub(crate) fn check_request(tenant: &TenantState, req: Request) -> Result<Vec<Checked<CheckedOp>>> {
     if req.ops.is_empty() {
         return Err(Error::EmptyRequest);
     }
     // Collected as they will be returned: a request is usually one op, checked on the submitting
     // thread's critical path, and a second pass would move every op again.
-    let ops: CheckedOps =
+    let ops: Vec<Checked<CheckedOp>> =
         req.ops.into_iter().enumerate().map(|(i, op)| check_op(tenant, i, op).map(Checked)).collect::<Result<_>>()?;
     for (i, a) in ops.iter().map(Checked::get).enumerate() {
         for (j, b) in ops.iter().map(Checked::get).enumerate().skip(i + 1) {

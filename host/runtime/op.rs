@@ -107,7 +107,7 @@ impl Op {
 /// none may write what another reads or writes.
 #[derive(Clone, Debug, Default)]
 pub struct Request {
-    pub(crate) ops: smallvec::SmallVec<[Op; 1]>,
+    pub(crate) ops: Vec<Op>,
 }
 
 impl Request {
@@ -135,6 +135,6 @@ impl Request {
 
 impl From<Op> for Request {
     fn from(op: Op) -> Request {
-        Request { ops: smallvec::smallvec![op] }
+        Request { ops: vec![op] }
     }
 }

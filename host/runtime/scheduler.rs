@@ -27,7 +27,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::memory::Arena;
 use crate::round::{CostModel, Round, problem};
-use crate::validate::{Checked, CheckedOp, CheckedOps, check_request};
+use crate::validate::{Checked, CheckedOp, check_request};
 
 /// How long the scheduler, the executor and ticket waiters spin before they block: short enough
 /// to cost nothing when idle, long enough to skip a sleeping thread's wake-up (tens of µs) on
@@ -47,7 +47,7 @@ pub(crate) fn spin() -> Duration {
 /// A validated request waiting for a round.
 pub(crate) struct Pending {
     seq: u64,
-    ops: CheckedOps,
+    ops: Vec<Checked<CheckedOp>>,
     resolver: Resolver<Done>,
     submitted: Instant,
     deadline: Instant,
@@ -283,6 +283,7 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
         (cost_ns, ref_tiles, planned)
     };
     super::phases::mark(super::phases::Step::Admitted);
+    let now = Instant::now();
     let slo = tenant.spec.slo.unwrap_or(inner.cfg.default_deadline);
     let mut s = inner.sched.lock().unwrap_or_else(|e| e.into_inner());
     super::phases::mark(super::phases::Step::Locked);
@@ -294,7 +295,7 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
         drop(s);
         return reject(Error::QueueFull { tenant: tenant.name.to_string(), pending: 0, limit: 0 });
     }
-    let fast = FastPath { slo, cost_ns, ref_tiles };
+    let fast = FastPath { submitted: now, deadline: now + slo, cost_ns, ref_tiles };
     let ops = match fast.take(inner, s, tenant, ops, planned) {
         Ok(t) => return Ok(t),
         Err((guard, ops)) => {
@@ -302,9 +303,6 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
             ops
         }
     };
-    // Read only here: the fast path takes its own after the publish (a clock read costs about
-    // 40 ns on the H100 VM's host, on the request's way).
-    let now = Instant::now();
     let activating = s.queues.get(&tenant.id).is_none_or(|q| q.pending.is_empty());
     // Only a tenant coming back from idle, with others queued, needs the floor (an O(tenants)
     // scan).
@@ -363,13 +361,12 @@ fn add_users(ops: &[Checked<CheckedOp>]) {
 }
 
 /// A request the fast path gave back: the scheduler lock, still held, and the request's ops.
-type Refused<'a> = (std::sync::MutexGuard<'a, SchedState>, CheckedOps);
+type Refused<'a> = (std::sync::MutexGuard<'a, SchedState>, Vec<Checked<CheckedOp>>);
 
 /// What the fast path needs of a validated request besides its ops.
 struct FastPath {
-    /// The tenant's latency objective (its deadline counts from the publish: a request the fast
-    /// path takes never queues).
-    slo: Duration,
+    submitted: Instant,
+    deadline: Instant,
     cost_ns: f64,
     ref_tiles: usize,
 }
@@ -383,15 +380,12 @@ impl FastPath {
     /// publishes the request under the ring's writer lock, and only then makes its ticket and
     /// hands it to the completer: nothing the device does waits for the bookkeeping. Gives the
     /// lock and the ops back when the request must queue.
-    // The refused request goes back by value (a copy of its inline ops); boxing it would put an
-    // allocation on every fast path's way.
-    #[allow(clippy::result_large_err)]
     fn take<'a>(
         self,
         inner: &Arc<Inner>,
         mut s: std::sync::MutexGuard<'a, SchedState>,
         tenant: &Arc<TenantState>,
-        ops: CheckedOps,
+        ops: Vec<Checked<CheckedOp>>,
         planned: Option<Planned>,
     ) -> std::result::Result<Ticket<Done>, Refused<'a>> {
         let (Some(ring), Some((problems, checked))) = (&inner.persistent, planned) else { return Err((s, ops)) };
@@ -427,17 +421,8 @@ impl FastPath {
         let published = Instant::now();
         tenant.counters().submitted += 1;
         let (t, resolver) = ticket();
-        let FastPath { slo, cost_ns, ref_tiles } = self;
-        let pending = Pending {
-            seq,
-            ops,
-            resolver,
-            submitted: published,
-            deadline: published + slo,
-            cost_ns,
-            ref_tiles,
-            users: false,
-        };
+        let FastPath { submitted, deadline, cost_ns, ref_tiles } = self;
+        let pending = Pending { seq, ops, resolver, submitted, deadline, cost_ns, ref_tiles, users: false };
         let f = Flight { tenant: tenant.clone(), pending, seqs, published };
         match checked {
             Ok(()) => {
@@ -454,8 +439,7 @@ impl FastPath {
 }
 
 /// A lone request's problems, planned for latency, and the backend's check of them.
-/// (One problem, the usual request, inline: no allocation on its way.)
-type Planned = (smallvec::SmallVec<[ProblemDesc; 1]>, std::result::Result<(), String>);
+type Planned = (Vec<ProblemDesc>, std::result::Result<(), String>);
 
 /// The plan of the last lone op a thread submitted in persistent mode: the kind the chooser
 /// picked and the op's fair-share cost. Both depend only on what the op is (shape, scalars,
@@ -498,7 +482,7 @@ impl PlanMemo {
         let d = crate::round::Round::planned(o.desc, kind, 1);
         let checked = crate::round::check_alone(&d, inner.device.pool()).map_err(|e| e.to_string());
         super::phases::mark(super::phases::Step::Planned);
-        Some((cost_ns, o.ref_tiles, Some((smallvec::smallvec![d], checked))))
+        Some((cost_ns, o.ref_tiles, Some((vec![d], checked))))
     }
 
     /// Remembers `o`'s plan (`kind`, if the descriptor names one) and cost for this thread, as
@@ -522,12 +506,12 @@ fn plan_alone(inner: &Inner, cost: &CostModel, ops: &[Checked<CheckedOp>]) -> Pl
         super::phases::mark(super::phases::Step::Chosen);
         let d = crate::round::Round::planned(o.desc, plan.kind, 1);
         let checked = crate::round::check_alone(&d, inner.device.pool()).map_err(|e| e.to_string());
-        (smallvec::smallvec![d], checked)
+        (vec![d], checked)
     } else {
         let (descs, overrides): (Vec<_>, Vec<_>) = ops.iter().map(|o| (o.get().desc, o.get().plan)).unzip();
         let round = chooser.build(&descs, &overrides, cost, inner.device.slots());
         let checked = crate::round::check(&round, inner.device.pool()).map_err(|e| e.to_string());
-        (round.problems.into(), checked)
+        (round.problems, checked)
     }
 }
 
