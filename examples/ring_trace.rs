@@ -5,15 +5,13 @@
 //! problem at a time is a closed loop whose latency is quantised by the forwarder's poll cycle;
 //! `rGAP_NS` waits a random 0..GAP_NS before each publish, so the publish meets the cycle at a
 //! random phase and the mean (of the requests below p99) shows every saving.
-use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use tilemux::Device;
 use tilemux::abi::TileKind;
-use tilemux::cuda::persistent::Resident;
+use tilemux::cuda::persistent::{Resident, bare_ring_latency};
 use tilemux::cuda::{CudaConfig, CudaDevice};
 use tilemux::memory::Arena;
-use tilemux::persistent::{Engine, RingWriter};
 use tilemux::reference::{Case, Staged};
 use tilemux::round::{CostModel, Round, TileChooser, check_alone};
 
@@ -53,45 +51,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // for where the time goes.
         let run = |n: usize, traced: bool| -> Result<(Vec<f64>, String), Box<dyn std::error::Error>> {
             staged.poison(&cuda, std::slice::from_ref(&case))?;
-            let (ring, engine) =
-                cuda.start_persistent(64, Duration::from_secs(10), Resident { traced, ..Resident::new() })?;
-            let mut w = RingWriter::new(ring.clone());
-            let mut lat = Vec::with_capacity(n);
-            for i in 0..n + n / 10 {
-                if gap_ns > 0 {
-                    let gap = Duration::from_nanos(rand::random_range(0..gap_ns));
-                    let g = Instant::now();
-                    while g.elapsed() < gap {
-                        std::hint::spin_loop();
-                    }
-                }
-                let t = Instant::now();
-                let seq = w.write(p);
-                w.publish();
-                while !ring.is_done(seq) {
-                    std::hint::spin_loop();
-                }
-                if i >= n / 10 {
-                    lat.push(t.elapsed().as_secs_f64() * 1e6);
-                }
-                if i % 1000 == 0 {
-                    ring.beat(i as u64 + 1);
-                }
-            }
-            ring.request_stop();
-            engine.join()?;
+            let timed = bare_ring_latency(&cuda, p, n, gap_ns, Resident { traced, ..Resident::new() })?;
             let got = staged.read_c(&cuda, std::slice::from_ref(&case))?;
             let err = case.error(&got[0], &case.reference());
             if err > 1e-4 {
                 return Err(format!("wrong result: relative error {err}").into());
             }
-            lat.sort_by(|a, b| a.total_cmp(b));
-            let trace = if traced {
-                tilemux::cuda::persistent::trace_breakdown(&engine.trace()?, w.written())
-            } else {
-                String::new()
-            };
-            Ok((lat, trace))
+            Ok(timed)
         };
         let (lat, _) = run(n, false)?;
         let (traced, trace) = run((n / 4).max(2000), true)?;

@@ -234,6 +234,52 @@ impl Engine for CudaEngine {
     }
 }
 
+/// One problem at a time through the bare ring (no runtime) of a resident kernel started for the
+/// purpose: `p` written and published, its completion word spun on; `n / 10` warm-up problems,
+/// then `n` timed, each after a random spin below `gap_ns` (0: none) outside the timed interval
+/// (a closed loop settles on a whole number of the forwarder's poll cycles; random gaps meet the
+/// cycle at random phases). Returns each timed problem's latency in µs, sorted, and, when
+/// `how.traced`, the kernel's [`trace_breakdown`]. The kernel is stopped and joined; its results
+/// stay in device memory for the caller to check. For kernel developers (`bench dispatch`,
+/// `examples/ring_trace`).
+pub fn bare_ring_latency(
+    dev: &CudaDevice,
+    p: crate::abi::ProblemDesc,
+    n: usize,
+    gap_ns: u64,
+    how: Resident,
+) -> Result<(Vec<f64>, String)> {
+    let (ring, engine) = dev.start_persistent(64, Duration::from_secs(10), how)?;
+    let mut w = crate::persistent::RingWriter::new(ring.clone());
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        if gap_ns > 0 {
+            let gap = Duration::from_nanos(rand::random_range(0..gap_ns));
+            let g = std::time::Instant::now();
+            while g.elapsed() < gap {
+                std::hint::spin_loop();
+            }
+        }
+        let t = std::time::Instant::now();
+        let seq = w.write(p);
+        w.publish();
+        while !ring.is_done(seq) {
+            std::hint::spin_loop();
+        }
+        if i >= n / 10 {
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        if i % 1000 == 0 {
+            ring.beat(i as u64 + 1);
+        }
+    }
+    ring.request_stop();
+    engine.join()?;
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let trace = if how.traced { trace_breakdown(&engine.trace()?, w.written()) } else { String::new() };
+    Ok((lat, trace))
+}
+
 /// Where one problem's time went on the device: medians, over the traced problems before
 /// `written` (problems `written - n ..`, at most [`TRACE_PROBLEMS`]), of the steps between the
 /// resident kernel's stamps, in µs unless named otherwise.

@@ -15,11 +15,10 @@ use clap::Args;
 use rand::SeedableRng;
 use tilemux::Device;
 use tilemux::abi::TileKind;
-use tilemux::cuda::persistent::Resident;
+use tilemux::cuda::persistent::{Resident, bare_ring_latency};
 use tilemux::cuda::probe::{Doorbell, EchoWay, Reply, Write, echo, sm_rtt};
 use tilemux::cuda::{CudaConfig, CudaDevice};
 use tilemux::memory::Arena;
-use tilemux::persistent::Engine;
 use tilemux::persistent::RingWriter;
 use tilemux::reference::{Case, SEED_MIX, Staged};
 use tilemux::round::{CostModel, TileChooser};
@@ -415,32 +414,10 @@ pub fn run(mut args: DispatchArgs) -> Result<()> {
             // shorter traced run for where the time goes.
             let bare = |n: usize, traced: bool| -> Result<(Vec<f64>, String)> {
                 staged.poison(&*dev, std::slice::from_ref(&case))?;
-                let (ring, engine) =
-                    cuda.start_persistent(64, Duration::from_secs(10), Resident { traced, ..Resident::new() })?;
-                let mut w = RingWriter::new(ring.clone());
-                let mut beats = 0;
-                let l = lat(n, || {
-                    let seq = w.write(p);
-                    w.publish();
-                    while !ring.is_done(seq) {
-                        std::hint::spin_loop();
-                    }
-                    beats += 1;
-                    if beats % 1000 == 0 {
-                        ring.beat(beats);
-                    }
-                    Ok(())
-                });
-                ring.request_stop();
-                engine.join()?;
+                let timed = bare_ring_latency(&cuda, p, n, 0, Resident { traced, ..Resident::new() })?;
                 let got = staged.read_c(&*dev, std::slice::from_ref(&case))?;
                 ensure!(case.error(&got[0], &case.reference()) < 1e-4, "bare ring result wrong ({})", kind.name());
-                let trace = if traced {
-                    tilemux::cuda::persistent::trace_breakdown(&engine.trace()?, w.written())
-                } else {
-                    String::new()
-                };
-                Ok((l?, trace))
+                Ok(timed)
             };
             let (l, _) = bare(args.requests, false)?;
             let (_, trace) = bare((args.requests / 5).max(2000), true)?;
