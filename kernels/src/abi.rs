@@ -836,6 +836,150 @@ pub mod ring {
         assert!(core::mem::size_of::<CtaStash>() == 32);
         assert!(core::mem::size_of::<HostHeader>() == 64);
     };
+
+    /// The forwarder's pacing of its first poll after a forward (`persistent.rs`; `QUEUE.md`,
+    /// step 4). Here, not in the kernel, so that host tests can run it: the kernel keeps the
+    /// scores in shared memory, tests in an array.
+    pub mod pace {
+        /// Phases of its poll cycle at which the forwarder can start polling after a forward.
+        pub const PACE_PHASES: u32 = 8;
+        /// One forward in this many tries a neighbour of the best phase (alternating sides).
+        pub const PACE_EXPLORE_EVERY: u32 = 32;
+        /// A wait for the next problem longer than this many poll cycles is not a closed loop's
+        /// (the host did something else meanwhile): it scores no phase.
+        pub const PACE_LOOP_CYCLES: u64 = 16;
+
+        /// Where a [`Pacer`] keeps its `PACE_PHASES` scores (median waits, SM cycles).
+        pub trait PaceScores {
+            /// Phase `phase`'s score (`u32::MAX`: not tried).
+            fn get(&self, phase: u32) -> u32;
+            /// Sets phase `phase`'s score.
+            fn set(&mut self, phase: u32, v: u32);
+        }
+
+        impl PaceScores for [u32; PACE_PHASES as usize] {
+            fn get(&self, phase: u32) -> u32 {
+                self[phase as usize]
+            }
+
+            fn set(&mut self, phase: u32, v: u32) {
+                self[phase as usize] = v;
+            }
+        }
+
+        /// Where the forwarder's polls fall in time after a forward, learned (the forwarder's lane 0
+        /// runs it; times are SM cycles).
+        ///
+        /// A client that submits its next request when the previous one's result arrives (one at a
+        /// time: a closed loop) publishes at a nearly fixed time after the forward of the previous one.
+        /// Back-to-back polls from the forward on read the host's memory at a fixed phase of that, so
+        /// the publish waits for the next read: anything from nothing to a whole poll cycle, the same
+        /// every time, decided by how the host's and the device's times fall (the closed loop's
+        /// latency settles on a whole number of cycles). Delaying the first poll after a forward by
+        /// `phase / PACE_PHASES` of a poll cycle moves every later read by as much; the pacer scores each
+        /// phase by how long the next problem took to be seen after the forward (a running median, SM
+        /// cycles), uses the best, and tries a neighbour every `PACE_EXPLORE_EVERY` forwards to follow
+        /// drift: a hill climb along the wait's sawtooth, which rises with the delay until a read moves
+        /// past the publish and drops by a cycle. Requests that arrive independently of the results see
+        /// every phase alike: their waits stray far from the scores (or are too long to score), and
+        /// then the pacer does not delay.
+        pub struct Pacer<S> {
+            /// Per phase, the median wait (`u32::MAX`: not tried).
+            scores: S,
+            /// The poll cycle, SM cycles (moving average of busy polls' spacing).
+            cycle: u64,
+            /// When the last busy poll returned (0: the previous poll was not a busy one).
+            last_poll: u64,
+            /// When the last forward ended and the phase its wait used, until scored (anchor 0: none).
+            anchor: u64,
+            phase: u32,
+            best: u32,
+            forwards: u32,
+            /// How far waits stray from their phase's score (a running median, SM cycles): small in a
+            /// closed loop, about the spread of the arrivals otherwise.
+            spread: u64,
+        }
+
+        impl<S: PaceScores> Pacer<S> {
+            /// A pacer that has tried no phase yet (its scores reset).
+            #[inline(always)]
+            pub fn new(mut scores: S) -> Pacer<S> {
+                for j in 0..PACE_PHASES {
+                    scores.set(j, u32::MAX);
+                }
+                Pacer { scores, cycle: 2400, last_poll: 0, anchor: 0, phase: 0, best: 0, forwards: 0, spread: 0 }
+            }
+
+            /// A busy poll found nothing at `now`: one more sample of the cycle.
+            #[inline(always)]
+            pub fn empty_poll(&mut self, now: u64) {
+                if self.last_poll != 0 {
+                    let rt = now.wrapping_sub(self.last_poll).min(4 * self.cycle);
+                    self.cycle = self.cycle - self.cycle / 16 + rt / 16;
+                }
+                self.last_poll = now;
+            }
+
+            /// A forward ended: the phase its wait uses (the best, or now and then a neighbour),
+            /// and the SM cycles to wait before the next poll. The previous forward's phase is
+            /// scored with `seen`, when its problem was seen (after this poll is out).
+            #[inline(always)]
+            pub fn next_wait(&mut self) -> (u64, u32) {
+                self.forwards = self.forwards.wrapping_add(1);
+                let mut phase = self.best;
+                if self.forwards.is_multiple_of(PACE_EXPLORE_EVERY) {
+                    let side = if (self.forwards / PACE_EXPLORE_EVERY).is_multiple_of(2) { 1 } else { PACE_PHASES - 1 };
+                    phase = (phase + side) % PACE_PHASES;
+                }
+                (phase as u64 * self.cycle / PACE_PHASES as u64, phase)
+            }
+
+            /// Scores the pending phase by its wait (the forward before the one at `now` ended at
+            /// `anchor`; the problem that ended the wait was seen at `seen`), then makes `phase`, from
+            /// the forward that ended at `now`, the pending one.
+            #[inline(always)]
+            pub fn seen(&mut self, seen: u64, now: u64, phase: u32) {
+                self.last_poll = 0;
+                let (anchor, scored) = (self.anchor, self.phase);
+                (self.anchor, self.phase) = (now.max(1), phase);
+                let wait = seen.wrapping_sub(anchor);
+                if anchor == 0 || wait > PACE_LOOP_CYCLES * self.cycle {
+                    return;
+                }
+                let s = self.scores.get(scored);
+                // Running medians (each sample moves them a step towards itself): the host's hiccups,
+                // long waits now and then, would drag a mean.
+                let step = self.cycle as u32 / 32;
+                let toward = |m: u32, x: u32| if x > m { m + step } else { m.saturating_sub(step) };
+                let s = if s == u32::MAX {
+                    wait as u32
+                } else {
+                    self.spread = toward(self.spread as u32, (wait as u32).abs_diff(s)) as u64;
+                    toward(s, wait as u32)
+                };
+                self.scores.set(scored, s);
+                let (mut best, mut min) = (0, u32::MAX);
+                for j in 0..PACE_PHASES {
+                    let s = self.scores.get(j);
+                    if s < min {
+                        (best, min) = (j, s);
+                    }
+                }
+                // No delay unless the waits are a closed loop's (they keep within a cycle of their
+                // phase's score, on average): waits that do not depend on the phase (requests
+                // independent of the results) score every phase alike, up to noise.
+                if self.spread > self.cycle {
+                    best = 0;
+                }
+                self.best = best;
+            }
+
+            /// The phase the next forward's wait uses, but for exploration (for tests).
+            pub fn best(&self) -> u32 {
+                self.best
+            }
+        }
+    }
 }
 
 /// The transport probe's `how` word (`tilemux_echo`): bits 0..4, polling warps (1..=8).

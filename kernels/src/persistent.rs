@@ -15,6 +15,7 @@
 
 use core::mem::offset_of;
 
+use crate::abi::ring::pace::{PaceScores, Pacer};
 use crate::abi::ring::{
     CLAIM_TABLE, CtaStash, Cursor, DeviceState, HOST_SLOT_BYTES, HOST_SLOT_CHUNKS, HostHeader, IMAGE_WORDS, ImageView,
     Look, RingSlot, TRACE_PROBLEMS, Trace, done_offset, entry, host_slot_offset, slot_offset, stamp,
@@ -151,125 +152,21 @@ fn shfl_u64(v: u64, lane: u32) -> u64 {
     shfl_idx(v as u32, lane) as u64 | (shfl_idx((v >> 32) as u32, lane) as u64) << 32
 }
 
-/// Phases of its poll cycle at which the forwarder can start polling after a forward (see
-/// [`Pacer`]).
-const PACE_PHASES: u32 = 8;
-/// One forward in this many tries a neighbour of the best phase (alternating sides).
-const PACE_EXPLORE_EVERY: u32 = 32;
-/// A wait for the next problem longer than this many poll cycles is not a closed loop's (the
-/// host did something else meanwhile): it scores no phase.
-const PACE_LOOP_CYCLES: u64 = 16;
+/// The pacer's scores in the forwarding CTA's shared memory, which nothing else uses
+/// (`PACE_PHASES` u32 words from this address).
+struct SmemScores(u32);
 
-/// Where the forwarder's polls fall in time after a forward, learned (lane 0's; its scores in
-/// the forwarding CTA's shared memory, which nothing else uses).
-///
-/// A client that submits its next request when the previous one's result arrives (one at a
-/// time: a closed loop) publishes at a nearly fixed time after the forward of the previous one.
-/// Back-to-back polls from the forward on read the host's memory at a fixed phase of that, so
-/// the publish waits for the next read: anything from nothing to a whole poll cycle, the same
-/// every time, decided by how the host's and the device's times fall (the closed loop's
-/// latency settles on a whole number of cycles). Delaying the first poll after a forward by
-/// `phase / PACE_PHASES` of a poll cycle moves every later read by as much; the pacer scores each
-/// phase by how long the next problem took to be seen after the forward (a running median, SM
-/// cycles), uses the best, and tries a neighbour every `PACE_EXPLORE_EVERY` forwards to follow
-/// drift: a hill climb along the wait's sawtooth, which rises with the delay until a read moves
-/// past the publish and drops by a cycle. Requests that arrive independently of the results see
-/// every phase alike: their waits stray far from the scores (or are too long to score), and
-/// then the pacer does not delay.
-struct Pacer {
-    /// Shared-memory address of `PACE_PHASES` scores (median waits, u32 SM cycles; `u32::MAX`:
-    /// not tried).
-    scores: u32,
-    /// The poll cycle, SM cycles (moving average of busy polls' spacing).
-    cycle: u64,
-    /// When the last busy poll returned (0: the previous poll was not a busy one).
-    last_poll: u64,
-    /// When the last forward ended and the phase its wait used, until scored (anchor 0: none).
-    anchor: u64,
-    phase: u32,
-    best: u32,
-    forwards: u32,
-    /// How far waits stray from their phase's score (a running median, SM cycles): small in a
-    /// closed loop, about the spread of the arrivals otherwise.
-    spread: u64,
-}
-
-impl Pacer {
+impl PaceScores for SmemScores {
     #[inline(always)]
-    fn new(scores: u32) -> Pacer {
-        for j in 0..PACE_PHASES {
-            // SAFETY: the forwarding CTA's shared memory, unused otherwise.
-            unsafe { st_shared_u32(scores + 4 * j, u32::MAX) };
-        }
-        Pacer { scores, cycle: 2400, last_poll: 0, anchor: 0, phase: 0, best: 0, forwards: 0, spread: 0 }
+    fn get(&self, phase: u32) -> u32 {
+        // SAFETY: the forwarding CTA's shared memory, unused otherwise.
+        unsafe { ld_shared_u32(self.0 + 4 * phase) }
     }
 
-    /// A busy poll found nothing at `now`: one more sample of the cycle.
     #[inline(always)]
-    fn empty_poll(&mut self, now: u64) {
-        if self.last_poll != 0 {
-            let rt = now.wrapping_sub(self.last_poll).min(4 * self.cycle);
-            self.cycle = self.cycle - self.cycle / 16 + rt / 16;
-        }
-        self.last_poll = now;
-    }
-
-    /// A forward that ended at `now`: the phase its wait uses (the best, or now and then a
-    /// neighbour), and the SM cycles to wait before the next poll. The previous forward's
-    /// phase is scored with `seen`, when its problem was seen (after this poll is out).
-    #[inline(always)]
-    fn next_wait(&mut self, now: u64) -> (u64, u32) {
-        self.forwards = self.forwards.wrapping_add(1);
-        let mut phase = self.best;
-        if self.forwards % PACE_EXPLORE_EVERY == 0 {
-            let side = if self.forwards / PACE_EXPLORE_EVERY % 2 == 0 { 1 } else { PACE_PHASES - 1 };
-            phase = (phase + side) % PACE_PHASES;
-        }
-        (phase as u64 * self.cycle / PACE_PHASES as u64, phase)
-    }
-
-    /// Scores the pending phase by its wait (the forward before the one at `now` ended at
-    /// `anchor`; the problem that ended the wait was seen at `seen`), then makes `phase`, from
-    /// the forward that ended at `now`, the pending one.
-    #[inline(always)]
-    fn seen(&mut self, seen: u64, now: u64, phase: u32) {
-        self.last_poll = 0;
-        let (anchor, scored) = (self.anchor, self.phase);
-        (self.anchor, self.phase) = (now.max(1), phase);
-        let wait = seen.wrapping_sub(anchor);
-        if anchor == 0 || wait > PACE_LOOP_CYCLES * self.cycle {
-            return;
-        }
-        let at = self.scores + 4 * scored;
-        // SAFETY: the scores (see `new`).
-        let s = unsafe { ld_shared_u32(at) };
-        // Running medians (each sample moves them a step towards itself): the host's hiccups,
-        // long waits now and then, would drag a mean.
-        let step = self.cycle as u32 / 32;
-        let toward = |m: u32, x: u32| if x > m { m + step } else { m.saturating_sub(step) };
-        let s = if s == u32::MAX {
-            wait as u32
-        } else {
-            self.spread = toward(self.spread as u32, (wait as u32).abs_diff(s)) as u64;
-            toward(s, wait as u32)
-        };
+    fn set(&mut self, phase: u32, v: u32) {
         // SAFETY: as above.
-        unsafe { st_shared_u32(at, s) };
-        let (mut best, mut min) = (0, u32::MAX);
-        for j in 0..PACE_PHASES {
-            // SAFETY: as above.
-            let s = unsafe { ld_shared_u32(self.scores + 4 * j) };
-            if s < min {
-                (best, min) = (j, s);
-            }
-        }
-        // No delay unless the waits are a closed loop's (they keep within a cycle of their
-        // phase's score, on average): waits that do not depend on the phase (requests
-        // independent of the results) score every phase alike, up to noise.
-        if self.spread > self.cycle {
-            best = 0;
-        }
-        self.best = best;
+        unsafe { st_shared_u32(self.0 + 4 * phase, v) }
     }
 }
 
@@ -314,7 +211,7 @@ unsafe fn forward(r: &Ring, lane: u32, pace: bool) {
     // fence (none yet).
     let (mut seq, mut issued, mut after_fence) = (0u32, 1u32, u32::MAX);
     let (mut w, mut ctl, mut control) = issue(at, seq);
-    let mut pacer = Pacer::new(smem_base() + SMEM_HEADER_BYTES);
+    let mut pacer = Pacer::new(SmemScores(smem_base() + SMEM_HEADER_BYTES));
     loop {
         let mine = lane >= POLL_LANES || w[0] == stamp(q + k as u64);
         let first = vote_all(k != 0 || mine);
@@ -418,7 +315,7 @@ unsafe fn forward(r: &Ring, lane: u32, pace: bool) {
             if lane == 0 {
                 now = clock64();
                 let wait;
-                (wait, phase) = pacer.next_wait(now);
+                (wait, phase) = pacer.next_wait();
                 while clock64().wrapping_sub(now) < wait {}
             }
             sync_warp();

@@ -1,0 +1,106 @@
+//! The forwarder's pacer (`abi::ring::pace`, run by the resident kernel's forwarder) against a
+//! model of its polls: each poll reads host memory half a cycle after it goes out and returns a
+//! cycle after; a problem published at `P` is seen by the first poll that reads at or after `P`.
+//! A closed loop (the next publish a fixed time after the forward, whatever the phase) must end
+//! up waiting little for its read; arrivals that do not depend on the forward must not wait
+//! longer than without pacing. CPU only: the same code the kernel runs, with its scores in an
+//! array.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tilemux::abi::ring::pace::{PACE_PHASES, Pacer};
+
+/// The model's poll cycle (SM cycles; about 1.2 µs at 2 GHz, as on the H100).
+const CYCLE: u64 = 2400;
+/// From a poll's return to the end of the forward of what it found.
+const FORWARD: u64 = 200;
+
+/// Runs `n` problems through the model, each published `publish(rng)` cycles after the previous
+/// forward ended; paced, or with every first poll sent at once. Returns, per problem after the
+/// first `n / 2`, how long its publish waited for a read.
+fn run(n: usize, paced: bool, seed: u64, publish: impl Fn(&mut StdRng) -> u64) -> Vec<u64> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut pacer = Pacer::new([0u32; PACE_PHASES as usize]);
+    let mut t = 1_000u64;
+    // Busy polls before the first problem: the pacer's estimate of the cycle.
+    for _ in 0..64 {
+        pacer.empty_poll(t);
+        t += CYCLE;
+    }
+    let mut seen = t;
+    let mut waits = Vec::with_capacity(n);
+    for i in 0..n {
+        let now = seen + FORWARD;
+        let (delay, phase) = if paced { pacer.next_wait() } else { (0, 0) };
+        pacer.seen(seen, now, phase);
+        let p = now + publish(&mut rng);
+        // Polls go out at now + delay + k·CYCLE and read half a cycle later.
+        let first_read = now + delay + CYCLE / 2;
+        let k = p.saturating_sub(first_read).div_ceil(CYCLE);
+        for j in 0..k {
+            // The empty polls before it (their returns).
+            pacer.empty_poll(now + delay + j * CYCLE + CYCLE);
+        }
+        let read = first_read + k * CYCLE;
+        seen = read + CYCLE / 2;
+        if i >= n / 2 {
+            waits.push(read - p);
+        }
+    }
+    waits
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn mean(v: &[u64]) -> f64 {
+    v.iter().sum::<u64>() as f64 / v.len() as f64
+}
+
+#[test]
+fn a_closed_loop_learns_to_poll_when_the_publish_lands() {
+    // The host's turnaround at every phase of the cycle, with 0–150 cycles of jitter.
+    for (i, offset) in (0..12).map(|j| 9_000 + j * CYCLE / 12).enumerate() {
+        let publish = |rng: &mut StdRng| offset + rng.random_range(0..150);
+        let paced = median(run(4000, true, i as u64, publish));
+        let unpaced = median(run(4000, false, i as u64, publish));
+        assert!(
+            paced <= CYCLE / 4,
+            "offset {offset}: the paced loop's publish waits {paced} cycles for its read (unpaced {unpaced})"
+        );
+        assert!(paced <= unpaced + CYCLE / 16, "offset {offset}: paced {paced} against unpaced {unpaced}");
+    }
+}
+
+#[test]
+fn arrivals_independent_of_the_forward_wait_no_longer() {
+    // Publishes spread over three cycles after the forward (a random gap before each request),
+    // and publishes within the first cycle (the next request already on its way), where a delay
+    // before the first poll would hold them.
+    for (spread, what) in [(3 * CYCLE, "spread over three cycles"), (CYCLE, "within the first cycle")] {
+        let publish = |rng: &mut StdRng| rng.random_range(0..spread);
+        let paced = mean(&run(20_000, true, 7, publish));
+        let unpaced = mean(&run(20_000, false, 7, publish));
+        assert!(
+            paced <= unpaced + CYCLE as f64 / 16.0,
+            "{what}: mean wait for a read {paced:.0} cycles paced against {unpaced:.0} unpaced"
+        );
+    }
+}
+
+#[test]
+fn long_waits_leave_the_first_poll_undelayed() {
+    // A host that submits now and then (tens of cycles apart): nothing to learn, no delay.
+    let mut pacer = Pacer::new([0u32; PACE_PHASES as usize]);
+    let mut seen = 10_000u64;
+    for _ in 0..1000 {
+        let now = seen + FORWARD;
+        let (delay, phase) = pacer.next_wait();
+        pacer.seen(seen, now, phase);
+        assert!(delay < CYCLE, "a delay of {delay} cycles, more than one poll cycle");
+        seen = now + 40 * CYCLE + delay;
+    }
+    assert_eq!(pacer.best(), 0, "waits too long to score moved the pacer off phase 0");
+}
