@@ -179,8 +179,9 @@ fn decode(image: &Image) -> RingSlot {
     slot
 }
 
-/// The device side of a ring (it learns of work, heartbeats and the stop request through the
-/// ring's header: [`RingMemory::publish`], [`RingMemory::beat`], [`RingMemory::request_stop`]).
+/// The device side of a ring (it learns of work through the stamped slot images
+/// ([`RingWriter::publish`]), of heartbeats and the stop request through the ring's header:
+/// [`RingMemory::beat`], [`RingMemory::request_stop`]).
 pub trait Engine: Send + Sync {
     /// Waits for the device side to stop (after [`RingMemory::request_stop`] or its heartbeat
     /// timeout); returns the first device error code (0: none).

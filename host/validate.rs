@@ -1,6 +1,6 @@
 //! Validation: the one place where user ops become descriptors.
 //!
-//! [`check_request`] turns a tenant's [`Request`] into [`Checked`] ops, or returns the first
+//! `check_request` ([`check`] from outside the crate) turns a tenant's [`Request`] into [`Checked`] ops, or returns the first
 //! rule it breaks. A `Checked` value can only be built here, and the scheduler only accepts
 //! `Checked` ops, so no unchecked work can reach a backend through the runtime. Every rule has a
 //! distinct [`Error`] variant; `tests/validation.rs` exercises each.

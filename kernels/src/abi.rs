@@ -699,7 +699,7 @@ pub mod ring {
         /// Next global tile index to claim (workers).
         pub claim: u64,
         /// Non-zero: the forwarder paces its first poll after a forward to the phase of its
-        /// poll cycle that has been seeing the next problem soonest (`persistent.rs`, `Pacer`).
+        /// poll cycle that has been seeing the next problem soonest ([`pace::Pacer`]).
         pub pace: u32,
         /// Reserved, zero.
         pub _unused: u32,
