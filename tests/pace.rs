@@ -104,3 +104,41 @@ fn long_waits_leave_the_first_poll_undelayed() {
     }
     assert_eq!(pacer.best(), 0, "waits too long to score moved the pacer off phase 0");
 }
+
+#[test]
+fn a_saturated_ring_unlearns_the_delay() {
+    // First a closed loop that learns a delay, then a ring that always has the next problem
+    // waiting at the forward (saturated): every delay then only holds it up.
+    let mut pacer = Pacer::new([0u32; PACE_PHASES as usize]);
+    let mut t = 1_000u64;
+    for _ in 0..64 {
+        pacer.empty_poll(t);
+        t += CYCLE;
+    }
+    let mut seen = t;
+    let (mut learned, mut delays) = (0u64, Vec::new());
+    for i in 0..6000 {
+        let now = seen + FORWARD;
+        let (delay, phase) = pacer.next_wait();
+        pacer.seen(seen, now, phase);
+        // The closed loop publishes just after an unpaced read (11 000 cycles after the forward,
+        // the read at 10 800): unpaced it waits 2 200 cycles for the next; an eighth of a cycle's
+        // delay cuts that to 100.
+        let p = if i < 2000 { now + 11_000 } else { now };
+        let first_read = now + delay + CYCLE / 2;
+        let k = p.saturating_sub(first_read).div_ceil(CYCLE);
+        for j in 0..k {
+            pacer.empty_poll(now + delay + j * CYCLE + CYCLE);
+        }
+        seen = first_read + k * CYCLE + CYCLE / 2;
+        if i == 1999 {
+            learned = delay;
+        }
+        if i >= 5000 {
+            delays.push(delay);
+        }
+    }
+    assert_eq!(learned, CYCLE / 8, "the closed loop's delay");
+    let mean = mean(&delays);
+    assert!(mean < CYCLE as f64 / 8.0, "saturated, the first poll still waits {mean:.0} cycles on average");
+}
