@@ -15,39 +15,54 @@ const CYCLE: u64 = 2400;
 /// From a poll's return to the end of the forward of what it found.
 const FORWARD: u64 = 200;
 
-/// Runs `n` problems through the model, each published `publish(rng)` cycles after the previous
-/// forward ended; paced, or with every first poll sent at once. Returns, per problem after the
-/// first `n / 2`, how long its publish waited for a read.
-fn run(n: usize, paced: bool, seed: u64, publish: impl Fn(&mut StdRng) -> u64) -> Vec<u64> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut pacer = Pacer::new([0u32; PACE_PHASES as usize]);
-    let mut t = 1_000u64;
-    // Busy polls before the first problem: the pacer's estimate of the cycle.
-    for _ in 0..64 {
-        pacer.empty_poll(t);
-        t += CYCLE;
+/// The forwarder's polls and a pacer, in SM cycles.
+struct Model {
+    pacer: Pacer<[u32; PACE_PHASES as usize]>,
+    paced: bool,
+    /// When the last problem was seen (its poll returned).
+    seen: u64,
+}
+
+impl Model {
+    fn new(paced: bool) -> Model {
+        let mut pacer = Pacer::new([0u32; PACE_PHASES as usize]);
+        let mut t = 1_000u64;
+        // Busy polls before the first problem: the pacer's estimate of the cycle.
+        for _ in 0..64 {
+            pacer.empty_poll(t);
+            t += CYCLE;
+        }
+        Model { pacer, paced, seen: t }
     }
-    let mut seen = t;
-    let mut waits = Vec::with_capacity(n);
-    for i in 0..n {
-        let now = seen + FORWARD;
-        let (delay, phase) = if paced { pacer.next_wait() } else { (0, 0) };
-        pacer.seen(seen, now, phase);
-        let p = now + publish(&mut rng);
+
+    /// Forwards the last problem seen; the next is published `after` cycles after the forward
+    /// ends. Returns the delay before the first poll and how long the publish waited for a read.
+    fn step(&mut self, after: u64) -> (u64, u64) {
+        let now = self.seen + FORWARD;
+        let (delay, phase) = if self.paced { self.pacer.next_wait() } else { (0, 0) };
+        self.pacer.seen(self.seen, now, phase);
+        let p = now + after;
         // Polls go out at now + delay + k·CYCLE and read half a cycle later.
         let first_read = now + delay + CYCLE / 2;
         let k = p.saturating_sub(first_read).div_ceil(CYCLE);
         for j in 0..k {
             // The empty polls before it (their returns).
-            pacer.empty_poll(now + delay + j * CYCLE + CYCLE);
+            self.pacer.empty_poll(now + delay + j * CYCLE + CYCLE);
         }
         let read = first_read + k * CYCLE;
-        seen = read + CYCLE / 2;
-        if i >= n / 2 {
-            waits.push(read - p);
-        }
+        self.seen = read + CYCLE / 2;
+        (delay, read - p)
     }
-    waits
+}
+
+/// Runs `n` problems through the model, each published `publish(rng)` cycles after the previous
+/// forward ended; paced, or with every first poll sent at once. Returns, per problem after the
+/// first `n / 2`, how long its publish waited for a read.
+fn run(n: usize, paced: bool, seed: u64, publish: impl Fn(&mut StdRng) -> u64) -> Vec<u64> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut model = Model::new(paced);
+    let waits: Vec<u64> = (0..n).map(|_| model.step(publish(&mut rng)).1).collect();
+    waits[n / 2..].to_vec()
 }
 
 fn median(mut v: Vec<u64>) -> u64 {
@@ -93,44 +108,25 @@ fn arrivals_independent_of_the_forward_wait_no_longer() {
 #[test]
 fn long_waits_leave_the_first_poll_undelayed() {
     // A host that submits now and then (tens of cycles apart): nothing to learn, no delay.
-    let mut pacer = Pacer::new([0u32; PACE_PHASES as usize]);
-    let mut seen = 10_000u64;
+    let mut model = Model::new(true);
     for _ in 0..1000 {
-        let now = seen + FORWARD;
-        let (delay, phase) = pacer.next_wait();
-        pacer.seen(seen, now, phase);
+        let (delay, _) = model.step(40 * CYCLE);
         assert!(delay < CYCLE, "a delay of {delay} cycles, more than one poll cycle");
-        seen = now + 40 * CYCLE + delay;
     }
-    assert_eq!(pacer.best(), 0, "waits too long to score moved the pacer off phase 0");
+    assert_eq!(model.pacer.best(), 0, "waits too long to score moved the pacer off phase 0");
 }
 
 #[test]
 fn a_saturated_ring_unlearns_the_delay() {
     // First a closed loop that learns a delay, then a ring that always has the next problem
     // waiting at the forward (saturated): every delay then only holds it up.
-    let mut pacer = Pacer::new([0u32; PACE_PHASES as usize]);
-    let mut t = 1_000u64;
-    for _ in 0..64 {
-        pacer.empty_poll(t);
-        t += CYCLE;
-    }
-    let mut seen = t;
+    let mut model = Model::new(true);
     let (mut learned, mut delays) = (0u64, Vec::new());
     for i in 0..6000 {
-        let now = seen + FORWARD;
-        let (delay, phase) = pacer.next_wait();
-        pacer.seen(seen, now, phase);
         // The closed loop publishes just after an unpaced read (11 000 cycles after the forward,
         // the read at 10 800): unpaced it waits 2 200 cycles for the next; an eighth of a cycle's
         // delay cuts that to 100.
-        let p = if i < 2000 { now + 11_000 } else { now };
-        let first_read = now + delay + CYCLE / 2;
-        let k = p.saturating_sub(first_read).div_ceil(CYCLE);
-        for j in 0..k {
-            pacer.empty_poll(now + delay + j * CYCLE + CYCLE);
-        }
-        seen = first_read + k * CYCLE + CYCLE / 2;
+        let (delay, _) = model.step(if i < 2000 { 11_000 } else { 0 });
         if i == 1999 {
             learned = delay;
         }
