@@ -4,33 +4,60 @@
 //! ([`CpuEngine`]), which follow the same poll/claim/find/complete protocol.
 //!
 //! One thread writes ([`RingWriter`]: fill a slot's image in host memory, then publish it by
-//! storing its stamps; no driver call), completions are watched in the completion words
-//! ([`RingMemory::is_done`]); a slot is reused only after the problem that held it is done.
+//! storing its stamps; no driver call), completions are watched in the completion words or, for
+//! a problem of at most [`FLAG_TILES`] tiles, in its slot's flag line ([`RingMemory::is_done`]);
+//! a slot is reused only after the problem that held it is done.
 //! Image words are accessed with atomics on the host, so a CPU forwarder reading an image the
 //! writer is filling is never a data race (its stamps tell it the image is not there yet).
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::abi::ProblemDesc;
 use crate::abi::ring::{
-    CLAIM_TABLE, Cursor, HOST_SLOT_CHUNKS, HostHeader, ImageView, Look, MAX_PROBLEM_TILES, RingSlot, done_offset,
-    entry, host_bytes, host_slot_offset, stamp,
+    CLAIM_TABLE, Cursor, FLAG_TILES, FLAGGED, HOST_SLOT_CHUNKS, HostHeader, IMAGE_WORDS, ImageView, Look,
+    MAX_PROBLEM_TILES, RingSlot, done_offset, entry, flags_offset, host_bytes, host_slot_offset, stamp,
 };
 use crate::error::{Error, Result};
 
 /// Host memory of a ring: the [`HostHeader`] (heartbeat, stop), `slots` stamped
 /// slot images (written by the host, polled and copied to the device ring by the forwarder),
-/// then `slots` completion words (written by the device side). 64-byte aligned, zeroed. For CUDA it is
-/// pinned and device-mapped.
+/// then `slots` completion words and `slots` flag lines (written by the device side). 64-byte
+/// aligned, zeroed. For CUDA it is pinned and device-mapped.
 pub struct RingMemory {
     base: NonNull<u8>,
     slots: u32,
     owner: Owner,
+    /// Per slot, host memory only: how the problem written into it last completes
+    /// ([`SlotMeta`]), for [`RingMemory::is_done`]. Written by the ring's writer before it
+    /// publishes the problem.
+    meta: Box<[AtomicU64]>,
+}
+
+/// A slot's [`RingMemory::meta`] word: the low 48 bits of its problem's sequence number, its
+/// tile count if it completes by flags (else 0), and its flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SlotMeta {
+    seq: u64,
+    flag_tiles: u32,
+    flag: u8,
+}
+
+impl SlotMeta {
+    const SEQ_BITS: u32 = 48;
+    const SEQ_MASK: u64 = (1 << Self::SEQ_BITS) - 1;
+
+    fn pack(self) -> u64 {
+        (self.seq & Self::SEQ_MASK) << 16 | (self.flag_tiles as u64) << 8 | self.flag as u64
+    }
+
+    fn unpack(w: u64) -> SlotMeta {
+        SlotMeta { seq: w >> 16, flag_tiles: (w >> 8) as u32 & 0xff, flag: w as u8 }
+    }
 }
 
 enum Owner {
@@ -60,13 +87,17 @@ impl RingMemory {
         // SAFETY: non-zero size (callers ask for at least one slot).
         let base =
             NonNull::new(unsafe { alloc_zeroed(layout) }).ok_or(Error::Config("ring allocation failed".into()))?;
-        Ok(RingMemory { base, slots, owner: Owner::Heap(layout) })
+        Ok(RingMemory { base, slots, owner: Owner::Heap(layout), meta: Self::fresh_meta(slots) })
     }
 
     /// A ring in pinned, device-mapped memory (the CUDA engine's); `buf` is zeroed.
     pub(crate) fn pinned(slots: u32, buf: crate::cuda::PinnedBuffer) -> Result<RingMemory> {
         let base = NonNull::new(buf.ptr()).ok_or(Error::Config("null pinned ring".into()))?;
-        Ok(RingMemory { base, slots, owner: Owner::Pinned(buf) })
+        Ok(RingMemory { base, slots, owner: Owner::Pinned(buf), meta: Self::fresh_meta(slots) })
+    }
+
+    fn fresh_meta(slots: u32) -> Box<[AtomicU64]> {
+        (0..slots).map(|_| AtomicU64::new(0)).collect()
     }
 
     /// Device address of the block (CUDA: the mapped address).
@@ -123,17 +154,59 @@ impl RingMemory {
         self.is_done_in((seq % self.slots as u64) as u32, seq)
     }
 
-    /// Whether problem `seq`, in slot `i` (`seq % slots`, known to the caller), is done.
+    /// Whether problem `seq`, in slot `i` (`seq % slots`, known to the caller), is done: its
+    /// completion word holds more than `seq`, or, for a problem that completes by flags, each of
+    /// its tiles' bytes in the slot's flag line holds its flag. (A slot that already holds a
+    /// later problem held `seq` until it was done.) `seq` was written by the ring's writer before
+    /// the caller asks (the writer's thread, or one it handed the request to).
     pub fn is_done_in(&self, i: u32, seq: u64) -> bool {
-        self.done_word(i).load(Ordering::Acquire) > seq
+        let m = SlotMeta::unpack(self.meta[i as usize].load(Ordering::Acquire));
+        if m.seq != seq & SlotMeta::SEQ_MASK {
+            // A later problem (written after `seq` was done), unless the word is older than `seq`.
+            return m.seq.wrapping_sub(seq) & SlotMeta::SEQ_MASK < 1 << (SlotMeta::SEQ_BITS - 1);
+        }
+        if m.flag_tiles == 0 {
+            return self.done_word(i).load(Ordering::Acquire) > seq;
+        }
+        let (line, want) = (flags_offset(self.slots, i), u64::from_ne_bytes([m.flag; 8]));
+        let (words, rest) = (m.flag_tiles as usize / 8, m.flag_tiles as usize % 8);
+        (0..words).all(|w| self.u64_at(line + 8 * w).load(Ordering::Acquire) == want)
+            && (rest == 0 || {
+                // The bytes past the problem's last tile are not its: masked off (memory order:
+                // byte `t` of the word is bit `8t` once read little-endian).
+                let mask = u64::MAX >> (64 - 8 * rest);
+                u64::from_le(self.u64_at(line + 8 * words).load(Ordering::Acquire)) & mask == want & mask
+            })
+    }
+
+    /// Byte `tile` of slot `i`'s flag line.
+    pub fn flag(&self, i: u32, tile: u32) -> &AtomicU8 {
+        debug_assert!(i < self.slots && tile < FLAG_TILES);
+        // SAFETY: inside the block (`host_bytes` covers every slot's flag line); accessed only
+        // atomically (the device's stores are single bytes).
+        unsafe { &*(self.base.as_ptr().add(flags_offset(self.slots, i) + tile as usize) as *const AtomicU8) }
+    }
+
+    /// Records how the problem about to be published in slot `i` completes (the ring's writer,
+    /// before the publish).
+    fn set_meta(&self, i: u32, m: SlotMeta) {
+        self.meta[i as usize].store(m.pack(), Ordering::Release);
     }
 
     /// Writes slot `i`'s image but its stamps: every word of `s` but `seq`, with relaxed atomic
     /// stores ([`RingMemory::stamp_slot`] publishes it).
     fn store_image(&self, i: u32, s: &RingSlot) {
         let words: &[u32] = bytemuck::cast_slice(bytemuck::bytes_of(s));
-        for (j, w) in words[2..].iter().enumerate() {
-            self.u32_at(host_slot_offset(i) + 16 * (j / 3) + 4 * (1 + j % 3)).store(*w, Ordering::Relaxed);
+        let base = host_slot_offset(i);
+        // Chunk by chunk, three data words each (word 0 is the stamp): constant offsets, no
+        // division per word.
+        for c in 0..HOST_SLOT_CHUNKS {
+            for m in 0..3 {
+                let j = 3 * c + m;
+                if j < IMAGE_WORDS {
+                    self.u32_at(base + 16 * c + 4 * (1 + m)).store(words[2 + j], Ordering::Relaxed);
+                }
+            }
         }
     }
 
@@ -192,15 +265,22 @@ pub trait Engine: Send + Sync {
 pub struct RingWriter {
     mem: Arc<RingMemory>,
     next_seq: u64,
+    /// `next_seq % slots`, kept as it moves (no division per problem).
+    next_slot: u32,
     next_tile: u64,
     published: u64,
-    /// Per slot: tiles of every problem it has held (the target its counter reaches when the
-    /// newest is done).
+    /// Per slot: tiles of every problem it has held that completes by its counter (the target
+    /// the counter reaches when the newest is done).
     slot_tiles: Vec<u64>,
     /// Per slot: the first tile of the problem it holds.
     slot_first: Vec<u64>,
+    /// Per slot: what its flag line holds, as `(flag, n)`: each of bytes `0..n` is `flag` or 0
+    /// (no device store to it in flight: the slot's problems are done before it is reused).
+    slot_flags: Vec<(u8, u32)>,
     /// No problem before this one is unfinished.
     oldest: u64,
+    /// `oldest % slots`.
+    oldest_slot: u32,
 }
 
 impl RingWriter {
@@ -210,11 +290,15 @@ impl RingWriter {
         RingWriter {
             mem,
             next_seq: 0,
+            next_slot: 0,
             next_tile: 0,
             published: 0,
             slot_tiles: vec![0; n],
             slot_first: vec![0; n],
+            // A fresh ring's flag lines are zeroed.
+            slot_flags: vec![(0, FLAG_TILES); n],
             oldest: 0,
+            oldest_slot: 0,
         }
     }
 
@@ -223,19 +307,20 @@ impl RingWriter {
     /// end at most [`CLAIM_TABLE`] past the oldest unfinished problem's first tile, or the ring
     /// is empty).
     pub fn has_room(&mut self, p: &ProblemDesc) -> bool {
-        let n = self.mem.slots as u64;
-        while self.oldest < self.next_seq && self.mem.is_done(self.oldest) {
+        let n = self.mem.slots;
+        while self.oldest < self.next_seq && self.mem.is_done_in(self.oldest_slot, self.oldest) {
             self.oldest += 1;
+            self.oldest_slot = if self.oldest_slot + 1 == n { 0 } else { self.oldest_slot + 1 };
         }
         // Everything before `oldest` is done; only an older unfinished problem sends us to the
-        // slot's completion word (written long ago, so likely out of the cache: a read across
-        // the memory system on the critical path of every request otherwise).
-        let reuse = self.next_seq.checked_sub(n);
-        if reuse.is_some_and(|q| q >= self.oldest && !self.mem.is_done(q)) {
+        // slot's completion (written long ago, so likely out of the cache: a read across the
+        // memory system on the critical path of every request otherwise).
+        let reuse = self.next_seq.checked_sub(n as u64);
+        if reuse.is_some_and(|q| q >= self.oldest && !self.mem.is_done_in(self.next_slot, q)) {
             return false;
         }
         self.oldest == self.next_seq
-            || self.next_tile + p.tile_count() as u64 <= self.slot_first[(self.oldest % n) as usize] + CLAIM_TABLE
+            || self.next_tile + p.tile_count() as u64 <= self.slot_first[self.oldest_slot as usize] + CLAIM_TABLE
     }
 
     /// Writes `p` (tile grid set, `k_splits == 1`, 1 to [`MAX_PROBLEM_TILES`] tiles) into the
@@ -245,14 +330,28 @@ impl RingWriter {
         assert!(self.has_room(&p), "RingWriter::write without room");
         let tiles = p.tile_count();
         assert!((1..=MAX_PROBLEM_TILES).contains(&tiles), "a ring problem of {tiles} tiles");
-        let seq = self.next_seq;
-        let i = (seq % self.mem.slots as u64) as u32;
+        let (seq, i) = (self.next_seq, self.next_slot);
         p.completion = i;
-        self.slot_tiles[i as usize] += tiles as u64;
         self.slot_first[i as usize] = self.next_tile;
         // The slot's previous problem is done (acquired in `has_room`); this fence orders that
         // before the refill.
         fence(Ordering::Release);
+        let done_target = if tiles <= FLAG_TILES {
+            // By flags: one that none of the bytes of its tiles holds now (zeroing those past the
+            // ones known to hold a flag or 0).
+            let (old, known) = self.slot_flags[i as usize];
+            for t in known..tiles {
+                self.mem.flag(i, t).store(0, Ordering::Relaxed);
+            }
+            let flag = if old == 1 { 2 } else { 1 };
+            self.slot_flags[i as usize] = (flag, tiles);
+            self.mem.set_meta(i, SlotMeta { seq, flag_tiles: tiles, flag });
+            FLAGGED | flag as u64
+        } else {
+            self.slot_tiles[i as usize] += tiles as u64;
+            self.mem.set_meta(i, SlotMeta { seq, flag_tiles: 0, flag: 0 });
+            self.slot_tiles[i as usize]
+        };
         self.mem.store_image(
             i,
             &RingSlot {
@@ -260,12 +359,13 @@ impl RingWriter {
                 first_tile: self.next_tile,
                 tiles,
                 stamp_hi: ((seq + 1) >> 32) as u32,
-                done_target: self.slot_tiles[i as usize],
+                done_target,
                 problem: p,
             },
         );
         crate::runtime::phases::mark(crate::runtime::phases::Step::ImageWritten);
         self.next_seq += 1;
+        self.next_slot = if i + 1 == self.mem.slots { 0 } else { i + 1 };
         self.next_tile += tiles as u64;
         seq
     }
@@ -431,7 +531,9 @@ fn cpu_cta(mem: &RingMemory, st: &CpuState) {
         // the scheduler keeps in-flight problems free of hazards, so this tile's output is
         // touched by no one else.
         unsafe { crate::cpu::run_tile(&p, &t) };
-        if st.done_ctr[i as usize].fetch_add(1, Ordering::AcqRel) + 1 == slot.done_target {
+        if slot.done_target & FLAGGED != 0 {
+            mem.flag(i, tile).store(slot.done_target as u8, Ordering::Release);
+        } else if st.done_ctr[i as usize].fetch_add(1, Ordering::AcqRel) + 1 == slot.done_target {
             mem.done_word(i).store(slot.seq + 1, Ordering::Release);
         }
     }
@@ -547,6 +649,19 @@ mod tests {
         assert!(seen > 0);
     }
 
+    /// Finishes problem `seq` as the device side would: its tiles' flags, or its completion word.
+    fn finish(mem: &RingMemory, seq: u64) {
+        let i = (seq % mem.slots as u64) as u32;
+        let m = SlotMeta::unpack(mem.meta[i as usize].load(Ordering::Acquire));
+        assert_eq!(m.seq, seq, "slot {i} holds another problem");
+        if m.flag_tiles == 0 {
+            mem.done_word(i).store(seq + 1, Ordering::Release);
+        }
+        for t in 0..m.flag_tiles {
+            mem.flag(i, t).store(m.flag, Ordering::Release);
+        }
+    }
+
     #[test]
     fn images_are_seen_only_once_stamped() {
         let mem = Arc::new(RingMemory::on_heap(2).unwrap());
@@ -558,18 +673,62 @@ mod tests {
         assert!(mem.load_image(0).is_none(), "written, not published");
         w.publish();
         let s = decode(&mem.load_image(0).expect("published"));
-        assert_eq!((s.seq, s.first_tile, s.tiles, s.done_target), (0, 0, 3, 3));
+        // Three tiles complete by flags: the first flag of a fresh slot is 1.
+        assert_eq!((s.seq, s.first_tile, s.tiles, s.done_target), (0, 0, 3, FLAGGED | 1));
         assert_eq!((s.problem.a, s.problem.alpha, s.problem.completion), (p.a, 1.5, 0));
         assert!(mem.load_image(2).is_none(), "slot 0's image is problem 0's, not 2's");
-        assert_eq!(w.write(of_tiles(4)), 1);
+        assert_eq!(w.write(of_tiles(100)), 1);
         w.publish();
-        mem.done_word(0).store(1, Ordering::Release);
+        let s = decode(&mem.load_image(1).expect("published"));
+        assert_eq!((s.first_tile, s.done_target), (3, 100), "more than FLAG_TILES tiles: counted");
+        finish(&mem, 0);
         assert_eq!(w.write(of_tiles(5)), 2);
         w.publish();
         let s = decode(&mem.load_image(2).expect("slot 0 reused"));
-        // Slot 0's counter has seen 3 tiles, then 5: the target counts both.
-        assert_eq!((s.seq, s.first_tile, s.tiles, s.done_target), (2, 7, 5, 8));
+        assert_eq!((s.seq, s.first_tile, s.tiles, s.done_target), (2, 103, 5, FLAGGED | 2), "the other flag");
         assert!(mem.load_image(0).is_none(), "problem 0's stamps are gone");
+        finish(&mem, 1);
+        assert_eq!(w.write(of_tiles(80)), 3);
+        w.publish();
+        // Slot 1's counter has seen 100 tiles, then 80: the target counts both.
+        assert_eq!(decode(&mem.load_image(3).expect("slot 1 reused")).done_target, 180);
+    }
+
+    /// A problem that completes by flags is done once every one of its tiles' bytes holds its
+    /// flag, and never because of what earlier problems left in the slot's line.
+    #[test]
+    fn flags_tell_done_only_when_every_tile_has_its_own() {
+        let mem = Arc::new(RingMemory::on_heap(1).unwrap());
+        let mut w = RingWriter::new(mem.clone());
+        // Stores problem `seq`'s flag into its tiles' bytes in `order`: done only after the last.
+        let flag_in = |seq: u64, order: Vec<u32>| {
+            let done_target = decode(&mem.load_image(seq).expect("published")).done_target;
+            assert_ne!(done_target & FLAGGED, 0);
+            for (n, &t) in order.iter().enumerate() {
+                assert!(!mem.is_done(seq), "problem {seq}: {n} of {} flags", order.len());
+                mem.flag(0, t).store(done_target as u8, Ordering::Release);
+            }
+            assert!(mem.is_done(seq), "problem {seq}: every flag");
+        };
+        // 16 tiles, then 8 (the first 8 bytes hold the old flag), then 64 (bytes 8..16 hold the
+        // flag it takes, 1: zeroed before the publish, so flags in every other byte are not
+        // enough), then a counted problem, then 64 again (the line holds problem 2's flags).
+        for (seq, tiles) in [(0u64, 16u32), (1, 8), (2, 64)] {
+            assert_eq!(w.write(of_tiles(tiles)), seq);
+            w.publish();
+            assert!(seq == 0 || mem.is_done(seq - 1), "the slot's previous problem stays done");
+            let (mut order, rest): (Vec<u32>, Vec<u32>) = (0..tiles).partition(|t| !(8..16).contains(t));
+            order.extend(rest);
+            flag_in(seq, order);
+        }
+        assert_eq!(w.write(of_tiles(65)), 3);
+        w.publish();
+        assert!(!mem.is_done(3));
+        mem.done_word(0).store(4, Ordering::Release);
+        assert!(mem.is_done(3) && mem.is_done(2));
+        assert_eq!(w.write(of_tiles(64)), 4);
+        w.publish();
+        flag_in(4, (0..64).rev().collect());
     }
 
     /// A slot is reused only once its problem is done, whatever finished after it.
@@ -580,9 +739,9 @@ mod tests {
         w.write(of_tiles(1));
         w.write(of_tiles(1));
         assert!(!w.has_room(&of_tiles(1)), "both slots hold unfinished problems");
-        mem.done_word(1).store(2, Ordering::Release);
+        finish(&mem, 1);
         assert!(!w.has_room(&of_tiles(1)), "problem 1 is done, slot 0's problem 0 is not");
-        mem.done_word(0).store(1, Ordering::Release);
+        finish(&mem, 0);
         assert!(w.has_room(&of_tiles(1)));
         assert_eq!(w.write(of_tiles(1)), 2);
         assert!(w.has_room(&of_tiles(1)), "slot 1's problem 1 is done");

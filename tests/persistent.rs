@@ -15,6 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tilemux::abi::ProblemDesc;
 use tilemux::abi::TileKind;
+use tilemux::abi::ring::FLAG_TILES;
 use tilemux::cuda::persistent::{Forwarder, Resident};
 use tilemux::persistent::{Engine, RingMemory, RingWriter};
 use tilemux::reference::{Case, Staged, random_dims};
@@ -65,8 +66,10 @@ fn staged_problems(d: &dyn Device, n: usize, gemv: (usize, (u32, u32, u32)), max
 }
 
 runtime_test!(ring_protocol, |d: Arc<dyn Device>, _gpu: bool| {
-    // Problems straight into a 3-slot ring: wrap-around many times, each completes exactly once.
-    let (cases, staged, round) = staged_problems(&*d, 40, (3, (100, 1, 77)), 90);
+    // Problems straight into a 3-slot ring: wrap-around many times, each completes exactly once;
+    // the GEMVs have more than FLAG_TILES tiles (completed by the counter), the rest fewer
+    // (completed by flags), so slots take turns between the two.
+    let (cases, staged, round) = staged_problems(&*d, 40, (3, (4200, 1, 77)), 90);
     let (ring, engine) = d.start_persistent(3, Duration::from_secs(10)).unwrap();
     let mut w = RingWriter::new(ring.clone());
     let mut seqs = Vec::new();
@@ -93,10 +96,13 @@ runtime_test!(ring_protocol, |d: Arc<dyn Device>, _gpu: bool| {
         let kind = TileKind::from_u32(round.problems[i].tile_kind).unwrap();
         assert!(c.error(&got, &want) < 1e-4, "problem {i} ({}x{}x{}, {}) wrong", c.m, c.n, c.k, kind.name());
     }
-    // Each slot's completion word holds the last sequence number that used it, plus one.
+    // Each slot's completion word holds the last sequence number that used it and completes by
+    // its counter (more than FLAG_TILES tiles), plus one; the others completed by flags.
+    let counted = |q: &u64| round.problems[*q as usize].tile_count() > FLAG_TILES;
+    assert!(seqs.iter().any(counted) && !seqs.iter().all(counted), "both ways of completing");
     for s in 0..3u32 {
-        let last = seqs.iter().copied().filter(|q| q % 3 == s as u64).max().unwrap();
-        assert_eq!(ring.done_word(s).load(Ordering::Acquire), last + 1);
+        let last = seqs.iter().copied().filter(|q| q % 3 == s as u64 && counted(q)).max().map_or(0, |q| q + 1);
+        assert_eq!(ring.done_word(s).load(Ordering::Acquire), last);
     }
 });
 

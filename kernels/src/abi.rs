@@ -507,8 +507,10 @@ impl ProblemDesc {
 /// device-mapped host memory; one warp of the resident kernel (the forwarder) polls the next
 /// slot's image itself across the bus (no separate doorbell word, so one round trip brings both
 /// the news and the problem), copies it into the device ring and publishes each of its tiles in
-/// the claim table ([`ring::entry`]), where the CTA holding that tile's claim finds it. The one
-/// word the workers write to host memory is each problem's completion.
+/// the claim table ([`ring::entry`]), where the CTA holding that tile's claim finds it. What the
+/// workers write to host memory is each problem's completion: one flag byte per tile for a
+/// problem of at most [`ring::FLAG_TILES`] tiles, else one word, by the CTA that counts the
+/// problem's last tile on the slot's device counter.
 pub mod ring {
     use super::ProblemDesc;
     #[cfg(not(target_arch = "nvptx64"))]
@@ -528,8 +530,12 @@ pub mod ring {
         pub tiles: u32,
         /// `(seq + 1) >> 32`: with a stamp (its low 32 bits), the whole `seq + 1`.
         pub stamp_hi: u32,
-        /// The slot's tile counter reads this once the problem's last tile is done: the tiles of
-        /// every problem the slot has held so far, this one included (the counter is never reset).
+        /// How the problem's completion reaches the host. Without [`FLAGGED`]: the slot's tile
+        /// counter reads this once the problem's last tile is done, the tiles of every counted
+        /// problem the slot has held so far, this one included (the counter is never reset), and
+        /// the CTA whose count reaches it writes the completion word. With [`FLAGGED`] (a problem
+        /// of at most [`FLAG_TILES`] tiles): each tile's CTA stores the low byte, the flag, into
+        /// the tile's byte of the slot's flag line ([`flags_offset`]); the counter is left alone.
         pub done_target: u64,
         /// The problem (tile grid set, `k_splits == 1`, `completion` = slot index).
         pub problem: ProblemDesc,
@@ -802,11 +808,21 @@ pub mod ring {
     /// Bytes of the header at the start of the host block.
     pub const HOST_HEADER_BYTES: usize = core::mem::size_of::<HostHeader>();
 
-    /// Bytes of the host block for `slots` slots: the header, the slot images, then the
-    /// completion words (the device writes `seq + 1` into word `q % slots` when problem `q` is
-    /// done).
+    /// Problems of at most this many tiles complete by flags: each tile's CTA writes its own
+    /// byte of the slot's flag line in host memory, and the host sees the problem done when every
+    /// byte holds the problem's flag. No CTA waits on the slot's counter (one atomic round trip
+    /// to L2 on a small problem's way to the host); one cache line per slot on the host.
+    pub const FLAG_TILES: u32 = 64;
+
+    /// `RingSlot::done_target`'s mark of a problem that completes by flags (its low byte the
+    /// flag, 1 or 2).
+    pub const FLAGGED: u64 = 1 << 63;
+
+    /// Bytes of the host block for `slots` slots: the header, the slot images, the completion
+    /// words (the device writes `seq + 1` into word `q % slots` when problem `q` is done), then,
+    /// from the next 64-byte boundary, one flag line of [`FLAG_TILES`] bytes per slot.
     pub const fn host_bytes(slots: u32) -> usize {
-        HOST_HEADER_BYTES + slots as usize * (HOST_SLOT_BYTES + 8)
+        flags_offset(slots, slots)
     }
 
     /// Byte offset of slot `i`'s image in the device ring (images as in the host block).
@@ -824,6 +840,11 @@ pub mod ring {
         host_slot_offset(slots) + i as usize * 8
     }
 
+    /// Byte offset of slot `i`'s flag line in the host block (64-byte aligned).
+    pub const fn flags_offset(slots: u32, i: u32) -> usize {
+        done_offset(slots, slots).next_multiple_of(64) + i as usize * FLAG_TILES as usize
+    }
+
     const _: () = {
         assert!(core::mem::size_of::<RingSlot>() == 160);
         assert!(core::mem::offset_of!(RingSlot, first_tile) == 8);
@@ -835,6 +856,7 @@ pub mod ring {
         assert!(core::mem::size_of::<Trace>() == 128);
         assert!(core::mem::size_of::<CtaStash>() == 32);
         assert!(core::mem::size_of::<HostHeader>() == 64);
+        assert!(FLAG_TILES == 64 && FLAG_TILES <= u8::MAX as u32);
     };
 
     /// The forwarder's pacing of its first poll after a forward (`persistent.rs`; `QUEUE.md`,

@@ -10,23 +10,27 @@
 //! and polls, in one round trip, the image of the slot it expects that claim's problem in and
 //! the claim's table entry (nanosleep backoff, device memory only); an image that covers the
 //! claim arrives with the problem itself, which the warp stages at once; the entry names the slot
-//! when the guess was wrong. The CTA runs the tile and counts it on the slot's counter. The CTA
-//! whose count reaches the problem's target writes the problem's completion word to host memory.
+//! when the guess was wrong. The CTA runs the tile and, for a problem of at most `FLAG_TILES`
+//! tiles, writes the tile's flag byte to host memory; for a larger one it counts the tile on the
+//! slot's counter, and the CTA whose count reaches the problem's target writes the problem's
+//! completion word to host memory.
 
 use core::mem::offset_of;
 
 use crate::abi::ring::pace::{PaceScores, Pacer};
 use crate::abi::ring::{
-    CLAIM_TABLE, CtaStash, Cursor, DeviceState, HOST_SLOT_BYTES, HOST_SLOT_CHUNKS, HostHeader, IMAGE_WORDS, ImageView,
-    Look, RingSlot, TRACE_PROBLEMS, Trace, done_offset, entry, host_slot_offset, slot_offset, stamp,
+    CLAIM_TABLE, CtaStash, Cursor, DeviceState, FLAG_TILES, FLAGGED, HOST_SLOT_BYTES, HOST_SLOT_CHUNKS, HostHeader,
+    IMAGE_WORDS, ImageView, Look, RingSlot, TRACE_PROBLEMS, Trace, done_offset, entry, flags_offset, host_slot_offset,
+    slot_offset, stamp,
 };
 use crate::abi::{SMEM_DESC_OFFSET, SMEM_HEADER_BYTES, TileDesc};
 use crate::arch::{
     atom_add_relaxed_gpu_u64, atom_add_release_gpu_u64, atom_cas_relaxed_gpu_u32, block_idx_x, clock64,
-    fence_acq_rel_sys, globaltimer, ld_acquire_gpu_shared_u32, ld_acquire_gpu_u32, ld_acquire_gpu_u64, ld_shared_u32,
-    ld_shared_u64, ld_volatile_u32, ld_volatile_u64, ld_volatile_v4_u32, nanosleep, shfl_idx, sm_id, smem_base,
-    st_relaxed_gpu_u64, st_relaxed_gpu_v4_u32, st_relaxed_sys_u64, st_release_gpu_u32, st_release_gpu_u64,
-    st_shared_u32, st_shared_u64, sync_threads, sync_warp, thread_idx_x, vote_all,
+    fence_acq_rel_gpu, fence_acq_rel_sys, globaltimer, ld_acquire_gpu_shared_u32, ld_acquire_gpu_u32,
+    ld_acquire_gpu_u64, ld_shared_u32, ld_shared_u64, ld_volatile_u32, ld_volatile_u64, ld_volatile_v4_u32, nanosleep,
+    red_max_relaxed_gpu_u64, shfl_idx, sm_id, smem_base, st_relaxed_gpu_u64, st_relaxed_gpu_v4_u32, st_relaxed_sys_u8,
+    st_relaxed_sys_u64, st_release_gpu_u32, st_release_gpu_u64, st_shared_u32, st_shared_u64, sync_threads, sync_warp,
+    thread_idx_x, vote_all,
 };
 use crate::megakernel::run_tile;
 use crate::problem::Problem;
@@ -540,6 +544,7 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
     // SAFETY: the device state.
     let spin_polls = unsafe { ld_volatile_u32(state + offset_of!(DeviceState, worker_spin_polls) as u64) };
     let host_done = host + done_offset(slots, 0) as u64;
+    let host_flags = host + flags_offset(slots, 0) as u64;
     if tid == 0 {
         // SAFETY: header words: the first cursor looks for problem 0 in slot 0.
         unsafe {
@@ -599,14 +604,22 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
             if tile == 0 {
                 r.put(seq, offset_of!(Trace, tile_done), done_at);
             }
-            // SAFETY: the slot's counter and completion word.
-            let last = unsafe {
+            let flagged = target & FLAGGED != 0;
+            // SAFETY (both arms): the slot's flag line, counter and completion word.
+            let last = if flagged {
+                // A small problem: this tile's flag, straight to the host, after a GPU-scope fence
+                // (the barrier, then the fence, cumulative over the CTA's tile stores); no CTA
+                // counts or waits for the others. Why GPU scope suffices: QUEUE.md.
+                fence_acq_rel_gpu();
+                unsafe { st_relaxed_sys_u8(host_flags + slot as u64 * FLAG_TILES as u64 + tile as u64, target as u32) };
+                false
+            } else {
                 // Release: this CTA's tile results (barrier, then the release, cumulative) precede
                 // the count. No acquire: the last CTA reads nothing the others wrote (an acquire
                 // would drop the SM's L1 and send the spilled registers read next to L2; 0.03–0.1
                 // µs on the H100); its next tile's loads have their own (`find`). The counter is
-                // never reset: each problem's target counts every tile the slot has held.
-                atom_add_release_gpu_u64(r.done_ctr + slot as u64 * 8, 1) + 1 == target
+                // never reset: each problem's target counts every counted tile the slot has held.
+                unsafe { atom_add_release_gpu_u64(r.done_ctr + slot as u64 * 8, 1) + 1 == target }
             };
             if tile == 0 {
                 r.stamp(seq, offset_of!(Trace, counted));
@@ -620,6 +633,27 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
                 // SAFETY: the slot's completion word.
                 unsafe { st_relaxed_sys_u64(host_done + slot as u64 * 8, seq + 1) };
                 r.stamp(seq, offset_of!(Trace, completed));
+            }
+            if flagged && r.trace != 0 {
+                // No CTA knows it finished the problem: each raises the last tile's stamps to its
+                // own, and the latest flag stands for the completion.
+                let now = globaltimer();
+                let at =
+                    |field: usize| r.trace + (seq % TRACE_PROBLEMS as u64) * size_of::<Trace>() as u64 + field as u64;
+                // SAFETY: the trace buffer and this CTA's stash (its own stores above).
+                unsafe {
+                    red_max_relaxed_gpu_u64(
+                        at(offset_of!(Trace, last_found)),
+                        ld_volatile_u64(r.stash(offset_of!(CtaStash, found))),
+                    );
+                    red_max_relaxed_gpu_u64(
+                        at(offset_of!(Trace, last_staged)),
+                        ld_volatile_u64(r.stash(offset_of!(CtaStash, staged))),
+                    );
+                    red_max_relaxed_gpu_u64(at(offset_of!(Trace, last_tile_done)), done_at);
+                    red_max_relaxed_gpu_u64(at(offset_of!(Trace, completing)), done_at);
+                    red_max_relaxed_gpu_u64(at(offset_of!(Trace, completed)), now);
+                }
             }
             if r.trace != 0 {
                 // SAFETY: this CTA's stash (its own stores above) and the trace buffer.

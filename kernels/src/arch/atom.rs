@@ -234,6 +234,26 @@ pub unsafe fn st_relaxed_sys_u64(addr: u64, v: u64) {
     unsafe { asm!("st.relaxed.sys.global.u64 [{0}], {1};", in(reg64) addr, in(reg64) v, options(nostack)) };
 }
 
+/// `st.relaxed.sys.global.u8` of `v`'s low byte.
+///
+/// # Safety
+/// `addr` is a global (or host-mapped) address.
+#[inline(always)]
+pub unsafe fn st_relaxed_sys_u8(addr: u64, v: u32) {
+    // SAFETY: the caller guarantees the address.
+    unsafe { asm!("st.relaxed.sys.global.u8 [{0}], {1};", in(reg64) addr, in(reg32) v, options(nostack)) };
+}
+
+/// `red.relaxed.gpu.global.max.u64`: raises the word to `v` if it is lower.
+///
+/// # Safety
+/// `addr` is an 8-byte aligned global address.
+#[inline(always)]
+pub unsafe fn red_max_relaxed_gpu_u64(addr: u64, v: u64) {
+    // SAFETY: the caller guarantees the address.
+    unsafe { asm!("red.relaxed.gpu.global.max.u64 [{0}], {1};", in(reg64) addr, in(reg64) v, options(nostack)) };
+}
+
 /// `ld.volatile.shared.u32`: a load the compiler keeps inside a polling loop.
 ///
 /// # Safety
