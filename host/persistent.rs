@@ -710,25 +710,26 @@ mod tests {
             }
             assert!(mem.is_done(seq), "problem {seq}: every flag");
         };
-        // 16 tiles, then 8 (the first 8 bytes hold the old flag), then 64 (bytes 8..16 hold the
+        // 12 tiles, then 8 (the first 8 bytes hold the old flag), then 16 (bytes 8..12 hold the
         // flag it takes, 1: zeroed before the publish, so flags in every other byte are not
-        // enough), then a counted problem, then 64 again (the line holds problem 2's flags).
-        for (seq, tiles) in [(0u64, 16u32), (1, 8), (2, 64)] {
+        // enough), then a counted problem, then 16 again (the line holds problem 2's flags).
+        assert_eq!(FLAG_TILES, 16);
+        for (seq, tiles) in [(0u64, 12u32), (1, 8), (2, 16)] {
             assert_eq!(w.write(of_tiles(tiles)), seq);
             w.publish();
             assert!(seq == 0 || mem.is_done(seq - 1), "the slot's previous problem stays done");
-            let (mut order, rest): (Vec<u32>, Vec<u32>) = (0..tiles).partition(|t| !(8..16).contains(t));
+            let (mut order, rest): (Vec<u32>, Vec<u32>) = (0..tiles).partition(|t| !(8..12).contains(t));
             order.extend(rest);
             flag_in(seq, order);
         }
-        assert_eq!(w.write(of_tiles(65)), 3);
+        assert_eq!(w.write(of_tiles(17)), 3);
         w.publish();
         assert!(!mem.is_done(3));
         mem.done_word(0).store(4, Ordering::Release);
         assert!(mem.is_done(3) && mem.is_done(2));
-        assert_eq!(w.write(of_tiles(64)), 4);
+        assert_eq!(w.write(of_tiles(16)), 4);
         w.publish();
-        flag_in(4, (0..64).rev().collect());
+        flag_in(4, (0..16).rev().collect());
     }
 
     /// A slot is reused only once its problem is done, whatever finished after it.

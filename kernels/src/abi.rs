@@ -811,8 +811,15 @@ pub mod ring {
     /// Problems of at most this many tiles complete by flags: each tile's CTA writes its own
     /// byte of the slot's flag line in host memory, and the host sees the problem done when every
     /// byte holds the problem's flag. No CTA waits on the slot's counter (one atomic round trip
-    /// to L2 on a small problem's way to the host); one cache line per slot on the host.
-    pub const FLAG_TILES: u32 = 64;
+    /// to L2 on a small problem's way to the host). Each flag is a bus write of its own into one
+    /// line the host polls: measured on the H100 VM, 64 of them (a 512-row GEMV's 8-row tiles)
+    /// reached the waiting host 3.5 µs later than one completion word, 16 (a 256³ GEMM's tiles)
+    /// 0.35 µs sooner (`docs/results/h100-2026-11-25/tile-flags/`).
+    pub const FLAG_TILES: u32 = 16;
+
+    /// Bytes between two slots' flag lines: a cache line each, so the device's flag stores for
+    /// one slot never touch the line the host polls for another.
+    pub const FLAG_LINE: usize = 64;
 
     /// `RingSlot::done_target`'s mark of a problem that completes by flags (its low byte the
     /// flag, 1 or 2).
@@ -820,7 +827,8 @@ pub mod ring {
 
     /// Bytes of the host block for `slots` slots: the header, the slot images, the completion
     /// words (the device writes `seq + 1` into word `q % slots` when problem `q` is done), then,
-    /// from the next 64-byte boundary, one flag line of [`FLAG_TILES`] bytes per slot.
+    /// from the next 64-byte boundary, one [`FLAG_LINE`] per slot, its first [`FLAG_TILES`] bytes
+    /// the flags.
     pub const fn host_bytes(slots: u32) -> usize {
         flags_offset(slots, slots)
     }
@@ -842,7 +850,7 @@ pub mod ring {
 
     /// Byte offset of slot `i`'s flag line in the host block (64-byte aligned).
     pub const fn flags_offset(slots: u32, i: u32) -> usize {
-        done_offset(slots, slots).next_multiple_of(64) + i as usize * FLAG_TILES as usize
+        done_offset(slots, slots).next_multiple_of(FLAG_LINE) + i as usize * FLAG_LINE
     }
 
     const _: () = {
@@ -856,7 +864,7 @@ pub mod ring {
         assert!(core::mem::size_of::<Trace>() == 128);
         assert!(core::mem::size_of::<CtaStash>() == 32);
         assert!(core::mem::size_of::<HostHeader>() == 64);
-        assert!(FLAG_TILES == 64 && FLAG_TILES <= u8::MAX as u32);
+        assert!(FLAG_TILES as usize <= FLAG_LINE && FLAG_LINE == 64);
     };
 
     /// The forwarder's pacing of its first poll after a forward (`persistent.rs`; `QUEUE.md`,

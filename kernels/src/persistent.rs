@@ -19,7 +19,7 @@ use core::mem::offset_of;
 
 use crate::abi::ring::pace::{PaceScores, Pacer};
 use crate::abi::ring::{
-    CLAIM_TABLE, CtaStash, Cursor, DeviceState, FLAG_TILES, FLAGGED, HOST_SLOT_BYTES, HOST_SLOT_CHUNKS, HostHeader,
+    CLAIM_TABLE, CtaStash, Cursor, DeviceState, FLAG_LINE, FLAGGED, HOST_SLOT_BYTES, HOST_SLOT_CHUNKS, HostHeader,
     IMAGE_WORDS, ImageView, Look, RingSlot, TRACE_PROBLEMS, Trace, done_offset, entry, flags_offset, host_slot_offset,
     slot_offset, stamp,
 };
@@ -611,7 +611,7 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
                 // (the barrier, then the fence, cumulative over the CTA's tile stores); no CTA
                 // counts or waits for the others. Why GPU scope suffices: QUEUE.md.
                 fence_acq_rel_gpu();
-                unsafe { st_relaxed_sys_u8(host_flags + slot as u64 * FLAG_TILES as u64 + tile as u64, target as u32) };
+                unsafe { st_relaxed_sys_u8(host_flags + slot as u64 * FLAG_LINE as u64 + tile as u64, target as u32) };
                 false
             } else {
                 // Release: this CTA's tile results (barrier, then the release, cumulative) precede
