@@ -265,9 +265,10 @@ pub struct TenantStats {
 pub struct Done {
     /// Index of the round that ran it.
     pub round: u64,
-    /// Arrival to round start.
+    /// Arrival to round start (persistent mode: to its publish into the ring; zero for a
+    /// request the submitting thread published itself, the fast path, which waits for nothing).
     pub queued: Duration,
-    /// Round start to completion.
+    /// Round start (publish) to completion.
     pub executed: Duration,
 }
 
