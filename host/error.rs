@@ -123,6 +123,8 @@ pub enum Error {
     // --- runtime state
     #[error("tenant {0} does not exist (removed?)")]
     NoSuchTenant(String),
+    #[error("tenant {0} belongs to another runtime")]
+    ForeignTenant(String),
     #[error("a tenant named {0} already exists")]
     DuplicateTenant(String),
     #[error("tenant {tenant}: {pending} requests pending, the limit is {limit}")]

@@ -75,11 +75,11 @@ fn check_op(tenant: &TenantState, i: usize, op: Op) -> Result<CheckedOp> {
     let mut spans: [(char, (u64, Range<usize>)); 4] = Default::default();
     let mut n_spans = 0;
     for (name, mat) in [('A', &op.a), ('B', &op.b), ('C', &op.c)] {
-        if mat.buf.tenant_id() != tenant.id {
+        if !mat.buf.belongs_to(tenant) {
             return Err(Error::ForeignBuffer {
                 op: i,
                 matrix: name,
-                owner: mat.buf.tenant_name().to_string(),
+                owner: mat.buf.owner_for(tenant),
                 tenant: tenant.name.to_string(),
             });
         }
@@ -106,11 +106,11 @@ fn check_op(tenant: &TenantState, i: usize, op: Op) -> Result<CheckedOp> {
     let mut bias_mode = BiasMode::None;
     if let Some((buf, offset, mode)) = &op.bias {
         let expected = if *mode == BiasMode::Row { m } else { n };
-        if buf.tenant_id() != tenant.id {
+        if !buf.belongs_to(tenant) {
             return Err(Error::ForeignBuffer {
                 op: i,
                 matrix: 'b',
-                owner: buf.tenant_name().to_string(),
+                owner: buf.owner_for(tenant),
                 tenant: tenant.name.to_string(),
             });
         }

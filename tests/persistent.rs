@@ -309,7 +309,13 @@ runtime_test!(ring_full, |d: Arc<dyn Device>, _gpu: bool| {
         tk.wait().unwrap();
     }
     rt.submit(&t, op(&t)).unwrap().wait().expect("room again after completions");
+    // The device serves one runtime at a time: not while this one's tenant and buffer live.
     drop(rt);
+    match Runtime::with_device(d.clone(), persistent(4, WhenFull::Wait)) {
+        Err(Error::Config(m)) => assert!(m.contains("already serves a runtime"), "{m}"),
+        other => panic!("a second runtime on the device: expected a config error, got {:?}", other.err()),
+    }
+    drop((a, t));
     // Waiting instead: one thread pushes 10x the ring's size; every request completes.
     let rt = Runtime::with_device(d, persistent(4, WhenFull::Wait)).unwrap();
     let t = rt.add_tenant(TenantSpec::new("wait")).unwrap();

@@ -145,6 +145,27 @@ runtime_test!(bad_inputs_are_isolated, |d: Arc<dyn Device>, _gpu: bool| {
             |e| matches!(e, Error::ForeignBuffer { matrix: 'A', .. }),
             "belongs to tenant other",
         );
+        // A tenant of another runtime with the same id and name, and its buffer: refused, typed.
+        let rt2 = Runtime::new(RuntimeConfig {
+            backend: tilemux::Backend::Cpu,
+            memory_budget: 16 << 20,
+            ..config(Policy::Fifo)
+        })
+        .unwrap();
+        let twin = rt2.add_tenant(TenantSpec::new("me").quota(4 << 20)).unwrap();
+        let twins = twin.alloc(64 * 32).unwrap();
+        fails(
+            rt.submit(&me, gemm(Mat::new(&twins, 64, 32), mb.clone(), mc.clone())),
+            |e| matches!(e, Error::ForeignBuffer { matrix: 'A', .. }),
+            "belongs to tenant me of another runtime",
+        );
+        fails(
+            rt.submit(&twin, gemm(Mat::new(&twins, 64, 32), mb.clone(), mc.clone())),
+            |e| matches!(e, Error::ForeignTenant(_)),
+            "belongs to another runtime",
+        );
+        fails(rt.remove_tenant(&twin), |e| matches!(e, Error::ForeignTenant(_)), "another runtime");
+        assert!(twin.alloc(16).is_ok(), "the twin is untouched");
         fails(
             rt.submit(&me, gemm(ma.clone(), mb.clone(), Mat::new(&c, 64, 16).at(16))),
             |e| matches!(e, Error::MatrixOutOfBuffer { matrix: 'C', .. }),
@@ -238,7 +259,7 @@ runtime_test!(bad_inputs_are_isolated, |d: Arc<dyn Device>, _gpu: bool| {
         let (case, bufs) = valid(&me, &mut rng);
         rt.submit(&me, case.op(&bufs)).unwrap().wait().unwrap();
         assert!(case.error(&bufs.c.read().unwrap(), &case.reference()) < 1e-4);
-        assert_eq!(me.stats().rejected, 16, "each rejected submission is counted");
+        assert_eq!(me.stats().rejected, 17, "each rejected submission is counted");
 
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let n: usize = bystanders.into_iter().map(|h| h.join().unwrap()).sum();

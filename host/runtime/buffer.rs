@@ -70,6 +70,22 @@ impl Buffer {
         self.inner.tenant.id
     }
 
+    /// Whether the buffer is `tenant`'s (the same tenant of the same runtime: ids repeat across
+    /// runtimes).
+    pub(crate) fn belongs_to(&self, tenant: &TenantState) -> bool {
+        std::ptr::eq(Arc::as_ptr(&self.inner.tenant), tenant)
+    }
+
+    /// The owning tenant's name, as an error names it (said to be of another runtime when it
+    /// only shares the submitting tenant's id).
+    pub(crate) fn owner_for(&self, tenant: &TenantState) -> String {
+        if self.tenant_id() == tenant.id {
+            format!("{} of another runtime", self.tenant_name())
+        } else {
+            self.tenant_name().to_string()
+        }
+    }
+
     pub(crate) fn id(&self) -> u64 {
         self.inner.id
     }

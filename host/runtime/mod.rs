@@ -357,8 +357,39 @@ impl TenantState {
 type Job = Box<dyn FnOnce() + Send>;
 
 /// Shared state of a runtime: the device, the pool, the scheduler queues, the cost model.
+/// A device's claim by the one runtime it serves: two runtimes on one device would hand out the
+/// same pool to their tenants. Released when the runtime's state goes (its last tenant, buffer
+/// and ticket handle with it).
+struct DeviceClaim(usize);
+
+static CLAIMED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+impl DeviceClaim {
+    fn new(device: &Arc<dyn Device>) -> Result<DeviceClaim> {
+        let key = Arc::as_ptr(device) as *const () as usize;
+        let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+        if claimed.contains(&key) {
+            return Err(Error::Config(format!(
+                "{} already serves a runtime, and two would hand out the same memory: drop that \
+                 runtime (its tenants and buffers too) or open another device",
+                device.name()
+            )));
+        }
+        claimed.push(key);
+        Ok(DeviceClaim(key))
+    }
+}
+
+impl Drop for DeviceClaim {
+    fn drop(&mut self) {
+        CLAIMED.lock().unwrap_or_else(|e| e.into_inner()).retain(|&k| k != self.0);
+    }
+}
+
 pub(crate) struct Inner {
     pub(crate) device: Arc<dyn Device>,
+    /// This runtime's hold on `device`.
+    _claim: DeviceClaim,
     pub(crate) cfg: RuntimeConfig,
     pool: Mutex<Arena>,
     tenants: Mutex<Vec<Arc<TenantState>>>,
@@ -487,6 +518,7 @@ impl Runtime {
 
     /// As [`Runtime::new`] on an already opened device (its whole pool becomes the budget).
     pub fn with_device(device: Arc<dyn Device>, cfg: RuntimeConfig) -> Result<Runtime> {
+        let claim = DeviceClaim::new(&device)?;
         let pool = device.pool();
         let mut cost = CostModel::default();
         if cfg.calibrate {
@@ -515,6 +547,7 @@ impl Runtime {
         };
         let (ttx, trx) = mpsc::channel::<Job>();
         let inner = Arc::new(Inner {
+            _claim: claim,
             pool: Mutex::new(Arena::new(pool.start, pool.end - pool.start)),
             tenants: Mutex::new(Vec::new()),
             sched: Mutex::new(SchedState::new(cfg.start_paused)),
@@ -615,6 +648,7 @@ impl Runtime {
     /// Returns its final statistics.
     pub fn remove_tenant(&self, tenant: &Tenant) -> Result<TenantStats> {
         let inner = self.inner();
+        self.owns(tenant)?;
         let st = &tenant.state;
         if st.removed.swap(true, Ordering::AcqRel) {
             return Err(Error::NoSuchTenant(st.name.to_string()));
@@ -631,7 +665,17 @@ impl Runtime {
     /// Validates `req` and queues it. Validation errors come back at once, to this caller only;
     /// the ticket resolves when the request's round has run.
     pub fn submit(&self, tenant: &Tenant, req: impl Into<Request>) -> Result<Ticket<Done>> {
+        self.owns(tenant)?;
         scheduler::submit(self.inner(), &tenant.state, req.into())
+    }
+
+    /// Whether `tenant` is one of this runtime's (tenant ids are only unique within a runtime).
+    fn owns(&self, tenant: &Tenant) -> Result<()> {
+        if Arc::ptr_eq(&tenant.rt, self.inner()) {
+            Ok(())
+        } else {
+            Err(Error::ForeignTenant(tenant.state.name.to_string()))
+        }
     }
 
     /// Stops forming rounds (queued work waits) until [`Runtime::resume`].
