@@ -490,3 +490,42 @@ fn tickets_are_futures() {
     pollster::block_on(bufs.c.write_async(vec![1.0; bufs.c.len()])).unwrap();
     assert!(bufs.c.read().unwrap().iter().all(|&v| v == 1.0));
 }
+
+/// Validation of a lone op alike the last one a thread validated is remembered: the same
+/// descriptor comes back, and nothing that would fail validation gets through on the memory (a
+/// different buffer, an out-of-range offset, another tenant, a non-finite scalar).
+#[test]
+fn remembered_validation_matches_the_rules() {
+    use tilemux::validate::check;
+    let rt = runtime(common::cpu(64 << 20), config(Policy::Fifo));
+    let (me, other) = (
+        rt.add_tenant(TenantSpec::new("me").quota(8 << 20)).unwrap(),
+        rt.add_tenant(TenantSpec::new("other").quota(8 << 20)).unwrap(),
+    );
+    let (a, b, c, c2) = (
+        me.alloc(64 * 32).unwrap(),
+        me.alloc(32 * 16).unwrap(),
+        me.alloc(64 * 16).unwrap(),
+        me.alloc(64 * 16).unwrap(),
+    );
+    let op = || Op::gemm(Mat::new(&a, 64, 32), Mat::new(&b, 32, 16), Mat::new(&c, 64, 16));
+    let desc =
+        |r: tilemux::Result<Vec<tilemux::validate::Checked<tilemux::validate::CheckedOp>>>| r.unwrap()[0].get().desc;
+    let first = desc(check(&me, op().into()));
+    for _ in 0..3 {
+        assert_eq!(bytemuck::bytes_of(&desc(check(&me, op().into()))), bytemuck::bytes_of(&first), "the same op again");
+    }
+    let elsewhere =
+        desc(check(&me, Op::gemm(Mat::new(&a, 64, 32), Mat::new(&b, 32, 16), Mat::new(&c2, 64, 16)).into()));
+    assert_ne!(elsewhere.c, first.c, "another output buffer, another address");
+    check(&me, op().into()).unwrap();
+    assert!(matches!(
+        check(&me, Op::gemm(Mat::new(&a, 64, 32), Mat::new(&b, 32, 16), Mat::new(&c, 64, 16).at(16)).into()),
+        Err(Error::MatrixOutOfBuffer { matrix: 'C', .. })
+    ));
+    check(&me, op().into()).unwrap();
+    assert!(matches!(check(&other, op().into()), Err(Error::ForeignBuffer { matrix: 'A', .. })), "not other's buffers");
+    check(&me, op().into()).unwrap();
+    assert!(matches!(check(&me, op().alpha(f32::NAN).into()), Err(Error::NonFiniteScalar { .. })));
+    assert_eq!(bytemuck::bytes_of(&desc(check(&me, op().into()))), bytemuck::bytes_of(&first));
+}

@@ -90,6 +90,12 @@ impl Buffer {
         self.inner.id
     }
 
+    /// The buffer's identity in the process: its runtime's id (unique in the process) and its id
+    /// (unique in the runtime).
+    pub(crate) fn key(&self) -> (u64, u64) {
+        (self.inner.rt.id, self.inner.id)
+    }
+
     pub(crate) fn addr(&self) -> u64 {
         self.inner.addr
     }

@@ -325,6 +325,8 @@ impl Counters {
 /// A tenant's runtime-side state.
 pub(crate) struct TenantState {
     pub(crate) id: u32,
+    /// Its runtime's id (`Inner::id`, unique in the process): with `id`, unique in the process.
+    pub(crate) rt: u64,
     pub(crate) name: Arc<str>,
     pub(crate) spec: TenantSpec,
     /// Its buffers' allocator; `None` once the tenant is removed.
@@ -631,6 +633,7 @@ impl Runtime {
         drop(pool);
         let state = Arc::new(TenantState {
             id: inner.next_tenant.fetch_add(1, Ordering::Relaxed),
+            rt: inner.id,
             name: spec.name.as_str().into(),
             arena: Mutex::new(Some(Arena::new(base, bytes))),
             region: (base, bytes),
