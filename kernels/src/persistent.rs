@@ -401,12 +401,6 @@ unsafe fn find(
         let hi = shfl_idx(w[1], 1);
         match cur.step(g, view, shfl_u64(e, LANE_ENTRY), r.slots) {
             Look::Found(tile) => {
-                // The acquire for the tile's loads: an acquire load at GPU scope drops the SM's
-                // L1, so nothing the tile reads is served from a line older than this poll (the
-                // data a request reads reached device memory before the host published it).
-                // From shared memory it costs no round trip. (QUEUE.md, step 7.)
-                // SAFETY: a header word.
-                unsafe { ld_acquire_gpu_shared_u32(header + HEADER_SLOT) };
                 // Lane c holds the slot's words 2 + 3c.. (the image leaves out `seq`): the head's
                 // into scratch, the problem's into the descriptor.
                 for m in 0..3u32 {
@@ -433,6 +427,14 @@ unsafe fn find(
                         }
                     }
                 }
+                // The acquire for the tile's loads: an acquire load at GPU scope drops the SM's
+                // L1, so nothing the tile reads is served from a line older than this poll (the
+                // data a request reads reached device memory before the host published it).
+                // From shared memory it costs no round trip. (QUEUE.md, step 7.) Last, after the
+                // staging: the L1 holds the stack frame's spilled registers too, and one reloaded
+                // after the invalidation (the claim's tile, staged above) waited on L2.
+                // SAFETY: a header word.
+                unsafe { ld_acquire_gpu_shared_u32(header + HEADER_SLOT) };
                 return;
             }
             Look::Next => continue,
