@@ -265,10 +265,9 @@ pub struct TenantStats {
 pub struct Done {
     /// Index of the round that ran it.
     pub round: u64,
-    /// Arrival to round start (persistent mode: to its publish into the ring; zero for a
-    /// request the submitting thread published itself, the fast path, which waits for nothing).
+    /// Arrival to round start.
     pub queued: Duration,
-    /// Round start (publish) to completion.
+    /// Round start to completion.
     pub executed: Duration,
 }
 

@@ -283,6 +283,7 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
         (cost_ns, ref_tiles, planned)
     };
     super::phases::mark(super::phases::Step::Admitted);
+    let now = Instant::now();
     let slo = tenant.spec.slo.unwrap_or(inner.cfg.default_deadline);
     let mut s = inner.sched.lock().unwrap_or_else(|e| e.into_inner());
     super::phases::mark(super::phases::Step::Locked);
@@ -294,7 +295,7 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
         drop(s);
         return reject(Error::QueueFull { tenant: tenant.name.to_string(), pending: 0, limit: 0 });
     }
-    let fast = FastPath { slo, cost_ns, ref_tiles };
+    let fast = FastPath { submitted: now, deadline: now + slo, cost_ns, ref_tiles };
     let ops = match fast.take(inner, s, tenant, ops, planned) {
         Ok(t) => return Ok(t),
         Err((guard, ops)) => {
@@ -302,8 +303,6 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
             ops
         }
     };
-    // Queued: its wait starts now (under the lock, so the scheduler cannot take it earlier).
-    let now = Instant::now();
     let activating = s.queues.get(&tenant.id).is_none_or(|q| q.pending.is_empty());
     // Only a tenant coming back from idle, with others queued, needs the floor (an O(tenants)
     // scan).
@@ -366,8 +365,8 @@ type Refused<'a> = (std::sync::MutexGuard<'a, SchedState>, Vec<Checked<CheckedOp
 
 /// What the fast path needs of a validated request besides its ops.
 struct FastPath {
-    /// The tenant's deadline after submission.
-    slo: Duration,
+    submitted: Instant,
+    deadline: Instant,
     cost_ns: f64,
     ref_tiles: usize,
 }
@@ -419,14 +418,10 @@ impl FastPath {
             Err(_) => 0..0,
         };
         super::phases::mark(super::phases::Step::Published);
-        // The clock is read once, after the publish: a request on the fast path is on the device
-        // as soon as it is submitted (it waited for nothing; its queue time is zero), and a read
-        // before the publish would put ~40 ns of the H100 VM's clock on the device's way.
         let published = Instant::now();
         tenant.counters().submitted += 1;
         let (t, resolver) = ticket();
-        let FastPath { slo, cost_ns, ref_tiles } = self;
-        let (submitted, deadline) = (published, published + slo);
+        let FastPath { submitted, deadline, cost_ns, ref_tiles } = self;
         let pending = Pending { seq, ops, resolver, submitted, deadline, cost_ns, ref_tiles, users: false };
         let f = Flight { tenant: tenant.clone(), pending, seqs, published };
         match checked {
