@@ -357,7 +357,6 @@ impl TenantState {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Shared state of a runtime: the device, the pool, the scheduler queues, the cost model.
 /// A device's claim by the one runtime it serves: two runtimes on one device would hand out the
 /// same pool to their tenants. Released when the runtime's state goes (its last tenant, buffer
 /// and ticket handle with it).
@@ -387,6 +386,7 @@ impl Drop for DeviceClaim {
     }
 }
 
+/// Shared state of a runtime: the device, the pool, the scheduler queues, the cost model.
 pub(crate) struct Inner {
     pub(crate) device: Arc<dyn Device>,
     /// This runtime's hold on `device`.
