@@ -142,6 +142,16 @@ impl Ring {
         }
     }
 
+    /// Raises field `field` of problem `q`'s trace entry to `v` if it is lower (if tracing; the
+    /// entries of earlier problems hold earlier stamps, so the latest of a problem's CTAs wins).
+    fn raise(&self, q: u64, field: usize, v: u64) {
+        if self.trace != 0 {
+            let at = self.trace + (q % TRACE_PROBLEMS as u64) * size_of::<Trace>() as u64 + field as u64;
+            // SAFETY: inside the trace buffer (`DeviceState::trace`'s contract).
+            unsafe { red_max_relaxed_gpu_u64(at, v) };
+        }
+    }
+
     /// Address of field `field` of this CTA's stash in the trace buffer (tracing only).
     fn stash(&self, field: usize) -> u64 {
         self.trace
@@ -640,22 +650,18 @@ pub unsafe extern "ptx-kernel" fn tilemux_persistent(
                 // No CTA knows it finished the problem: each raises the last tile's stamps to its
                 // own, and the latest flag stands for the completion.
                 let now = globaltimer();
-                let at =
-                    |field: usize| r.trace + (seq % TRACE_PROBLEMS as u64) * size_of::<Trace>() as u64 + field as u64;
-                // SAFETY: the trace buffer and this CTA's stash (its own stores above).
-                unsafe {
-                    red_max_relaxed_gpu_u64(
-                        at(offset_of!(Trace, last_found)),
+                // SAFETY: this CTA's stash (its own stores above).
+                let (found, staged) = unsafe {
+                    (
                         ld_volatile_u64(r.stash(offset_of!(CtaStash, found))),
-                    );
-                    red_max_relaxed_gpu_u64(
-                        at(offset_of!(Trace, last_staged)),
                         ld_volatile_u64(r.stash(offset_of!(CtaStash, staged))),
-                    );
-                    red_max_relaxed_gpu_u64(at(offset_of!(Trace, last_tile_done)), done_at);
-                    red_max_relaxed_gpu_u64(at(offset_of!(Trace, completing)), done_at);
-                    red_max_relaxed_gpu_u64(at(offset_of!(Trace, completed)), now);
-                }
+                    )
+                };
+                r.raise(seq, offset_of!(Trace, last_found), found);
+                r.raise(seq, offset_of!(Trace, last_staged), staged);
+                r.raise(seq, offset_of!(Trace, last_tile_done), done_at);
+                r.raise(seq, offset_of!(Trace, completing), done_at);
+                r.raise(seq, offset_of!(Trace, completed), now);
             }
             if r.trace != 0 {
                 // SAFETY: this CTA's stash (its own stores above) and the trace buffer.
