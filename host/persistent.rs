@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use crate::abi::ProblemDesc;
 use crate::abi::ring::{
-    CLAIM_TABLE, Cursor, FLAG_TILES, FLAGGED, HOST_SLOT_CHUNKS, HostHeader, IMAGE_WORDS, ImageView, Look,
-    MAX_PROBLEM_TILES, RingSlot, done_offset, entry, flags_offset, host_bytes, host_slot_offset, stamp,
+    CLAIM_TABLE, Cursor, FLAG_TILES, FLAGGED, HOST_SLOT_BYTES, HOST_SLOT_CHUNKS, HostHeader, IMAGE_WORDS, ImageView,
+    Look, MAX_PROBLEM_TILES, RingSlot, done_offset, entry, flags_offset, host_bytes, host_slot_offset, stamp,
 };
 use crate::error::{Error, Result};
 
@@ -36,6 +36,8 @@ pub struct RingMemory {
     /// ([`SlotMeta`]), for [`RingMemory::is_done`]. Written by the ring's writer before it
     /// publishes the problem.
     meta: Box<[AtomicU64]>,
+    /// The slot the ring's writer fills next (a hint for [`RingMemory::prefetch_next_slot`]).
+    next_slot: AtomicU32,
 }
 
 /// A slot's [`RingMemory::meta`] word: the low 48 bits of its problem's sequence number, its
@@ -87,13 +89,25 @@ impl RingMemory {
         // SAFETY: non-zero size (callers ask for at least one slot).
         let base =
             NonNull::new(unsafe { alloc_zeroed(layout) }).ok_or(Error::Config("ring allocation failed".into()))?;
-        Ok(RingMemory { base, slots, owner: Owner::Heap(layout), meta: Self::fresh_meta(slots) })
+        Ok(RingMemory {
+            base,
+            slots,
+            owner: Owner::Heap(layout),
+            meta: Self::fresh_meta(slots),
+            next_slot: AtomicU32::new(0),
+        })
     }
 
     /// A ring in pinned, device-mapped memory (the CUDA engine's); `buf` is zeroed.
     pub(crate) fn pinned(slots: u32, buf: crate::cuda::PinnedBuffer) -> Result<RingMemory> {
         let base = NonNull::new(buf.ptr()).ok_or(Error::Config("null pinned ring".into()))?;
-        Ok(RingMemory { base, slots, owner: Owner::Pinned(buf), meta: Self::fresh_meta(slots) })
+        Ok(RingMemory {
+            base,
+            slots,
+            owner: Owner::Pinned(buf),
+            meta: Self::fresh_meta(slots),
+            next_slot: AtomicU32::new(0),
+        })
     }
 
     fn fresh_meta(slots: u32) -> Box<[AtomicU64]> {
@@ -185,6 +199,24 @@ impl RingMemory {
         // SAFETY: inside the block (`host_bytes` covers every slot's flag line); accessed only
         // atomically (the device's stores are single bytes).
         unsafe { &*(self.base.as_ptr().add(flags_offset(self.slots, i) + tile as usize) as *const AtomicU8) }
+    }
+
+    /// Asks the cache for slot `next_slot()`'s image lines in a writable state, ahead of the
+    /// writer (a hint: the slot may have moved on meanwhile). The forwarder's polls read those
+    /// lines across the bus, which leaves them shared; each store the writer makes to a line in
+    /// that state first waits for the core to own it again.
+    pub fn prefetch_next_slot(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let i = self.next_slot.load(Ordering::Relaxed).min(self.slots - 1);
+            let start = host_slot_offset(i) & !63;
+            for line in (start..host_slot_offset(i) + HOST_SLOT_BYTES).step_by(64) {
+                // SAFETY: a prefetch reads and writes nothing; the address is inside the block.
+                unsafe {
+                    std::arch::asm!("prefetchw [{}]", in(reg) self.base.as_ptr().add(line), options(nostack, readonly, preserves_flags))
+                };
+            }
+        }
     }
 
     /// Records how the problem about to be published in slot `i` completes (the ring's writer,
@@ -366,6 +398,7 @@ impl RingWriter {
         crate::runtime::phases::mark(crate::runtime::phases::Step::ImageWritten);
         self.next_seq += 1;
         self.next_slot = if i + 1 == self.mem.slots { 0 } else { i + 1 };
+        self.mem.next_slot.store(self.next_slot, Ordering::Relaxed);
         self.next_tile += tiles as u64;
         seq
     }

@@ -242,6 +242,10 @@ pub(crate) fn submit(inner: &Arc<Inner>, tenant: &Arc<TenantState>, req: Request
     if tenant.is_removed() {
         return reject(Error::NoSuchTenant(tenant.name.to_string()));
     }
+    if let Some(ring) = &inner.persistent {
+        // The image lines the fast path will write, requested writable while it validates.
+        ring.mem.prefetch_next_slot();
+    }
     // Validation consumes `req`: its buffer handles move into the checked ops.
     let ops = match check_request(tenant, req) {
         Ok(ops) => ops,
