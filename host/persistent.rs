@@ -40,6 +40,21 @@ pub struct RingMemory {
     next_slot: AtomicU32,
 }
 
+/// Whether the CPU has `prefetchw` (every x86-64 core since Broadwell; checked once).
+#[cfg(target_arch = "x86_64")]
+fn has_prefetchw() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        use std::arch::x86_64::__cpuid;
+        // PRFCHW: CPUID leaf 0x8000_0001, ECX bit 8 (Linux calls it `3dnowprefetch`).
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID is available on every x86-64 CPU.
+        unsafe {
+            __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0
+        }
+    })
+}
+
 /// A slot's [`RingMemory::meta`] word: the low 48 bits of its problem's sequence number, its
 /// tile count if it completes by flags (else 0), and its flag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,7 +222,7 @@ impl RingMemory {
     /// that state first waits for the core to own it again.
     pub fn prefetch_next_slot(&self) {
         #[cfg(target_arch = "x86_64")]
-        {
+        if has_prefetchw() {
             let i = self.next_slot.load(Ordering::Relaxed).min(self.slots - 1);
             let start = host_slot_offset(i) & !63;
             for line in (start..host_slot_offset(i) + HOST_SLOT_BYTES).step_by(64) {
